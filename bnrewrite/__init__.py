@@ -1,0 +1,22 @@
+"""bnrewrite: make Keras models safe to deploy where BatchNormalization is concerned.
+
+Public API::
+
+    import bnrewrite
+    mg = bnrewrite.load("model.h5")          # ModelGraph; mg.graph is a networkx.MultiDiGraph
+    report = bnrewrite.convert("model.h5", "model.onnx")
+    audit = bnrewrite.inspect("model.h5")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .convert import ConvertReport, convert, load
+from .errors import BnrewriteError, InputError, UnsupportedModelError, VerificationError
+from .graph import Layer, ModelGraph, TensorRef
+
+__all__ = [
+    "load", "convert", "ConvertReport", "ModelGraph", "Layer", "TensorRef",
+    "BnrewriteError", "InputError", "UnsupportedModelError", "VerificationError", "__version__",
+]

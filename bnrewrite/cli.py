@@ -1,0 +1,146 @@
+"""Command line: ``bnrewrite convert`` and ``bnrewrite inspect``.
+
+Exit codes: 0 ok, 2 usage or bad input, 3 verification failed, 4 ``inspect
+--strict`` found warnings/errors. Errors are one line on stderr; ``-v`` adds
+the traceback and TensorFlow's own logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+import warnings
+
+import click
+
+from .errors import EXIT_BAD_INPUT, BnrewriteError
+
+_VERBOSE = False
+
+
+@contextlib.contextmanager
+def _stderr_silenced(active: bool):
+    """Silence C-level stderr (TensorFlow's start-up logging) while importing it."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _prepare_runtime(verbose: bool) -> None:
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore")
+    with _stderr_silenced(not verbose):
+        import logging
+
+        import keras  # noqa: F401  (imports TensorFlow)
+        import tensorflow as tf
+
+        if not verbose:
+            tf.get_logger().setLevel(logging.ERROR)
+            logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+            try:
+                import absl.logging
+
+                absl.logging.set_verbosity(absl.logging.ERROR)
+            except ImportError:
+                pass
+
+
+def _fail(e: BaseException, code: int) -> None:
+    if _VERBOSE:
+        traceback.print_exc()
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    click.echo(f"bnrewrite: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _run(fn):
+    """Run a command body, mapping errors to one line and an exit code."""
+    try:
+        return fn()
+    except BnrewriteError as e:
+        _fail(e, e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("bnrewrite: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug or an unforeseen input: still one line, exit 2
+        _fail(RuntimeError(f"unexpected {type(e).__name__}: {e}"), EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnrewrite")
+def main():
+    """Make Keras models safe to deploy where BatchNormalization is concerned."""
+
+
+def _console(quiet: bool):
+    from rich.console import Console
+
+    return Console(quiet=quiet, highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("dst", type=click.Path(path_type=str))
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21), help="ONNX opset.")
+@click.option("--atol", default=1e-4, show_default=True, type=float, help="Verification absolute tolerance.")
+@click.option("--rtol", default=1e-4, show_default=True, type=float, help="Verification relative tolerance.")
+@click.option("--no-verify", is_flag=True, help="Skip verification of the written file.")
+@click.option("--no-fold", is_flag=True, help="Keep BatchNormalization layers instead of folding them.")
+@click.option("--keep-trainable", is_flag=True, help="Do not freeze BN layers in Keras outputs.")
+@click.option("--keep-timedistributed", is_flag=True, help="Do not unwrap TimeDistributed layers.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write the conversion report as JSON to this file.")
+@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
+def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
+            report_path, force, unsafe, quiet, verbose):
+    """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
+    global _VERBOSE
+    _VERBOSE = verbose
+
+    def body():
+        from .convert import check_paths
+
+        from pathlib import Path
+
+        check_paths(Path(src), Path(dst), force)  # fail fast, before the TF import
+        _prepare_runtime(verbose)
+        from .convert import convert as run
+        from .report import print_convert_report
+
+        console = _console(quiet)
+        with console.status("converting", spinner="dots") as status:
+            rep = None
+            try:
+                rep = run(
+                    src, dst, opset=opset, atol=atol, rtol=rtol, verify=not no_verify, force=force,
+                    fold=not no_fold, keep_trainable=keep_trainable,
+                    keep_timedistributed=keep_timedistributed, unsafe=unsafe, report=report_path,
+                    progress=lambda m: status.update(m),
+                )
+            finally:
+                status.stop()
+        print_convert_report(console, rep)
+
+    _run(body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,229 @@
+"""The convert pipeline: read -> passes -> rebuild Keras 3 -> write -> verify.
+
+Files are handled as a deployment step must handle them: the input is only
+ever opened for reading; the output is written to a temporary file in the
+destination folder, verified there, and only then renamed into place, so a
+crash or a failed verification leaves no partial or unverified output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import InputError, VerificationError
+from .graph import ModelGraph
+from .io import WRITE_SUFFIXES, read_model
+from .io.onnx_writer import DEFAULT_OPSET
+from .passes import Pass, PassContext, PassManager, default_passes
+
+
+@dataclass
+class ConvertReport:
+    """What was read, what was done, and how the output verified."""
+
+    input: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
+    passes: list[dict] = field(default_factory=list)
+    calibration: dict | None = None
+    verification: dict | None = None
+    findings: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    ok: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok, "input": self.input, "output": self.output, "passes": self.passes,
+            "calibration": self.calibration, "verification": self.verification,
+            "findings": self.findings, "notes": self.notes, "timings": self.timings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def output_format(dst: Path) -> str:
+    suffix = dst.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(
+            f"{dst}: unknown output suffix {dst.suffix!r} (expected one of {', '.join(WRITE_SUFFIXES)})"
+        )
+    return suffix[1:]
+
+
+def check_paths(src: Path, dst: Path, force: bool) -> None:
+    """Refuse what would lose data, before any work is done."""
+    output_format(dst)
+    if not src.exists():
+        raise InputError(f"{src}: no such file")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: output is the input file; refusing to overwrite it")
+    if dst.is_dir():
+        raise InputError(f"{dst}: is a directory")
+    if dst.exists() and not force:
+        raise InputError(f"{dst}: already exists (use --force to overwrite)")
+    if not dst.parent.exists():
+        raise InputError(f"{dst.parent}: output folder does not exist")
+
+
+def atomic_write(dst: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary path beside ``dst``; return the temp path.
+
+    The caller renames it into place (``os.replace``) once it is verified, or
+    removes it. Keeping the suffix lets Keras pick the format from the name.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".tmp{dst.suffix}", dir=dst.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        tmp_path.unlink()  # Keras refuses to save over an existing file in some versions
+        write(tmp_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return tmp_path
+
+
+def write_text_atomic(dst: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_passes(mg: ModelGraph, passes: Iterable[Pass] | None, ctx: PassContext, options: dict) -> list[dict]:
+    chosen = default_passes(**options) if passes is None else list(passes)
+    return [r.to_dict() for r in PassManager(chosen).run(mg, ctx)]
+
+
+def convert(
+    src,
+    dst,
+    *,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    verify: bool = True,
+    force: bool = False,
+    passes: Iterable[Pass] | None = None,
+    fold: bool = True,
+    keep_trainable: bool = False,
+    keep_timedistributed: bool = False,
+    unsafe: bool = False,
+    custom_objects: dict | None = None,
+    report: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+    **extra,
+) -> ConvertReport:
+    """Convert a Keras model file ``src`` to ``dst`` (``.onnx``, ``.keras`` or ``.h5``).
+
+    ``passes`` replaces the default pass list (``bnrewrite.passes.default_passes``);
+    ``fold=False`` and ``keep_timedistributed=True`` switch default passes off.
+    Returns a :class:`ConvertReport`; raises :class:`~bnrewrite.errors.InputError`
+    (exit 2) for bad input and :class:`~bnrewrite.errors.VerificationError`
+    (exit 3) when the written output does not match. ``report`` also writes the
+    report as JSON, success or not.
+    """
+    src, dst = Path(src), Path(dst)
+    say = progress or (lambda msg: None)
+    rep = ConvertReport()
+    t0 = time.perf_counter()
+    try:
+        check_paths(src, dst, force)
+        fmt = output_format(dst)
+        say(f"reading {src}")
+        mg = read_model(src, unsafe=unsafe, custom_objects=custom_objects)
+        rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
+        rep.notes.extend(mg.source.get("notes", []))
+        rep.timings["read_s"] = time.perf_counter() - t0
+
+        options = {"fold": fold, "keep_timedistributed": keep_timedistributed, **extra}
+        ctx = PassContext(keep_trainable=keep_trainable, options=options)
+        t = time.perf_counter()
+        rep.passes = run_passes(mg, passes, ctx, options)
+        rep.timings["passes_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        say("rebuilding the Keras 3 model")
+        from .io.keras_writer import build_keras
+
+        model = build_keras(mg, custom_objects)
+        rep.timings["rebuild_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        say(f"writing {fmt}")
+        tmp = _write(model, dst, fmt, opset, rep)
+        rep.timings["write_s"] = time.perf_counter() - t
+        try:
+            if verify:
+                t = time.perf_counter()
+                say("verifying")
+                from .verify import verify_keras_file, verify_onnx
+
+                check = verify_onnx if fmt == "onnx" else verify_keras_file
+                v = check(model, tmp, atol=atol, rtol=rtol)
+                rep.verification = v.to_dict()
+                rep.timings["verify_s"] = time.perf_counter() - t
+                if not v.ok:
+                    raise VerificationError(f"verification failed: {v.failure()}", report=rep)
+            os.replace(tmp, dst)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        rep.output["path"] = str(dst)
+        rep.output["bytes"] = dst.stat().st_size
+        rep.ok = True
+        return rep
+    except VerificationError as e:
+        rep.notes.append(str(e))
+        raise
+    finally:
+        rep.timings["total_s"] = time.perf_counter() - t0
+        # Bad input (exit 2) writes nothing; success and failed verification write the report.
+        if report is not None and (rep.ok or rep.verification is not None):
+            write_text_atomic(Path(report), rep.to_json())
+
+
+def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:
+    rep.output = {"path": str(dst), "format": fmt}
+    if fmt == "onnx":
+        import onnx
+
+        from .io.onnx_writer import to_onnx
+
+        proto = to_onnx(model, opset=opset)
+        ops: dict[str, int] = {}
+        for n in proto.graph.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        rep.output.update(opset=opset, nodes=len(proto.graph.node), ops=dict(sorted(ops.items())),
+                          inputs=[i.name for i in proto.graph.input],
+                          outputs=[o.name for o in proto.graph.output])
+        return atomic_write(dst, lambda p: onnx.save(proto, str(p)))
+    rep.output["keras_layers"] = len(model.layers)
+    return atomic_write(dst, lambda p: model.save(str(p)))
+
+
+def load(path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
+    """Read a Keras model file into a :class:`~bnrewrite.graph.ModelGraph` (``.graph`` is networkx)."""
+    return read_model(path, unsafe=unsafe, custom_objects=custom_objects)

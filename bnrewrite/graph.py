@@ -1,0 +1,262 @@
+"""The graph schema at the centre of bnrewrite.
+
+A Keras model becomes a :class:`ModelGraph`, whose ``.graph`` is a
+``networkx.MultiDiGraph``:
+
+**Nodes are layer calls.** The first call of layer ``conv`` is node ``"conv"``;
+later calls of the same (shared) layer are ``"conv#1"``, ``"conv#2"``, ... Node
+attributes:
+
+``layer``   :class:`Layer` -- class name, normalized Keras 3 config and weights
+            (numpy arrays by variable key, e.g. ``"kernel"``, ``"gamma"``,
+            ``"moving_variance"``). All calls of a shared layer hold the *same*
+            ``Layer`` object, so a weight change applies to every call.
+``call``    int -- which call of the layer this node is (0 for the first).
+``args``    list -- positional call arguments, with :class:`TensorRef`
+            placeholders where tensors go (``[TensorRef(0)]`` for a plain call,
+            ``[[TensorRef(0), TensorRef(1)]]`` for ``Add()([a, b])``).
+``kwargs``  dict -- keyword call arguments, kept per call (``training``,
+            ``mask``, ...), with :class:`TensorRef` for tensor-valued ones.
+``path``    tuple of str -- enclosing models, outermost first, for layers of a
+            nested model that was flattened in (``("base",)``); ``()`` at top.
+``order``   float -- creation order, used to break ties in topological order.
+
+**Edges are tensors.** An edge ``u -> v`` has ``out`` (which output of ``u``)
+and ``port`` (which ``TensorRef`` slot of ``v`` it fills). A tensor used twice
+by one call (``Add()([x, x])``) is two parallel edges, hence the multigraph.
+
+Inputs are ``InputLayer`` nodes, listed in model order in
+:attr:`ModelGraph.inputs`; the model outputs are ``(node, out)`` pairs in
+:attr:`ModelGraph.outputs`. Nested models are flattened in by the readers, so a
+pass sees every BatchNormalization wherever it was defined.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+
+BN_CLASSES = ("BatchNormalization",)
+INPUT_CLASS = "InputLayer"
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Placeholder in a call's args/kwargs for the tensor on inbound edge ``port``."""
+
+    port: int
+
+
+@dataclass
+class Layer:
+    """A layer definition, shared by all of its calls."""
+
+    name: str
+    class_name: str
+    config: dict
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Keras 3 serialization ``module``/``registered_name`` when the file had them.
+    module: str | None = None
+    registered_name: str | None = None
+
+    @property
+    def inner(self) -> dict | None:
+        """The wrapped layer's ``{"class_name", "config"}`` for wrappers like TimeDistributed."""
+        inner = self.config.get("layer")
+        return inner if isinstance(inner, dict) else None
+
+    def is_bn(self) -> bool:
+        return self.class_name in BN_CLASSES
+
+    def wraps_bn(self) -> bool:
+        inner = self.inner
+        return inner is not None and inner.get("class_name") in BN_CLASSES
+
+
+def node_id(layer_name: str, call: int) -> str:
+    return layer_name if call == 0 else f"{layer_name}#{call}"
+
+
+def map_refs(struct: Any, fn) -> Any:
+    """Rebuild a nested list/tuple/dict structure with every TensorRef replaced by fn(ref)."""
+    if isinstance(struct, TensorRef):
+        return fn(struct)
+    if isinstance(struct, list):
+        return [map_refs(s, fn) for s in struct]
+    if isinstance(struct, tuple):
+        return tuple(map_refs(s, fn) for s in struct)
+    if isinstance(struct, dict):
+        return {k: map_refs(v, fn) for k, v in struct.items()}
+    return struct
+
+
+def iter_refs(struct: Any) -> Iterator[TensorRef]:
+    if isinstance(struct, TensorRef):
+        yield struct
+    elif isinstance(struct, (list, tuple)):
+        for s in struct:
+            yield from iter_refs(s)
+    elif isinstance(struct, dict):
+        for v in struct.values():
+            yield from iter_refs(v)
+
+
+class ModelGraph:
+    """A Keras model as a networkx graph of layer calls (see the module docstring)."""
+
+    def __init__(self, name: str = "model", source: dict | None = None):
+        self.graph = nx.MultiDiGraph()
+        self.inputs: list[str] = []
+        self.outputs: list[tuple[str, int]] = []
+        self.name = name
+        #: what was read: path, format, keras_version, backend
+        self.source: dict = dict(source or {})
+        self._order = 0.0
+
+    # ----------------------------------------------------------- building
+    def add_call(
+        self,
+        layer: Layer,
+        inputs: list[tuple[str, int]],
+        *,
+        args: list | None = None,
+        kwargs: dict | None = None,
+        path: tuple[str, ...] = (),
+        node: str | None = None,
+    ) -> str:
+        """Add a call of ``layer`` on ``inputs`` (``(node, out)`` pairs, by port).
+
+        Without ``args``, a single input is passed as ``layer(x)`` and several
+        as ``layer([x0, x1, ...])``, as Keras 2 serialized them.
+        """
+        if args is None:
+            refs = [TensorRef(i) for i in range(len(inputs))]
+            args = [] if not refs else [refs[0]] if len(refs) == 1 else [refs]
+        call = sum(1 for _ in self.calls(layer.name))
+        nid = node or node_id(layer.name, call)
+        if nid in self.graph:
+            raise ValueError(f"duplicate node id {nid!r}")
+        self._order += 1.0
+        self.graph.add_node(
+            nid, layer=layer, call=call, args=args, kwargs=dict(kwargs or {}),
+            path=tuple(path), order=self._order,
+        )
+        for port, (src, out) in enumerate(inputs):
+            if src not in self.graph:
+                raise ValueError(f"{nid!r} consumes unknown node {src!r}")
+            self.graph.add_edge(src, nid, out=out, port=port)
+        return nid
+
+    def add_input(self, layer: Layer) -> str:
+        nid = self.add_call(layer, [], args=[])
+        self.inputs.append(nid)
+        return nid
+
+    # ----------------------------------------------------------- queries
+    def layer(self, node: str) -> Layer:
+        return self.graph.nodes[node]["layer"]
+
+    def topo(self) -> list[str]:
+        """Nodes in a deterministic topological order (creation order breaks ties)."""
+        g = self.graph
+        return list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]))
+
+    def inbound(self, node: str) -> list[tuple[str, int]]:
+        """``(producer, out)`` feeding each port of ``node``, in port order."""
+        edges = sorted(self.graph.in_edges(node, data=True), key=lambda e: e[2]["port"])
+        return [(u, d["out"]) for u, _, d in edges]
+
+    def consumers(self, node: str, out: int | None = None) -> list[tuple[str, int]]:
+        """``(consumer, port)`` pairs reading ``node`` (output ``out`` if given)."""
+        return [
+            (v, d["port"])
+            for _, v, d in self.graph.out_edges(node, data=True)
+            if out is None or d["out"] == out
+        ]
+
+    def uses(self, node: str, out: int = 0) -> int:
+        """How many places read tensor ``(node, out)``: consumer ports plus model outputs."""
+        return len(self.consumers(node, out)) + self.outputs.count((node, out))
+
+    def calls(self, layer_name: str) -> list[str]:
+        return [n for n, d in self.graph.nodes(data=True) if d["layer"].name == layer_name]
+
+    def layers(self) -> dict[str, Layer]:
+        """Unique layers, in topological order of their first call."""
+        seen: dict[str, Layer] = {}
+        for n in self.topo():
+            lay = self.layer(n)
+            seen.setdefault(lay.name, lay)
+        return seen
+
+    def bn_nodes(self, include_wrapped: bool = True) -> list[str]:
+        """Calls of BatchNormalization layers (and of wrappers around one)."""
+        return [
+            n for n in self.topo()
+            if self.layer(n).is_bn() or (include_wrapped and self.layer(n).wraps_bn())
+        ]
+
+    def unique_name(self, base: str) -> str:
+        names = {d["layer"].name for _, d in self.graph.nodes(data=True)}
+        if base not in names:
+            return base
+        i = 1
+        while f"{base}_{i}" in names:
+            i += 1
+        return f"{base}_{i}"
+
+    # ----------------------------------------------------------- editing
+    def rewire(self, old: tuple[str, int], new: tuple[str, int]) -> None:
+        """Make every reader of tensor ``old`` (consumers and model outputs) read ``new``."""
+        src, out = old
+        for _, v, k, d in list(self.graph.out_edges(src, keys=True, data=True)):
+            if d["out"] == out and v != new[0]:
+                self.graph.remove_edge(src, v, key=k)
+                self.graph.add_edge(new[0], v, out=new[1], port=d["port"])
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def remove(self, node: str) -> None:
+        """Remove a call that nothing reads any more."""
+        if self.graph.out_degree(node) or any(o[0] == node for o in self.outputs):
+            raise ValueError(f"cannot remove {node!r}: its output is still used")
+        self.graph.remove_node(node)
+        if node in self.inputs:
+            self.inputs.remove(node)
+
+    def insert_after(self, tensor: tuple[str, int], layer: Layer, **call) -> str:
+        """Insert a single-input call of ``layer`` reading ``tensor``; its readers now read the new call."""
+        readers = [(v, p) for v, p in self.consumers(*tensor[:1], out=tensor[1])]
+        new = self.add_call(layer, [tensor], **call)
+        for v, port in readers:
+            for k, d in list(self.graph.get_edge_data(tensor[0], v).items()):
+                if d["out"] == tensor[1] and d["port"] == port:
+                    self.graph.remove_edge(tensor[0], v, key=k)
+                    self.graph.add_edge(new, v, out=0, port=port)
+        self.outputs = [(new, 0) if o == tensor else o for o in self.outputs]
+        self.graph.nodes[new]["order"] = self.graph.nodes[tensor[0]]["order"] + 0.5
+        return new
+
+    def copy(self) -> "ModelGraph":
+        """Deep copy: weights and configs are copied, shared layers stay shared."""
+        return copy.deepcopy(self)
+
+    # ----------------------------------------------------------- reporting
+    def summary(self) -> dict:
+        layers = self.layers()
+        return {
+            "name": self.name,
+            "calls": self.graph.number_of_nodes(),
+            "layers": len(layers),
+            "inputs": [self.layer(n).name for n in self.inputs],
+            "outputs": len(self.outputs),
+            "batch_norm_layers": sum(1 for l in layers.values() if l.is_bn() or l.wraps_bn()),
+            "parameters": int(sum(w.size for l in layers.values() for w in l.weights.values())),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return f"<ModelGraph {s['name']!r}: {s['calls']} calls, {s['layers']} layers, {s['batch_norm_layers']} BN>"

@@ -1,0 +1,17 @@
+"""Graph rewrite passes, in the order ``convert`` runs them by default."""
+
+from __future__ import annotations
+
+from .base import Pass, PassContext, PassError, PassManager, PassResult
+
+#: The default pipeline, in order. One line per pass.
+DEFAULT_PASSES: list[type[Pass]] = [
+]
+
+
+def default_passes(**options) -> list[Pass]:
+    """Instances of the default passes, minus those switched off by ``options``."""
+    return [cls() for cls in DEFAULT_PASSES if cls.enabled(options)]
+
+
+__all__ = ["Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "default_passes"]
