@@ -142,5 +142,88 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
     _run(body)
 
 
+@main.command("inspect")
+@click.argument("src", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON on stdout (nothing else).")
+@click.option("--strict", is_flag=True, help="Exit 4 if there is any warning or error finding.")
+@click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and the JSON with --json).")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
+def inspect_cmd(src, as_json, strict, unsafe, quiet, verbose):
+    """Audit the BatchNormalization layers of SRC (.h5/.keras): a table, then findings with fixes."""
+    global _VERBOSE
+    _VERBOSE = verbose
+
+    def body():
+        import json
+        from pathlib import Path
+
+        from .errors import EXIT_OK, EXIT_STRICT, InputError
+
+        p = Path(src)
+        if not p.exists():  # fail fast, before the TF import
+            raise InputError(f"{p}: no such file")
+        _prepare_runtime(verbose)
+        from .audit import inspect as run
+
+        result = run(src, unsafe=unsafe)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+        elif not quiet:
+            _print_audit(_console(False), result, src)
+        return EXIT_STRICT if strict and result.has("warning") else EXIT_OK
+
+    sys.exit(_run(body))
+
+
+def _fmt_num(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _yes(b) -> str:
+    return "yes" if b else "no"
+
+
+def _print_audit(console, result, src) -> None:
+    from rich import box
+    from rich.table import Table
+
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console.width = max(console.width, 160)
+    rows = result.bn_layers
+    console.print(f"[bold]{src}[/]: {len(rows)} BatchNormalization layer{'s' if len(rows) != 1 else ''}")
+    if rows:
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col, just in [("layer", "left"), ("path", "left"), ("wrapper", "left"), ("axis", "right"),
+                          ("momentum", "right"), ("epsilon", "right"), ("center", "left"), ("scale", "left"),
+                          ("trainable", "left"), ("training", "left"), ("mean min, max", "right"),
+                          ("variance min, max", "right"), ("channels", "right")]:
+            t.add_column(col, justify=just, no_wrap=col != "layer")
+        for r in rows:
+            t.add_row(
+                r["name"], r["path"] or "-", r["wrapper"] or "-", _fmt_num(r["axis"]),
+                _fmt_num(r["momentum"]), _fmt_num(r["epsilon"]), _yes(r["center"]), _yes(r["scale"]),
+                _yes(r["trainable"]), _fmt_num(r["training"]),
+                f"{_fmt_num(r['moving_mean_min'])}, {_fmt_num(r['moving_mean_max'])}",
+                f"{_fmt_num(r['moving_variance_min'])}, {_fmt_num(r['moving_variance_max'])}",
+                _fmt_num(r["channels"]),
+            )
+        console.print(t)
+    style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    if not result.findings:
+        console.print("[green]no findings[/]")
+        return
+    counts = {s: sum(f["severity"] == s for f in result.findings) for s in ("error", "warning", "info")}
+    console.print("[bold]findings[/]: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for f in result.findings:
+        s = f["severity"]
+        console.print(f"  [{style[s]}]{s:<7}[/] [bold]{f['code']}[/] on {f['layer']}: {f['message']}")
+        console.print(f"          [dim]fix: {f['hint']}[/]")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

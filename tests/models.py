@@ -48,12 +48,16 @@ class Built:
     expected_nodes: set[str]
     #: node id -> path tuple for layers of flattened nested models
     nested_paths: dict[str, tuple] = field(default_factory=dict)
-    #: node id -> expected ``training`` kwarg (only for nodes where it is fixed)
-    training: dict[str, bool] = field(default_factory=dict)
+    #: node id -> expected ``training`` kwarg: False where a nested call fixed it,
+    #: None where nothing set it (it must then not be True)
+    training: dict[str, bool | None] = field(default_factory=dict)
+    #: names of the nested models that must have been flattened away
+    nested_models: list[str] = field(default_factory=list)
     #: shared layer name -> its node ids (first call first)
     shared: dict[str, list[str]] = field(default_factory=dict)
-    #: BN layer name -> (gamma, beta, moving_mean, moving_variance) as written
-    bn_weights: dict[str, tuple] = field(default_factory=dict)
+    #: BN layer name -> {"gamma": ..., "beta": ..., "moving_mean": ..., "moving_variance": ...}
+    #: as written (keys absent for scale=False / center=False)
+    bn_weights: dict[str, dict] = field(default_factory=dict)
     #: layer name -> class name of the layer feeding each BN (Conv2D, Dense, ...)
     bn_after: dict[str, str] = field(default_factory=dict)
 
@@ -86,21 +90,33 @@ def _all_layers(model):
             yield layer
 
 
-def randomize_bn(model, K, rng) -> dict[str, tuple]:
-    """gamma ~ U(0.5, 1.5), beta ~ N(0, 0.5), mean ~ N(0, 0.5), var ~ U(0.5, 2)."""
+def _var_key(w) -> str:
+    return w.name.split("/")[-1].split(":")[0]
+
+
+BN_DRAW = {
+    "gamma": lambda rng, shape: rng.uniform(0.5, 1.5, shape),
+    "beta": lambda rng, shape: rng.normal(0.0, 0.5, shape),
+    "moving_mean": lambda rng, shape: rng.normal(0.0, 0.5, shape),
+    "moving_variance": lambda rng, shape: rng.uniform(0.5, 2.0, shape),
+}
+
+
+def randomize_bn(model, K, rng) -> dict[str, dict]:
+    """gamma ~ U(0.5, 1.5), beta ~ N(0, 0.5), mean ~ N(0, 0.5), var ~ U(0.5, 2).
+
+    Works by variable name, so BNs without gamma (scale=False) or beta
+    (center=False) are handled too. Returns {layer name: {key: array}}.
+    """
     written = {}
     for layer in _all_layers(model):
         if isinstance(layer, K.layers.BatchNormalization):
-            shape = layer.get_weights()[0].shape
-            ws = [
-                rng.uniform(0.5, 1.5, shape),
-                rng.normal(0.0, 0.5, shape),
-                rng.normal(0.0, 0.5, shape),
-                rng.uniform(0.5, 2.0, shape),
-            ]
-            ws = [w.astype("float32") for w in ws]
-            layer.set_weights(ws)
-            written[layer.name] = tuple(ws)
+            ws = {}
+            for w in layer.weights:
+                key = _var_key(w)
+                ws[key] = BN_DRAW[key](rng, tuple(w.shape)).astype("float32")
+            layer.set_weights([ws[_var_key(w)] for w in layer.weights])
+            written[layer.name] = ws
     return written
 
 
@@ -175,7 +191,8 @@ def def_nested(K):
         input_names=["image"],
         expected_nodes={"image", "probs", *base_nodes, *head_nodes},
         nested_paths={**{n: ("base",) for n in base_nodes}, **{n: ("head",) for n in head_nodes}},
-        training={"base_bn1": False, "base_bn2": False},
+        training={"base_bn1": False, "base_bn2": False, "head_bn": None},
+        nested_models=["base", "head"],
         bn_after={"base_bn1": "Conv2D", "base_bn2": "DepthwiseConv2D", "head_bn": "Dense"},
     )
     return model, meta
@@ -211,8 +228,71 @@ def def_shared_multi(K):
     return model, meta
 
 
-KINDS = {"conv_bn": def_conv_bn, "nested": def_nested, "shared_multi": def_shared_multi}
-SEEDS = {"conv_bn": 11, "nested": 12, "shared_multi": 13}
+def def_siamese(K):
+    """One nested model (a tower with Conv1D + BN) called twice: every inner
+    layer becomes two nodes; only the second call passes training=False."""
+    L = K.layers
+    t_in = L.Input((5, 4), name="t_in")
+    t = L.Conv1D(3, 2, name="t_conv")(t_in)
+    t = L.BatchNormalization(name="t_bn")(t)
+    t = L.GlobalAveragePooling1D(name="t_gap")(t)
+    tower = K.Model(t_in, t, name="tower")
+
+    left = L.Input((5, 4), name="left")
+    right = L.Input((5, 4), name="right")
+    tl = tower(left)
+    tr = tower(right, training=False)
+    d = L.Subtract(name="diff")([tl, tr])
+    out = L.Dense(1, name="score")(d)
+    model = K.Model([left, right], [out, tl], name="siamese")
+    inner = ["t_conv", "t_bn", "t_gap"]
+    nodes = inner + [f"{n}#1" for n in inner]
+    meta = dict(
+        input_names=["left", "right"],
+        expected_nodes={"left", "right", "diff", "score", *nodes},
+        nested_paths={n: ("tower",) for n in nodes},
+        training={"t_bn": None, "t_bn#1": False},
+        nested_models=["tower"],
+        shared={n: [n, f"{n}#1"] for n in inner},
+        bn_after={"t_bn": "Conv1D"},
+    )
+    return model, meta
+
+
+def def_fold_traps(K):
+    """BNs that a careless folder gets wrong: an activation between conv and BN,
+    a conv whose output is also read elsewhere, a BN over a non-channel axis,
+    a bias-free Dense, a BN without gamma, a BN output that is a model output."""
+    L = K.layers
+    x = L.Input((6, 6, 3), name="x")
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="conv_act")(x)
+    a = L.BatchNormalization(name="bn_after_act")(a)
+    c = L.Conv2D(4, 1, name="conv_fan")(a)
+    c1 = L.BatchNormalization(name="bn_fan")(c)
+    d = L.Conv2D(4, 3, padding="same", use_bias=False, name="conv_h")(c1)
+    d = L.BatchNormalization(axis=1, name="bn_axis1")(d)
+    e = L.Add(name="add")([d, c])
+    g = L.GlobalAveragePooling2D(name="gap")(e)
+    f = L.Dense(5, use_bias=False, name="fc_nobias")(g)
+    f = L.BatchNormalization(scale=False, name="bn_noscale")(f)
+    out = L.Dense(2, name="out")(f)
+    model = K.Model(x, [out, f], name="fold_traps")
+    meta = dict(
+        input_names=["x"],
+        expected_nodes={"x", "conv_act", "bn_after_act", "conv_fan", "bn_fan", "conv_h",
+                        "bn_axis1", "add", "gap", "fc_nobias", "bn_noscale", "out"},
+        bn_after={"bn_after_act": "Conv2D", "bn_fan": "Conv2D", "bn_axis1": "Conv2D",
+                  "bn_noscale": "Dense"},
+    )
+    return model, meta
+
+
+KINDS = {"conv_bn": def_conv_bn, "nested": def_nested, "shared_multi": def_shared_multi,
+         "siamese": def_siamese, "fold_traps": def_fold_traps}
+SEEDS = {"conv_bn": 11, "nested": 12, "shared_multi": 13, "siamese": 14, "fold_traps": 15}
+#: kinds with a layer called more than once / with nested models flattened in
+SHARED_KINDS = ("shared_multi", "siamese")
+NESTED_KINDS = ("nested", "siamese")
 #: all model ids, "<framework>-<kind>"
 MODEL_IDS = [f"{fw}-{kind}" for fw in FRAMEWORKS for kind in KINDS]
 

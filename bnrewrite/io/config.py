@@ -119,13 +119,14 @@ class _Builder:
         flat = self.flat_name(path, name)
         cls, config, notes = normalize_layer(
             cls, lc.get("config", {}), legacy=self.legacy, layer_name=name,
-            unsafe=self.unsafe, custom_classes=self.custom,
+            unsafe=self.unsafe, custom_classes=self.custom, module=lc.get("module"),
         )
         self.notes.extend(notes)
         config["name"] = flat
         if not trainable:
             config["trainable"] = False
-        weights = self.weights(path, name, cls) if cls != INPUT_CLASS else {}
+        is_op = (lc.get("module") or "").startswith("keras.src.ops.")
+        weights = self.weights(path, name, cls) if cls != INPUT_CLASS and not is_op else {}
         layer = Layer(
             name=flat, class_name=cls, config=config, weights=weights,
             module=lc.get("module"), registered_name=lc.get("registered_name"),

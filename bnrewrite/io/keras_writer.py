@@ -22,7 +22,7 @@ from .weights import live_weights
 def make_layer(layer: Layer, custom_objects: dict | None = None):
     import keras
 
-    cls = keras_class(layer.class_name) or (custom_objects or {}).get(layer.class_name)
+    cls = keras_class(layer.class_name, layer.module) or (custom_objects or {}).get(layer.class_name)
     if cls is None:
         raise UnsupportedModelError(
             f"layer {layer.name!r} has unknown class {layer.class_name!r}; provide it with --custom-objects"
@@ -39,6 +39,28 @@ def make_layer(layer: Layer, custom_objects: dict | None = None):
 
 def build_keras(mg: ModelGraph, custom_objects: dict | None = None):
     """Rebuild ``mg`` as a ``keras.Model`` with its weights set."""
+    import keras
+
+    tensors, live = _trace(mg, custom_objects)
+    model = keras.Model(
+        inputs=[tensors[(n, 0)] for n in mg.inputs],
+        outputs=[tensors[o] for o in mg.outputs],
+        name=mg.name,
+    )
+    for name, klayer in live.items():
+        if isinstance(klayer, keras.layers.Layer):
+            assign_weights(klayer, mg.layer(mg.calls(name)[0]))
+    return model
+
+
+def infer_shapes(mg: ModelGraph, custom_objects: dict | None = None) -> dict[tuple[str, int], tuple]:
+    """Static shape of every tensor ``(node, out)`` (batch and unknown dims are None)."""
+    tensors, _ = _trace(mg, custom_objects)
+    return {k: tuple(t.shape) for k, t in tensors.items()}
+
+
+def _trace(mg: ModelGraph, custom_objects):
+    """Call every layer on symbolic tensors in topological order."""
     import keras
 
     tensors: dict[tuple[str, int], object] = {}
@@ -67,16 +89,7 @@ def build_keras(mg: ModelGraph, custom_objects: dict | None = None):
             ) from e
         for i, t in enumerate(keras.tree.flatten(result)):
             tensors[(node, i)] = t
-
-    model = keras.Model(
-        inputs=[tensors[(n, 0)] for n in mg.inputs],
-        outputs=[tensors[o] for o in mg.outputs],
-        name=mg.name,
-    )
-    for name, klayer in live.items():
-        layer = mg.layer(mg.calls(name)[0])
-        assign_weights(klayer, layer)
-    return model
+    return tensors, live
 
 
 def assign_weights(klayer, layer: Layer) -> None:

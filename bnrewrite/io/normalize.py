@@ -33,10 +33,24 @@ _NEVER_DROP = {"name", "trainable", "dtype"}
 _HARMLESS = {("groups", 1)}
 
 
-def keras_class(class_name: str, custom_classes=frozenset()):
-    """The Keras 3 layer class for ``class_name``, or None when unknown."""
+def keras_class(class_name: str, module: str | None = None):
+    """The Keras 3 class for ``class_name``, or None when unknown.
+
+    Layers come from ``keras.layers``. Functional graphs may also hold Keras's
+    own ops (``keras.ops.reshape`` is saved as module ``keras.src.ops.numpy``,
+    class ``Reshape``); those are looked up in their Keras module, never in
+    any other module a file names.
+    """
+    import importlib
+
     import keras
 
+    if module and module.startswith("keras.src.ops."):
+        try:
+            cls = getattr(importlib.import_module(module), class_name, None)
+        except ImportError:
+            return None
+        return cls if isinstance(cls, type) and issubclass(cls, keras.Operation) else None
     cls = getattr(keras.layers, class_name, None)
     if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
         return cls
@@ -77,6 +91,7 @@ def normalize_layer(
     layer_name: str,
     unsafe: bool = False,
     custom_classes=frozenset(),
+    module: str | None = None,
 ) -> tuple[str, dict, list[str]]:
     """Return ``(class_name, keras3_config, notes)`` for one layer config."""
     notes: list[str] = []
@@ -86,7 +101,7 @@ def normalize_layer(
             f"layer {layer_name!r} is a Lambda carrying Python code; refusing to run code from a "
             "model file (pass --unsafe / unsafe=True only for files you trust)"
         )
-    cls = keras_class(class_name)
+    cls = keras_class(class_name, module)
     if cls is None and class_name not in custom_classes:
         raise UnsupportedModelError(
             f"layer {layer_name!r} has unknown class {class_name!r}; provide it with "
@@ -127,7 +142,7 @@ def normalize_layer(
                                "class_name": icls, "config": icfg}
                 notes += inotes
 
-    if cls is not None:
+    if cls is not None and not (module or "").startswith("keras.src.ops."):
         allowed = accepted_keys(cls)
         if allowed is not None:
             dropped = sorted(k for k in config if k not in allowed and k not in _NEVER_DROP)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from .base import Pass, PassContext, PassError, PassManager, PassResult
+from .fold_bn import FoldBN
+from .inference_mode import InferenceMode
+from .unwrap_timedistributed import UnwrapTimeDistributed
 
 #: The default pipeline, in order. One line per pass.
 DEFAULT_PASSES: list[type[Pass]] = [
+    InferenceMode,  # first: later passes see explicit training=False
+    UnwrapTimeDistributed,  # before folding, so unwrapped BNs can fold too
+    FoldBN,
 ]
 
 
@@ -14,4 +20,4 @@ def default_passes(**options) -> list[Pass]:
     return [cls() for cls in DEFAULT_PASSES if cls.enabled(options)]
 
 
-__all__ = ["Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "default_passes"]
+__all__ = ["FoldBN", "InferenceMode", "UnwrapTimeDistributed", "Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "default_passes"]

@@ -1,0 +1,47 @@
+"""inference_mode: give every BatchNormalization call explicit inference semantics.
+
+A BN called with ``training=True`` in a functional graph normalizes with the
+statistics of the current batch: tf.keras ``predict`` honours that, tf2onnx
+exports the batch-statistics ops, Keras 3.15 lets the outer flag win, newer
+Keras honours the call-site flag again. After this pass every BN call (plain or
+inside TimeDistributed) carries ``training=False``: it computes
+
+    y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta
+
+in every Keras version and in ONNX. Other layers with a baked-in
+``training=True`` (Dropout, GaussianNoise, ...) get ``training=False`` too, since
+they would make the deployed model random. BN layers are frozen
+(``trainable=False``) unless ``keep_trainable`` is set, so a later ``fit`` on
+the Keras output does not move the statistics.
+"""
+
+from __future__ import annotations
+
+from ..graph import ModelGraph
+from ..io.config import TRAINING_AWARE
+from .base import Pass, PassContext
+
+
+class InferenceMode(Pass):
+    name = "inference_mode"
+    description = "explicit training=False on BN calls (and baked-in training=True elsewhere); freeze BN"
+
+    def candidates(self, mg: ModelGraph):
+        for n in mg.topo():
+            lay = mg.layer(n)
+            if lay.is_bn() or lay.wraps_bn() or (
+                lay.class_name in TRAINING_AWARE and mg.graph.nodes[n]["kwargs"].get("training") is True
+            ):
+                yield n
+
+    def rewrite(self, mg: ModelGraph, node: str, ctx: PassContext) -> list[str]:
+        data = mg.graph.nodes[node]
+        lay = data["layer"]
+        changed = data["kwargs"].get("training") is not False
+        data["kwargs"]["training"] = False
+        if (lay.is_bn() or lay.wraps_bn()) and not ctx.keep_trainable:
+            for cfg in (lay.config, (lay.inner or {}).get("config")):
+                if cfg is not None and cfg.get("trainable", True) is not False:
+                    cfg["trainable"] = False
+                    changed = True
+        return [lay.name] if changed else []

@@ -1,0 +1,163 @@
+"""unwrap_timedistributed: replace ``TimeDistributed(layer)`` by the layer itself.
+
+``TimeDistributed(f)`` applies ``f`` to every time step: for x of shape
+(B, T, *d) it is ``reshape(f(reshape(x, (B*T, *d))), (B, T, *f_d))``. Keras 3
+exports it unrolled, one slice-and-call per step (T=256 -> 1027 ONNX nodes), so
+the pass writes that reshape -> layer -> reshape with the same weights; the
+ONNX size no longer grows with T. Nested TimeDistributed layers collapse the
+same way (all time axes merge into the batch).
+
+For layers that act on the last axis or elementwise, the two reshapes are the
+identity on the result and are left out:
+
+* BatchNormalization over axis a of a step: over (B*T, *d) it normalizes the
+  same channel as BN over axis a+1 (a+depth when nested) of (B, T, *d), with
+  statistics over batch *and* time, in training as in inference;
+* Dense (acts on the last axis of any rank), activations, Dropout-like layers
+  (elementwise), Softmax / LayerNormalization (axis shifted like BN).
+
+Other per-sample layers (Conv*, pooling, Flatten, Reshape, padding, ...) get
+the explicit reshapes (Keras ``ops.reshape`` nodes that ``.keras`` files keep
+and reload without custom code); they need the step shape to be static.
+Anything else (recurrent layers, nested models, masks) is left wrapped, with
+the reason in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import networkx as nx
+
+from ..graph import Layer, ModelGraph
+from .base import Pass, PassContext
+
+# Act on the last axis or elementwise: no reshape needed.
+DIRECT = {
+    "Dense", "EinsumDense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "ThresholdedReLU",
+    "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity", "Embedding",
+}
+# Take an ``axis`` (int) that must move with the merged dimensions.
+AXIS = {"BatchNormalization", "Softmax", "LayerNormalization", "UnitNormalization"}
+# Per-sample layers that need the explicit (B*T, ...) reshape.
+RESHAPED = {
+    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+    "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Flatten", "Reshape",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "Permute", "RepeatVector",
+}
+# Layers that accept any rank only along these constraints.
+_LAST_AXIS_ONLY = {"Softmax", "LayerNormalization", "UnitNormalization"}
+
+_RESHAPE_MODULE = "keras.src.ops.numpy"
+
+
+def _strip(layer: Layer) -> tuple[dict, int]:
+    """Innermost wrapped layer config and how many TimeDistributed wrap it."""
+    inner, depth = layer.config["layer"], 1
+    while inner.get("class_name") == "TimeDistributed":
+        inner, depth = inner["config"]["layer"], depth + 1
+    return inner, depth
+
+
+class UnwrapTimeDistributed(Pass):
+    name = "unwrap_timedistributed"
+    description = "TimeDistributed(layer) -> reshape (B*T, ...) -> layer -> reshape back"
+
+    @classmethod
+    def enabled(cls, options: dict) -> bool:
+        return not options.get("keep_timedistributed", False)
+
+    def candidates(self, mg: ModelGraph):
+        return [n for n in mg.topo() if mg.layer(n).class_name == "TimeDistributed"]
+
+    def run(self, mg, ctx):
+        from ..io.keras_writer import infer_shapes
+
+        self._shapes = infer_shapes(mg)
+        self._made: dict[str, Layer] = {}  # one unwrapped layer per shared wrapper
+        return super().run(mg, ctx)
+
+    def check(self, mg: ModelGraph, node: str, ctx: PassContext) -> str | None:
+        layer = mg.layer(node)
+        inner, depth = _strip(layer)
+        cls = inner.get("class_name")
+        kwargs = mg.graph.nodes[node]["kwargs"]
+        if kwargs.get("mask") is not None:
+            return "the call passes a mask"
+        if len(mg.inbound(node)) != 1:
+            return "the call has more than one input tensor"
+        if cls in AXIS:
+            axis = inner["config"].get("axis", -1)
+            if isinstance(axis, (list, tuple)):
+                if len(axis) != 1:
+                    return f"{cls} over several axes {axis}"
+            return None
+        if cls in DIRECT:
+            return None
+        if cls in RESHAPED:
+            shape = self._shapes.get(mg.inbound(node)[0])
+            out = self._shapes.get((node, 0))
+            if shape is None or out is None or any(d is None for d in (*shape[1:], *out[1:])):
+                return f"the step shape {shape} -> {out} is not static, needed to reshape around {cls}"
+            return None
+        if cls in ("Functional", "Sequential", "Model"):
+            return "a nested model inside TimeDistributed is left wrapped"
+        return f"{cls} is not known to act sample by sample"
+
+    def rewrite(self, mg: ModelGraph, node: str, ctx: PassContext) -> list[str]:
+        td = mg.layer(node)
+        inner, depth = _strip(td)
+        cls = inner["class_name"]
+        config = copy.deepcopy(inner["config"])
+        config["name"] = td.name  # the unwrapped layer keeps the wrapper's name
+        if td.config.get("trainable") is False:
+            config["trainable"] = False
+        data = mg.graph.nodes[node]
+        kwargs = {k: v for k, v in data["kwargs"].items() if k == "training"}
+        src = mg.inbound(node)[0]
+        if cls in AXIS:
+            axis = config.get("axis", -1)
+            axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+            # An axis counted from the front of one step moves back by the merged time axes.
+            config["axis"] = axis + depth if axis >= 0 else axis
+        new_layer = self._made.get(td.name) or Layer(
+            td.name, cls, config, td.weights, module=inner.get("module"),
+            registered_name=inner.get("registered_name"))
+        self._made[td.name] = new_layer
+        if cls in AXIS or cls in DIRECT:
+            self._replace(mg, node, new_layer, [src], kwargs)
+            return [td.name]
+
+        shape = self._shapes[src]
+        out_shape = self._shapes[(node, 0)]
+        merge = _op(mg, f"{td.name}_merge_time", [-1, *shape[depth + 1:]])
+        split = _op(mg, f"{td.name}_split_time", [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
+        m = mg.add_call(merge, [src], path=data["path"])
+        mg.graph.nodes[m]["order"] = data["order"] - 0.5
+        inner_node = self._replace(mg, node, new_layer, [(m, 0)], kwargs)
+        mg.insert_after((inner_node, 0), split, path=data["path"])
+        return [td.name]
+
+    @staticmethod
+    def _replace(mg, node, new_layer, inputs, kwargs) -> str:
+        """Swap the TimeDistributed call for a call of ``new_layer`` on ``inputs``."""
+        data = mg.graph.nodes[node]
+        order, path, call = data["order"], data["path"], data["call"]
+        tmp = mg.add_call(new_layer, inputs, kwargs=kwargs, path=path, node=f"{node}__unwrapped")
+        mg.rewire((node, 0), (tmp, 0))
+        mg.remove(node)
+        mg.graph.nodes[tmp].update(order=order, call=call)
+        nx.relabel_nodes(mg.graph, {tmp: node}, copy=False)
+        mg.outputs = [(node, o) if n == tmp else (n, o) for n, o in mg.outputs]
+        return node
+
+
+def _op(mg: ModelGraph, name: str, newshape: list) -> Layer:
+    name = mg.unique_name(name)
+    return Layer(name, "Reshape", {"name": name, "newshape": [int(d) for d in newshape]},
+                 module=_RESHAPE_MODULE, registered_name="Reshape")
