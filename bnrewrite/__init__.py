@@ -12,11 +12,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .audit import Audit, inspect
 from .convert import ConvertReport, convert, load
 from .errors import BnrewriteError, InputError, UnsupportedModelError, VerificationError
 from .graph import Layer, ModelGraph, TensorRef
 
 __all__ = [
-    "load", "convert", "ConvertReport", "ModelGraph", "Layer", "TensorRef",
+    "load", "convert", "inspect", "Audit", "ConvertReport", "ModelGraph", "Layer", "TensorRef",
     "BnrewriteError", "InputError", "UnsupportedModelError", "VerificationError", "__version__",
 ]

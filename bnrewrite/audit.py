@@ -14,40 +14,43 @@ Each finding is ``{"code", "layer", "severity", "message", "hint"}``; ``layer``
 is the (flattened) layer name, one finding per code and layer. The codes are
 stable strings. "Any channel" means any element of the per-channel vectors.
 
-=====================  ========  ==========================================  ================================================
-code                   severity  rule                                        hint (how ``bnrewrite convert`` fixes it)
-=====================  ========  ==========================================  ================================================
-``TRAINING_BAKED_IN``  error     some call of the layer has the call-site    convert puts every BN in inference mode (the
-                                 keyword ``training=True`` (node kwargs), so  default), so it uses the moving statistics
-                                 it normalizes with the statistics of each
-                                 batch: the output depends on the batch
-``NONFINITE_STATS``    error     any channel of gamma, beta, moving mean or  ``--calibration DATA`` re-estimates mean and
-                                 moving variance is NaN or +-inf             variance; NaN/inf in gamma/beta means the
-                                                                             weights are broken: retrain or fix the file
-``DEGENERATE_VARIANCE`` error    any channel has moving variance < 0 (or     ``--calibration DATA`` re-estimates the variance
-                                 variance + epsilon <= 0): invalid, rsqrt
-                                 of it is NaN or meaningless
-``DEGENERATE_VARIANCE`` warning  otherwise, any channel has moving variance  same; a zero-variance channel whose input
-                                 exactly 0, or a gain ``|gamma| /            really is constant (a dead unit) is harmless
-                                 sqrt(variance + epsilon)`` above
-                                 :data:`MAX_GAIN` (1e3; ``gamma`` taken as
-                                 1 when ``scale=False``): the layer
-                                 amplifies any deviation of its input from
-                                 the moving mean by more than 1000x
-``STALE_STATS``        warning   moving mean all exactly 0 *and* moving      ``--calibration DATA`` re-estimates them
-                                 variance all exactly 1 (the initial values):
-                                 the statistics were never updated (e.g.
-                                 TimeDistributed BN in Keras 2.0.x)
-``TIMEDISTRIBUTED_BN`` warning   the BN is wrapped in ``TimeDistributed``    convert unwraps it by default (do not pass
-                                 (Keras 3 exports it unrolled per time       ``--keep-timedistributed``)
-                                 step; Keras 2.0.x never updated its stats)
-``FROZEN_BN``          info      ``trainable`` is False in the layer config  ``--calibration DATA`` (AdaBN) if the deployment
-                                 (for a wrapped BN: the wrapper's or the     domain differs from the training domain
-                                 inner config's). In TF2 / Keras 3 a frozen
-                                 BN runs in inference mode even during
-                                 ``fit``, so its statistics come from the
-                                 data it was trained on (transfer learning)
-=====================  ========  ==========================================  ================================================
+=========================  ========  ==========================================  ==============================================
+code                       severity  rule                                        hint (what fixes it)
+=========================  ========  ==========================================  ==============================================
+``TRAINING_BAKED_IN``      error     some call of the layer passes               ``bnrewrite convert`` puts every BN in
+                                     ``training=True`` (node kwargs), so it      inference mode (the default): it then uses the
+                                     normalizes with each batch's statistics:    moving statistics
+                                     an output depends on the rest of the batch
+``NONFINITE_STATS``        error     any element of gamma, beta, moving mean or  ``convert --calibration DATA`` re-estimates mean
+                                     moving variance is NaN or +-inf             and variance; NaN/inf in gamma/beta cannot be
+                                                                                 repaired by conversion (retrain / fix weights)
+``DEGENERATE_VARIANCE``    error     any channel has moving variance < 0 (or     ``convert --calibration DATA`` re-estimates the
+                                     variance + epsilon <= 0): a variance        variance
+                                     cannot be negative
+``DEGENERATE_VARIANCE``    warning   (no negative channel, and) any channel has  same; a zero-variance channel whose input
+                                     moving variance exactly 0, or a gain        really is constant (a dead unit) is harmless
+                                     ``|gamma| / sqrt(variance + epsilon)``
+                                     above :data:`MAX_GAIN` = 1e3 (gamma is 1
+                                     when ``scale=False``): the layer amplifies
+                                     any deviation from the moving mean by more
+                                     than 1000x. NaN/inf channels are left to
+                                     ``NONFINITE_STATS``
+``STALE_STATS``            warning   moving mean all exactly 0 *and* moving      ``convert --calibration DATA`` re-estimates them
+                                     variance all exactly 1 (their initial
+                                     values): never updated (e.g. a
+                                     TimeDistributed BN in Keras 2.0.x, or a
+                                     model saved before training)
+``TIMEDISTRIBUTED_BN``     warning   the BN is wrapped in ``TimeDistributed``    ``convert`` unwraps it by default (do not pass
+                                     (Keras 3 exports it unrolled per time       ``--keep-timedistributed``)
+                                     step; Keras 2.0.x never updated its stats)
+``FROZEN_BN``              info      ``trainable`` is False in the layer config  ``convert --calibration DATA`` (AdaBN) if the
+                                     (for a wrapped BN: the wrapper's or the     deployment domain differs from the training
+                                     inner one's; the reader propagates a        domain
+                                     nested model's ``trainable=False``). In
+                                     TF2 / Keras 3 a frozen BN runs in
+                                     inference mode even during ``fit``, so its
+                                     statistics come from the original domain
+=========================  ========  ==========================================  ==============================================
 
 Severities order ``info < warning < error``; :attr:`Audit.worst_severity` is the
 highest one found (None without findings) and ``inspect --strict`` fails (exit

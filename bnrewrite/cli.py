@@ -197,7 +197,7 @@ def _print_audit(console, result, src) -> None:
     rows = result.bn_layers
     console.print(f"[bold]{src}[/]: {len(rows)} BatchNormalization layer{'s' if len(rows) != 1 else ''}")
     if rows:
-        t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for col, just in [("layer", "left"), ("path", "left"), ("wrapper", "left"), ("axis", "right"),
                           ("momentum", "right"), ("epsilon", "right"), ("center", "left"), ("scale", "left"),
                           ("trainable", "left"), ("training", "left"), ("mean min, max", "right"),

@@ -161,9 +161,13 @@ def convert(
 
         options = {"fold": fold, "keep_timedistributed": keep_timedistributed, **extra}
         ctx = PassContext(keep_trainable=keep_trainable, options=options)
+        from .audit import audit, compare
+
+        before = audit(mg)
         t = time.perf_counter()
         rep.passes = run_passes(mg, passes, ctx, options)
         rep.timings["passes_s"] = time.perf_counter() - t
+        rep.findings = compare(before, audit(mg))
 
         t = time.perf_counter()
         say("rebuilding the Keras 3 model")

@@ -101,7 +101,7 @@ def sample_inputs(model, batch: int = 4, seed: int = 0, fill: int = 8) -> list[n
 def keras_outputs(model, xs: list[np.ndarray]) -> list[np.ndarray]:
     import keras
 
-    ys = model(xs if len(xs) > 1 else xs[0], training=False)
+    ys = model(list(xs), training=False)
     return [np.asarray(keras.ops.convert_to_numpy(y)) for y in keras.tree.flatten(ys)]
 
 
