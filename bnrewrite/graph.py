@@ -65,9 +65,18 @@ class Layer:
 
     @property
     def inner(self) -> dict | None:
-        """The wrapped layer's ``{"class_name", "config"}`` for wrappers like TimeDistributed."""
-        inner = self.config.get("layer")
-        return inner if isinstance(inner, dict) else None
+        """The innermost wrapped layer's ``{"class_name", "config"}`` for wrappers
+        like TimeDistributed (through nested wrappers), else None."""
+        chain = self.wrapped_configs()
+        return chain[-1] if chain else None
+
+    def wrapped_configs(self) -> list[dict]:
+        """The wrapped layers' ``{"class_name", "config"}``, outermost first."""
+        chain, cfg = [], self.config
+        while isinstance(cfg.get("layer"), dict) and "class_name" in cfg["layer"]:
+            chain.append(cfg["layer"])
+            cfg = cfg["layer"].get("config") or {}
+        return chain
 
     def is_bn(self) -> bool:
         return self.class_name in BN_CLASSES

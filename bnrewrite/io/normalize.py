@@ -138,8 +138,11 @@ def normalize_layer(
                     layer_name=f"{layer_name}/{inner_name}", unsafe=unsafe,
                     custom_classes=custom_classes,
                 )
-                config[key] = {**{k: v for k, v in inner.items() if k not in ("class_name", "config")},
-                               "class_name": icls, "config": icfg}
+                # tf.keras records a nested wrapper's build shape per step ([None, F]),
+                # which Keras 3 would build with; the outer call builds it right.
+                keep = {k: v for k, v in inner.items()
+                        if k not in ("class_name", "config") and not (legacy and k == "build_config")}
+                config[key] = {**keep, "class_name": icls, "config": icfg}
                 notes += inotes
 
     if cls is not None and not (module or "").startswith("keras.src.ops."):

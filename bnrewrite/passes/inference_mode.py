@@ -40,7 +40,7 @@ class InferenceMode(Pass):
         changed = data["kwargs"].get("training") is not False
         data["kwargs"]["training"] = False
         if (lay.is_bn() or lay.wraps_bn()) and not ctx.keep_trainable:
-            for cfg in (lay.config, (lay.inner or {}).get("config")):
+            for cfg in (lay.config, *(w.get("config") for w in lay.wrapped_configs())):
                 if cfg is not None and cfg.get("trainable", True) is not False:
                     cfg["trainable"] = False
                     changed = True
