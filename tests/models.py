@@ -29,7 +29,8 @@ BATCH = 4
 #: a different batch size, used when running the ONNX file directly
 BATCH_ALT = 3
 
-FRAMEWORKS = {"tk": ("tf_keras", ".h5"), "k3": ("keras", ".keras")}
+#: model id prefix -> (writing framework, file suffix)
+FRAMEWORKS = {"tk": ("tf_keras", ".h5"), "k3": ("keras", ".keras"), "k3h5": ("keras", ".h5")}
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Built:
     outputs_alt: list[np.ndarray]
     #: every node id bnrewrite.load must produce (one per layer call, inputs included)
     expected_nodes: set[str]
+    #: ModelGraph.outputs: (node id, output index) in model order
+    expected_outputs: list[tuple[str, int]] = field(default_factory=list)
     #: node id -> path tuple for layers of flattened nested models
     nested_paths: dict[str, tuple] = field(default_factory=dict)
     #: node id -> expected ``training`` kwarg: False where a nested call fixed it,
@@ -129,8 +132,16 @@ def _inputs(model, names, rng, batch):
 
 def _predict(model, names, inputs):
     xs = [inputs[n] for n in names]
-    out = model.predict(xs if len(xs) > 1 else xs[0], verbose=0, batch_size=64)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    x = xs if len(xs) > 1 else xs[0]
+    out = model.predict(x, verbose=0, batch_size=64)
+    out = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    # Guard against the framework disagreeing with itself (graph vs eager):
+    # the reference must be the model's unambiguous inference output.
+    eager = model(x, training=False)
+    eager = eager if isinstance(eager, (list, tuple)) else [eager]
+    for o, e in zip(out, eager):
+        np.testing.assert_allclose(o, np.asarray(e), atol=1e-5, rtol=1e-5)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -154,6 +165,7 @@ def def_conv_bn(K):
     model = K.Model(img, out, name="conv_bn")
     meta = dict(
         input_names=["img"],
+        expected_outputs=[("logits", 0)],
         expected_nodes={"img", "conv", "bn_conv", "relu1", "dw", "bn_dw", "relu2",
                         "gap", "fc", "bn_fc", "logits"},
         bn_after={"bn_conv": "Conv2D", "bn_dw": "DepthwiseConv2D", "bn_fc": "Dense"},
@@ -189,6 +201,7 @@ def def_nested(K):
     head_nodes = ["head_fc", "head_bn", "head_relu"]
     meta = dict(
         input_names=["image"],
+        expected_outputs=[("probs", 0)],
         expected_nodes={"image", "probs", *base_nodes, *head_nodes},
         nested_paths={**{n: ("base",) for n in base_nodes}, **{n: ("head",) for n in head_nodes}},
         training={"base_bn1": False, "base_bn2": False, "head_bn": None},
@@ -219,6 +232,7 @@ def def_shared_multi(K):
     model = K.Model([seq, vec], [out_a, out_b], name="shared_multi")
     meta = dict(
         input_names=["seq", "vec"],
+        expected_outputs=[("out_a", 0), ("out_b", 0)],
         expected_nodes={"seq", "vec", "conv1d", "bn_conv1d", "relu_a", "gap1d", "vec_fc",
                         "bn_vec", "shared", "shared#1", "shared_bn", "shared_bn#1",
                         "concat", "out_a", "out_b"},
@@ -249,6 +263,7 @@ def def_siamese(K):
     nodes = inner + [f"{n}#1" for n in inner]
     meta = dict(
         input_names=["left", "right"],
+        expected_outputs=[("score", 0), ("t_gap", 0)],  # t_gap: the *first* tower call
         expected_nodes={"left", "right", "diff", "score", *nodes},
         nested_paths={n: ("tower",) for n in nodes},
         training={"t_bn": None, "t_bn#1": False},
@@ -261,8 +276,8 @@ def def_siamese(K):
 
 def def_fold_traps(K):
     """BNs that a careless folder gets wrong: an activation between conv and BN,
-    a conv whose output is also read elsewhere, a BN over a non-channel axis,
-    a bias-free Dense, a BN without gamma, a BN output that is a model output."""
+    a conv whose output is also read elsewhere, a bias-free conv and Dense, a BN
+    over a non-channel axis, a BN without gamma, a BN output that is a model output."""
     L = K.layers
     x = L.Input((6, 6, 3), name="x")
     a = L.Conv2D(4, 3, padding="same", activation="relu", name="conv_act")(x)
@@ -270,19 +285,27 @@ def def_fold_traps(K):
     c = L.Conv2D(4, 1, name="conv_fan")(a)
     c1 = L.BatchNormalization(name="bn_fan")(c)
     d = L.Conv2D(4, 3, padding="same", use_bias=False, name="conv_h")(c1)
-    d = L.BatchNormalization(axis=1, name="bn_axis1")(d)
-    e = L.Add(name="add")([d, c])
-    g = L.GlobalAveragePooling2D(name="gap")(e)
+    d = L.BatchNormalization(name="bn_h")(d)
+    e = L.Concatenate(name="concat")([d, c])  # conv_fan's output is read twice
+    r = L.Reshape((36, 8), name="reshape")(e)
+    r = L.Conv1D(3, 1, name="conv_t")(r)
+    # axis=1 normalizes over the 36 positions, not over conv_t's channels.
+    # (On a 3-D tensor: tf_keras' fused BN with axis=1 on 4-D inputs gives
+    # different results in graph-mode predict than in an eager call.)
+    r = L.BatchNormalization(axis=1, name="bn_axis1")(r)
+    g = L.GlobalAveragePooling1D(name="gap")(r)
     f = L.Dense(5, use_bias=False, name="fc_nobias")(g)
     f = L.BatchNormalization(scale=False, name="bn_noscale")(f)
     out = L.Dense(2, name="out")(f)
     model = K.Model(x, [out, f], name="fold_traps")
     meta = dict(
         input_names=["x"],
-        expected_nodes={"x", "conv_act", "bn_after_act", "conv_fan", "bn_fan", "conv_h",
-                        "bn_axis1", "add", "gap", "fc_nobias", "bn_noscale", "out"},
-        bn_after={"bn_after_act": "Conv2D", "bn_fan": "Conv2D", "bn_axis1": "Conv2D",
-                  "bn_noscale": "Dense"},
+        expected_outputs=[("out", 0), ("bn_noscale", 0)],
+        expected_nodes={"x", "conv_act", "bn_after_act", "conv_fan", "bn_fan", "conv_h", "bn_h",
+                        "concat", "reshape", "conv_t", "bn_axis1", "gap", "fc_nobias",
+                        "bn_noscale", "out"},
+        bn_after={"bn_after_act": "Conv2D", "bn_fan": "Conv2D", "bn_h": "Conv2D",
+                  "bn_axis1": "Conv1D", "bn_noscale": "Dense"},
     )
     return model, meta
 
@@ -293,8 +316,11 @@ SEEDS = {"conv_bn": 11, "nested": 12, "shared_multi": 13, "siamese": 14, "fold_t
 #: kinds with a layer called more than once / with nested models flattened in
 SHARED_KINDS = ("shared_multi", "siamese")
 NESTED_KINDS = ("nested", "siamese")
-#: all model ids, "<framework>-<kind>"
-MODEL_IDS = [f"{fw}-{kind}" for fw in FRAMEWORKS for kind in KINDS]
+#: all model ids, "<framework>-<kind>": every kind from tf_keras (.h5) and
+#: Keras 3 (.keras), and two from Keras 3 written as .h5
+MODEL_IDS = [f"{fw}-{kind}" for fw in ("tk", "k3") for kind in KINDS] + [
+    "k3h5-nested", "k3h5-shared_multi",
+]
 
 
 def build(model_id: str, directory: Path) -> Built:
@@ -303,7 +329,7 @@ def build(model_id: str, directory: Path) -> Built:
     fw_name, suffix = FRAMEWORKS[fw]
     K = framework(fw_name)
     K.backend.clear_session()
-    seed = SEEDS[kind] + (100 if fw == "k3" else 0)
+    seed = SEEDS[kind] + {"tk": 0, "k3": 100, "k3h5": 200}[fw]
     K.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
 

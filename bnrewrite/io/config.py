@@ -8,7 +8,8 @@ Both serialization dialects are read here:
   so references to its calls start at node index 1.
 * Keras 3: each call is ``{"args": [...], "kwargs": {...}}`` with tensors as
   ``{"class_name": "__keras_tensor__", "config": {"keras_history": [...]}}``;
-  node indices count only the calls listed.
+  node indices count only the calls listed, except in ``output_layers``, where
+  a nested Functional's calls count from 1 (Keras re-indexes only there).
 
 Nested models are flattened: their layers become calls in the one graph, with
 ``path`` naming the enclosing models, a model-level ``trainable: false`` carried
@@ -187,6 +188,11 @@ class _Builder:
         out_refs = _ref_list(cfg.get("output_layers"))
         if self.legacy:
             out_refs = [(n, i - _legacy_offset(layer_cfgs.get(n)), t) for n, i, t in out_refs]
+        else:  # Keras 3 counts a nested Functional's built-in node in output_layers only
+            out_refs = [
+                (n, i - (1 if (layer_cfgs.get(n) or {}).get("class_name") == "Functional" else 0), t)
+                for n, i, t in out_refs
+            ]
         # (layer, call) -> a node id (its outputs are (node, i)) or a list of
         # tensors (the outputs of a flattened nested model or an input).
         made: dict[tuple[str, int], str | list] = {}

@@ -57,8 +57,8 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset()) -> 
                 return {}
             grp = mw[top]
             names = [_text(n) for n in grp.attrs.get("weight_names", [])]
-            if nest:  # weights of a nested model's layer start with that layer's name
-                names = [n for n in names if n.split("/")[0] == name]
+            if nest:  # a nested layer's weights start with its name (Keras 3: after the models' names)
+                names = [n for n in names if _first_own(n, nest) == name]
             items = []
             for n in names:
                 try:
@@ -78,3 +78,12 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset()) -> 
 
 def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _first_own(weight_name: str, nest: tuple) -> str:
+    """First component of ``weight_name`` that is not one of the enclosing models' names."""
+    parts = weight_name.split("/")
+    i = 0
+    while i < len(parts) - 1 and parts[i] in nest:
+        i += 1
+    return parts[i]
