@@ -32,17 +32,10 @@ from bnrewrite.passes import (  # noqa: E402
     FoldBN, InferenceMode, Pass, PassContext, PassManager, UnwrapTimeDistributed, default_passes,
 )
 
-ATOL = 1e-4
-RTOL = 1e-4
+from conftest import ATOL, RTOL, assert_close  # noqa: E402,F401  (shared tolerance and check)
 
 
 # ---------------------------------------------------------------- helpers
-
-def assert_close(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL, err_msg=what)
-
 
 def assert_all_close(gots, wants, what=""):
     assert len(gots) == len(wants), f"{what}: {len(gots)} outputs, expected {len(wants)}"
