@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
 from ..graph import INPUT_CLASS, Layer, ModelGraph, TensorRef
-from .normalize import normalize_layer
+from .normalize import is_keras_op, normalize_layer
 
 MODEL_CLASSES = ("Functional", "Model", "Sequential")
 # Layers whose call takes ``training``; a nested call's training flag reaches them.
@@ -126,8 +126,8 @@ class _Builder:
         config["name"] = flat
         if not trainable:
             config["trainable"] = False
-        is_op = (lc.get("module") or "").startswith("keras.src.ops.")
-        weights = self.weights(path, name, cls) if cls != INPUT_CLASS and not is_op else {}
+        has_weights = cls != INPUT_CLASS and not is_keras_op(lc.get("module"))
+        weights = self.weights(path, name, cls) if has_weights else {}
         layer = Layer(
             name=flat, class_name=cls, config=config, weights=weights,
             module=lc.get("module"), registered_name=lc.get("registered_name"),

@@ -33,6 +33,11 @@ _NEVER_DROP = {"name", "trainable", "dtype"}
 _HARMLESS = {("groups", 1)}
 
 
+def is_keras_op(module: str | None) -> bool:
+    """Whether a config's ``module`` names one of Keras's own ops (not a layer)."""
+    return (module or "").startswith("keras.src.ops.")
+
+
 def keras_class(class_name: str, module: str | None = None):
     """The Keras 3 class for ``class_name``, or None when unknown.
 
@@ -45,7 +50,7 @@ def keras_class(class_name: str, module: str | None = None):
 
     import keras
 
-    if module and module.startswith("keras.src.ops."):
+    if is_keras_op(module):
         try:
             cls = getattr(importlib.import_module(module), class_name, None)
         except ImportError:
@@ -145,7 +150,7 @@ def normalize_layer(
                 config[key] = {**keep, "class_name": icls, "config": icfg}
                 notes += inotes
 
-    if cls is not None and not (module or "").startswith("keras.src.ops."):
+    if cls is not None and not is_keras_op(module):
         allowed = accepted_keys(cls)
         if allowed is not None:
             dropped = sorted(k for k in config if k not in allowed and k not in _NEVER_DROP)
