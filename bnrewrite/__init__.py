@@ -6,6 +6,8 @@ Public API::
     mg = bnrewrite.load("model.h5")          # ModelGraph; mg.graph is a networkx.MultiDiGraph
     report = bnrewrite.convert("model.h5", "model.onnx")
     audit = bnrewrite.inspect("model.h5")
+    report = bnrewrite.convert("model.h5", "model.onnx", calibration=images)   # AdaBN
+    bnrewrite.calibrate(mg, images)          # the same on a ModelGraph, in place
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .audit import Audit, inspect
+from .calibration import calibrate
 from .convert import ConvertReport, convert, load
 from .errors import BnrewriteError, InputError, UnsupportedModelError, VerificationError
 from .graph import Layer, ModelGraph, TensorRef
 
 __all__ = [
-    "load", "convert", "inspect", "Audit", "ConvertReport", "ModelGraph", "Layer", "TensorRef",
+    "load", "convert", "inspect", "calibrate", "Audit", "ConvertReport", "ModelGraph", "Layer", "TensorRef",
     "BnrewriteError", "InputError", "UnsupportedModelError", "VerificationError", "__version__",
 ]

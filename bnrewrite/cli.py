@@ -87,6 +87,15 @@ def main():
     """Make Keras models safe to deploy where BatchNormalization is concerned."""
 
 
+def _progress(console):
+    """A transient rich progress line: a spinner for stages, a bar while calibrating."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True,
+                    disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
+
+
 def _console(quiet: bool):
     from rich.console import Console
 
@@ -107,10 +116,22 @@ def _console(quiet: bool):
               help="Write the conversion report as JSON to this file.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
+@click.option("--custom-objects", "custom_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Python file defining the model's custom layer classes (the file is executed).")
+@click.option("--calibration", "calibration", type=click.Path(path_type=str),
+              help="Re-estimate every BN's statistics (AdaBN) on this .npy/.npz file or folder of shards.")
+@click.option("--variance", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True,
+              help="Calibrated variance: unbiased (n-1, Bessel) or biased (n).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
+              help="Calibration batch size (the result does not depend on it).")
+@click.option("--max-samples", type=click.IntRange(1), help="Use at most this many calibration samples.")
+@click.option("--cache-mb", default=1024, show_default=True, type=click.FloatRange(0),
+              help="RAM for activations cached during calibration; beyond it they spill to a temp folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
-            report_path, force, unsafe, quiet, verbose):
+            report_path, force, unsafe, custom_path, calibration, variance, batch_size, max_samples,
+            cache_mb, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
     _VERBOSE = verbose
@@ -121,22 +142,35 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
         from pathlib import Path
 
         check_paths(Path(src), Path(dst), force)  # fail fast, before the TF import
+        if calibration is not None and not Path(calibration).exists():
+            from .errors import InputError
+
+            raise InputError(f"{calibration}: calibration data not found")
         _prepare_runtime(verbose)
+        custom_objects = _custom_objects(custom_path)
         from .convert import convert as run
         from .report import print_convert_report
 
         console = _console(quiet)
-        with console.status("converting", spinner="dots") as status:
-            rep = None
-            try:
-                rep = run(
-                    src, dst, opset=opset, atol=atol, rtol=rtol, verify=not no_verify, force=force,
-                    fold=not no_fold, keep_trainable=keep_trainable,
-                    keep_timedistributed=keep_timedistributed, unsafe=unsafe, report=report_path,
-                    progress=lambda m: status.update(m),
-                )
-            finally:
-                status.stop()
+        with _progress(console) as bar:
+            task = bar.add_task("converting", total=None)
+
+            def calibrating(done, total):
+                bar.update(task, description="calibrating BatchNormalization statistics",
+                           completed=done, total=total)
+
+            def stage(msg):
+                bar.update(task, description=msg, total=None, completed=0)
+
+            rep = run(
+                src, dst, opset=opset, atol=atol, rtol=rtol, verify=not no_verify, force=force,
+                fold=not no_fold, keep_trainable=keep_trainable,
+                keep_timedistributed=keep_timedistributed, unsafe=unsafe,
+                custom_objects=custom_objects, report=report_path,
+                calibration=calibration, variance=variance, batch_size=batch_size,
+                max_samples=max_samples, cache_mb=cache_mb,
+                progress=stage, calibration_progress=calibrating,
+            )
         print_convert_report(console, rep)
 
     _run(body)
@@ -147,9 +181,11 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
 @click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON on stdout (nothing else).")
 @click.option("--strict", is_flag=True, help="Exit 4 if there is any warning or error finding.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
+@click.option("--custom-objects", "custom_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Python file defining the model's custom layer classes (the file is executed).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and the JSON with --json).")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
-def inspect_cmd(src, as_json, strict, unsafe, quiet, verbose):
+def inspect_cmd(src, as_json, strict, unsafe, custom_path, quiet, verbose):
     """Audit the BatchNormalization layers of SRC (.h5/.keras): a table, then findings with fixes."""
     global _VERBOSE
     _VERBOSE = verbose
@@ -166,7 +202,7 @@ def inspect_cmd(src, as_json, strict, unsafe, quiet, verbose):
         _prepare_runtime(verbose)
         from .audit import inspect as run
 
-        result = run(src, unsafe=unsafe)
+        result = run(src, unsafe=unsafe, custom_objects=_custom_objects(custom_path))
         if as_json:
             click.echo(json.dumps(result.to_dict(), indent=2))
         elif not quiet:
@@ -174,6 +210,15 @@ def inspect_cmd(src, as_json, strict, unsafe, quiet, verbose):
         return EXIT_STRICT if strict and result.has("warning") else EXIT_OK
 
     sys.exit(_run(body))
+
+
+def _custom_objects(path):
+    """``--custom-objects FILE`` -> dict (runs FILE: the user asked for it), or None."""
+    if path is None:
+        return None
+    from .custom import load_custom_objects
+
+    return load_custom_objects(path)
 
 
 def _fmt_num(x) -> str:

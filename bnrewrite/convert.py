@@ -8,6 +8,7 @@ crash or a failed verification leaves no partial or unverified output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -113,6 +114,31 @@ def write_text_atomic(dst: Path, text: str) -> None:
         raise
 
 
+def check_finite(mg: ModelGraph, *, skip_bn_stats: bool = False) -> None:
+    """Refuse weights with NaN or inf (exit 2): every output they touch would be NaN.
+
+    ``inspect`` reports the same for BN statistics as the finding ``NONFINITE_STATS``.
+    ``skip_bn_stats`` leaves BN moving statistics to a later check (calibration
+    replaces them).
+    """
+    import numpy as np
+
+    for name, layer in mg.layers().items():
+        for key, value in layer.weights.items():
+            if skip_bn_stats and key in ("moving_mean", "moving_variance"):
+                continue
+            a = np.asarray(value)
+            if a.dtype.kind in "fc" and not np.isfinite(a).all():
+                bad = int((~np.isfinite(a)).sum())
+                kinds = "/".join(k for k, hit in (("NaN", np.isnan(a).any()), ("inf", np.isinf(a).any())) if hit)
+                where = f"{mg.source['path']}: " if mg.source.get("path") else ""
+                raise InputError(
+                    f"{where}layer {name!r} ({layer.class_name}): weight {key!r} has {bad} {kinds} value"
+                    f"{'s' if bad != 1 else ''} of {a.size}; refusing to convert non-finite weights"
+                    + (" (`bnrewrite inspect`: NONFINITE_STATS)" if layer.class_name == "BatchNormalization" else "")
+                )
+
+
 def run_passes(mg: ModelGraph, passes: Iterable[Pass] | None, ctx: PassContext, options: dict) -> list[dict]:
     chosen = default_passes(**options) if passes is None else list(passes)
     return [r.to_dict() for r in PassManager(chosen).run(mg, ctx)]
@@ -133,14 +159,29 @@ def convert(
     keep_timedistributed: bool = False,
     unsafe: bool = False,
     custom_objects: dict | None = None,
+    calibration=None,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    variance: str = "unbiased",
+    cache_mb: float = 1024,
     report: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    calibration_progress: Callable[[int, int | None], None] | None = None,
     **extra,
 ) -> ConvertReport:
     """Convert a Keras model file ``src`` to ``dst`` (``.onnx``, ``.keras`` or ``.h5``).
 
     ``passes`` replaces the default pass list (``bnrewrite.passes.default_passes``);
     ``fold=False`` and ``keep_timedistributed=True`` switch default passes off.
+
+    ``calibration`` turns on AdaBN (the ``calibrate_bn`` pass): every BN's moving
+    mean and variance are re-estimated exactly on that data -- a numpy array, a
+    dict of arrays by input name, an iterable of batches, a ``tf.data.Dataset``,
+    or a path to a ``.npy``/``.npz`` file or a folder of them (see
+    :mod:`bnrewrite.io.data`), read ``batch_size`` samples at a time, at most
+    ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
+    cached activations use up to ``cache_mb`` of RAM, then spill to disk.
+    ``calibration_progress(done, total)`` is called per batch.
     Returns a :class:`ConvertReport`; raises :class:`~bnrewrite.errors.InputError`
     (exit 2) for bad input and :class:`~bnrewrite.errors.VerificationError`
     (exit 3) when the written output does not match. ``report`` also writes the
@@ -150,24 +191,39 @@ def convert(
     say = progress or (lambda msg: None)
     rep = ConvertReport()
     t0 = time.perf_counter()
+    scope = contextlib.ExitStack()
     try:
         check_paths(src, dst, force)
         fmt = output_format(dst)
         say(f"reading {src}")
         mg = read_model(src, unsafe=unsafe, custom_objects=custom_objects)
+        check_finite(mg, skip_bn_stats=calibration is not None)
+        from .io.keras_writer import rebuild_options
+
+        # custom layers and (with unsafe) Lambda bytecode for every rebuild: passes, writer, verification
+        scope.enter_context(rebuild_options(custom_objects, unsafe))
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
         rep.timings["read_s"] = time.perf_counter() - t0
 
-        options = {"fold": fold, "keep_timedistributed": keep_timedistributed, **extra}
+        options = {
+            "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
+            "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
+            "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
+        }
         ctx = PassContext(keep_trainable=keep_trainable, options=options)
         from .audit import audit, compare
 
         before = audit(mg)
         t = time.perf_counter()
+        say("running passes")
         rep.passes = run_passes(mg, passes, ctx, options)
         rep.timings["passes_s"] = time.perf_counter() - t
-        rep.findings = compare(before, audit(mg))
+        if calibration is not None:
+            check_finite(mg)  # statistics calibration did not replace
+        rep.calibration = ctx.artifacts.get("calibration")
+        calibrated = [r["layer"] for r in (rep.calibration or {}).get("layers", [])]
+        rep.findings = compare(before, audit(mg), calibrated=calibrated)
 
         t = time.perf_counter()
         say("rebuilding the Keras 3 model")
@@ -203,6 +259,7 @@ def convert(
         rep.notes.append(str(e))
         raise
     finally:
+        scope.close()
         rep.timings["total_s"] = time.perf_counter() - t0
         # Bad input (exit 2) writes nothing; success and failed verification write the report.
         if report is not None and (rep.ok or rep.verification is not None):

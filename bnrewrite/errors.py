@@ -44,3 +44,13 @@ class VerificationError(BnrewriteError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+def with_path(e: InputError, path) -> InputError:
+    """The same error (same class) with its message prefixed by ``path``, unless it names it."""
+    msg = str(e)
+    if str(path) in msg:
+        return e
+    new = type(e)(f"{path}: {msg}")
+    new.__cause__ = e.__cause__
+    return new

@@ -26,11 +26,7 @@ def print_convert_report(console, rep) -> None:
             for s in p["skipped"]:
                 console.print(f"  [dim]{p['name']}: skipped {s['layer']}: {s['reason']}[/]")
     if rep.calibration:
-        c = rep.calibration
-        console.print(
-            f"[bold]calibrated[/] {len(c.get('layers', []))} BatchNormalization layers on "
-            f"{c.get('samples')} samples ({c.get('variance')} variance)"
-        )
+        print_calibration(console, rep.calibration)
     if rep.findings:
         fixed, left = rep.findings.get("fixed", []), rep.findings.get("remaining", [])
         for f in fixed:
@@ -57,3 +53,29 @@ def _names(names, limit: int = 6) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... (+{len(names) - limit})"
+
+
+def _range(d: dict) -> str:
+    return f"{d['min']:.4g} .. {d['max']:.4g}" if d["min"] != d["max"] else f"{d['min']:.4g}"
+
+
+def print_calibration(console, c: dict) -> None:
+    """Per calibrated layer: values seen per channel, old -> new mean and variance (range over channels)."""
+    layers = c.get("layers", [])
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console.width = max(console.width, 160)
+    console.print(
+        f"[bold]calibrated[/] {len(layers)} BatchNormalization layer{'s' if len(layers) != 1 else ''} "
+        f"on {c.get('samples'):,} samples from {c.get('data')} ({c.get('variance')} variance, "
+        f"{c.get('levels')} level{'s' if c.get('levels') != 1 else ''}, {c.get('seconds', 0):.1f} s)"
+    )
+    if layers:
+        t = Table(show_lines=False)
+        for col in ("layer", "values/channel", "mean before", "mean after", "variance before", "variance after"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for r in layers:
+            t.add_row(r["layer"], f"{r['values_per_channel']:,}", _range(r["old_mean"]), _range(r["new_mean"]),
+                      _range(r["old_variance"]), _range(r["new_variance"]))
+        console.print(t)
+    for s in c.get("skipped", []):
+        console.print(f"  [yellow]not calibrated[/] {s['layer']}: {s['reason']}")

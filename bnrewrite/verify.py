@@ -165,11 +165,18 @@ def verify_onnx(model, onnx_path, *, atol=1e-4, rtol=1e-4, batch=4, seed=0) -> V
     return _check("onnxruntime", run, model, atol, rtol, batch, seed, out_names)
 
 
-def verify_keras_file(model, path, *, atol=1e-4, rtol=1e-4, batch=4, seed=0) -> Verification:
+def verify_keras_file(model, path, *, atol=1e-4, rtol=1e-4, batch=4, seed=0,
+                      custom_objects=None, safe_mode=None) -> Verification:
+    """Reload ``path`` with Keras and compare. ``custom_objects``/``safe_mode`` default to the
+    :func:`~bnrewrite.io.keras_writer.rebuild_options` in effect (safe mode unless ``unsafe``)."""
     import keras
 
+    from .io.keras_writer import effective_options
+
+    objects, unsafe = effective_options(custom_objects, None if safe_mode is None else not safe_mode)
     try:
-        loaded = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        loaded = keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe,
+                                         custom_objects=objects or None)
     except Exception as e:
         v = Verification(runtime="keras", atol=atol, rtol=rtol, batch=batch, seed=seed)
         v.error = f"keras could not reload the written model: {str(e).strip().splitlines()[0][:300]}"

@@ -113,10 +113,7 @@ class _Builder:
         if key in self.layers:
             return self.layers[key]
         cls = lc["class_name"]
-        if cls in UNSUPPORTED:
-            raise UnsupportedModelError(
-                f"layer {name!r} is {cls} ({UNSUPPORTED[cls]}); bnrewrite rebuilds only Keras layers"
-            )
+        _refuse_unsupported(lc)
         flat = self.flat_name(path, name)
         cls, config, notes = normalize_layer(
             cls, lc.get("config", {}), legacy=self.legacy, layer_name=name,
@@ -184,6 +181,8 @@ class _Builder:
     def _expand_functional(self, mc, path, inputs, training, trainable):
         cfg = mc["config"]
         layer_cfgs = {(_lname(lc)): lc for lc in _layer_list(mc)}
+        for lc in layer_cfgs.values():  # before parsing their calls (TFOpLambda's differ)
+            _refuse_unsupported(lc)
         in_refs = _ref_list(cfg.get("input_layers"))
         out_refs = _ref_list(cfg.get("output_layers"))
         if self.legacy:
@@ -302,6 +301,14 @@ class _Builder:
             args = [TensorRef(0)] if n == 1 else [[TensorRef(i) for i in range(n)]]
             return refs, args, kwargs
         return None
+
+
+def _refuse_unsupported(lc: dict) -> None:
+    cls = lc.get("class_name")
+    if cls in UNSUPPORTED:
+        raise UnsupportedModelError(
+            f"layer {_lname(lc)!r} is {cls} ({UNSUPPORTED[cls]}); bnrewrite rebuilds only Keras layers"
+        )
 
 
 def _layer_list(model_config: dict):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, with_path
 from ..graph import ModelGraph
 from .config import build_graph
 from .weights import live_weights
@@ -29,7 +30,7 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
                 raise InputError(f"{path}: Keras archive has no model.weights.h5")
             raw = z.read("config.json")
             meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise InputError(f"{path}: not a readable .keras archive ({str(e)[:200]})") from None
     except ValueError as e:
         raise InputError(f"{path}: metadata.json is not valid JSON ({str(e)[:200]})") from None
@@ -51,8 +52,10 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
             config, lookup, legacy=False, source=source, unsafe=unsafe,
             custom_classes=frozenset(custom_objects or ()),
         )
-    except (KeyError, TypeError, IndexError, AttributeError) as e:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
         raise InputError(f"{path}: malformed config.json ({type(e).__name__}: {str(e)[:200]})") from None
+    except InputError as e:
+        raise with_path(e, path) from None
 
     import keras
 

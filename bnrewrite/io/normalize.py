@@ -11,8 +11,15 @@ fails on many legacy ``.h5`` files):
 * the names of a few variables (``DepthwiseConv2D.depthwise_kernel`` is
   ``kernel`` in Keras 3), see :data:`WEIGHT_RENAMES`.
 
-Layers that would run code from the file (``Lambda`` with serialized bytecode)
-are refused unless the caller opted in with ``unsafe=True``.
+Layers that would run code from the file are refused unless the caller opted
+in with ``unsafe=True``: any layer config holding serialized Python bytecode
+(Keras 3 ``{"class_name": "__lambda__"}``, tf.keras ``Lambda`` with
+``function_type: "lambda"``). Loading it means ``marshal.loads`` + running the
+code, the hole Keras's ``safe_mode`` exists for (CVE-2024-3660). tf.keras
+``Lambda`` configs are rewritten to the Keras 3 form so that, with ``unsafe``,
+Keras 3 can load the bytecode -- which only works if the file was written by
+the same Python minor version (marshal is version specific). A ``Lambda``
+that names a Python function instead needs it from the user (``custom_objects``).
 """
 
 from __future__ import annotations
@@ -101,11 +108,24 @@ def normalize_layer(
     """Return ``(class_name, keras3_config, notes)`` for one layer config."""
     notes: list[str] = []
     config = dict(config)
-    if class_name == "Lambda" and not unsafe:
+    if class_name == "Lambda" and legacy:
+        config = _legacy_lambda(config)
+    code = bytecode_keys(config)
+    if code and not unsafe:
+        what = "a Lambda carrying Python code" if class_name == "Lambda" else f"a {class_name} carrying Python code"
         raise UnsupportedModelError(
-            f"layer {layer_name!r} is a Lambda carrying Python code; refusing to run code from a "
-            "model file (pass --unsafe / unsafe=True only for files you trust)"
+            f"layer {layer_name!r} is {what} (serialized bytecode in {', '.join(code)}); refusing to "
+            "run code from a model file (pass --unsafe / unsafe=True only for files you trust)"
         )
+    if class_name == "Lambda":
+        for key in ("function", "output_shape", "mask"):
+            fn = _named_function(config.get(key), key)
+            if fn is not None and not (set(fn) & set(custom_classes)):
+                raise UnsupportedModelError(
+                    f"layer {layer_name!r} is a Lambda calling the Python function {fn[0]!r} ({key}); "
+                    "provide it with --custom-objects module.py (a module-level custom_objects dict; "
+                    "API: custom_objects={...})"
+                )
     cls = keras_class(class_name, module)
     if cls is None and class_name not in custom_classes:
         raise UnsupportedModelError(
@@ -163,6 +183,67 @@ def normalize_layer(
                     f"{class_name} does not take"
                 )
     return class_name, config, notes
+
+
+def bytecode_keys(config, where: str = "") -> list[str]:
+    """Config keys (dotted) holding serialized Python bytecode (``__lambda__`` objects)."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "__lambda__":
+            return [where or "config"]
+        for k, v in config.items():
+            found += bytecode_keys(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            found += bytecode_keys(v, f"{where}[{i}]")
+    return found
+
+
+def _legacy_lambda(config: dict) -> dict:
+    """tf.keras ``Lambda`` config -> the Keras 3 form (function objects as dicts)."""
+    config = dict(config)
+    for key in ("function", "output_shape", "mask"):
+        kind = config.pop(f"{key}_type", None)
+        config.pop(f"{key}_module" if key != "function" else "module", None)
+        value = config.get(key)
+        if value is None:
+            if key != "function":
+                config.pop(key, None)
+            continue
+        if kind == "lambda":
+            code, defaults, closure = (list(value) + [None, None])[:3] if isinstance(value, (list, tuple)) \
+                else (value, None, None)
+            config[key] = {"class_name": "__lambda__",
+                           "config": {"code": code, "defaults": defaults, "closure": closure}}
+        elif kind == "function":
+            config[key] = {"module": "builtins", "class_name": "function", "config": value,
+                           "registered_name": "function"}
+    return config
+
+
+def _named_function(value, key: str) -> tuple[str, ...] | None:
+    """Names a Lambda's ``function``/``output_shape``/``mask`` is looked up by, unless Keras's own."""
+    if isinstance(value, str) and key == "function":
+        return (value,)
+    if isinstance(value, dict) and value.get("class_name") == "function":
+        module = value.get("module") or ""
+        if module == "keras" or module.startswith("keras."):
+            return None
+        if module == "builtins" and _keras_builtin(value.get("config")):
+            return None
+        names = tuple(n for n in (value.get("config"), value.get("registered_name")) if isinstance(n, str)
+                      and n != "function")
+        return names or ("?",)
+    return None
+
+
+def _keras_builtin(name) -> bool:
+    """Whether Keras resolves a ``builtins`` function ``name`` itself (``relu``, ...)."""
+    import keras
+
+    return isinstance(name, str) and any(
+        callable(getattr(getattr(keras, mod), name, None)) for mod in ("activations", "ops")
+    )
 
 
 def weight_key(class_name: str, key: str) -> str:

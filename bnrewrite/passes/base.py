@@ -29,6 +29,8 @@ class PassContext:
 
     keep_trainable: bool = False
     options: dict = field(default_factory=dict)
+    #: what passes leave for the report (e.g. ``"calibration"``)
+    artifacts: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -25,7 +25,11 @@ Conv1D/2D/3DTranspose  (*k, out, in)        second to last axis
 It is safe only when the producer's activation is linear, its output feeds the
 BN alone (no other consumer, not a model output), neither layer is shared, the
 BN normalizes the producer's channel axis, and the BN runs in inference mode.
-Candidates that fail a check are skipped with the reason. Arithmetic is float64,
+A Reshape between the layer and the BN (as unwrapping ``TimeDistributed(Conv2D)``
+leaves: conv -> reshape (B, T, ...) -> BN) does not stop the fold when it keeps
+the size of the last axis and the layer is channels_last: a reshape never
+reorders elements, so every element keeps its channel. Candidates that fail a
+check are skipped with the reason. Arithmetic is float64,
 then cast back to the kernel's dtype.
 """
 
@@ -41,6 +45,13 @@ FOLDABLE = {
     "Conv1D": "last", "Conv2D": "last", "Conv3D": "last",
     "DepthwiseConv1D": "depthwise", "DepthwiseConv2D": "depthwise",
     "Conv1DTranspose": "transpose", "Conv2DTranspose": "transpose", "Conv3DTranspose": "transpose",
+}
+
+
+# Output rank fixed by the class (Conv{k}D, DepthwiseConv{k}D, Conv{k}DTranspose: k + 2).
+FIXED_RANK = {
+    "Conv1D": 3, "Conv2D": 4, "Conv3D": 5, "DepthwiseConv1D": 3, "DepthwiseConv2D": 4,
+    "Conv1DTranspose": 3, "Conv2DTranspose": 4, "Conv3DTranspose": 5,
 }
 
 
@@ -77,6 +88,12 @@ class FoldBN(Pass):
         if prod is None:
             return "the BN has no single input"
         player = mg.layer(prod)
+        through = self._through_reshape(mg, prod)
+        if through is not None:  # layer -> Reshape -> BN (e.g. an unwrapped TimeDistributed)
+            reason = self._check_reshape(mg, prod, out, through)
+            if reason is not None:
+                return reason
+            (prod, out), player = through, mg.layer(through[0])
         if player.class_name not in FOLDABLE:
             return f"its input comes from {player.class_name} {player.name!r}, which cannot absorb it"
         act = player.config.get("activation", "linear")
@@ -90,9 +107,11 @@ class FoldBN(Pass):
             return f"{player.name!r} has no float kernel"
         if any(k not in bn.weights for k in ("moving_mean", "moving_variance")):
             return "the BN has no moving statistics"
-        rank = self._rank(mg, node)
         channel = 1 if player.config.get("data_format") == "channels_first" else -1
         axis = bn.config.get("axis", -1)
+        if axis == channel:  # the same axis whatever the rank: no shapes needed
+            return None
+        rank = self._rank(mg, node)
         if rank is None:
             return "the rank of the BN input is unknown"
         if axis % rank != channel % rank:
@@ -106,15 +125,50 @@ class FoldBN(Pass):
         self._infer = lambda: infer_shapes(mg)
         return super().run(mg, ctx)
 
-    def _rank(self, mg, node):
+    def _get_shapes(self) -> dict:
+        """Static shapes of all tensors: one symbolic trace of the model, made only when needed."""
         if self._shapes is None:
             self._shapes = self._infer()
-        shape = self._shapes.get(mg.inbound(node)[0])
+        return self._shapes
+
+    def _rank(self, mg, node):
+        fixed = FIXED_RANK.get(mg.layer(mg.inbound(node)[0][0]).class_name)
+        if fixed is not None:  # conv layers accept and return exactly this rank
+            return fixed
+        shape = self._get_shapes().get(mg.inbound(node)[0])
         return None if shape is None else len(shape)
+
+    @staticmethod
+    def _through_reshape(mg: ModelGraph, prod: str):
+        """``(node, out)`` that the Reshape ``prod`` reads, when that comes from a foldable layer; else None."""
+        if mg.layer(prod).class_name != "Reshape":
+            return None
+        inbound = mg.inbound(prod)
+        if len(inbound) != 1 or mg.layer(inbound[0][0]).class_name not in FOLDABLE:
+            return None
+        return inbound[0]
+
+    def _check_reshape(self, mg: ModelGraph, reshape: str, out: int, src: tuple[str, int]) -> str | None:
+        """A Reshape between the layer and the BN is transparent to the fold when it keeps the size of
+        the last (channel) axis: a reshape never reorders elements, so each element keeps its
+        channel index (flat index mod C)."""
+        lay, player = mg.layer(reshape), mg.layer(src[0])
+        if len(mg.calls(lay.name)) > 1:
+            return f"the reshape {lay.name!r} between {player.name!r} and the BN is shared by several calls"
+        if mg.uses(reshape, out) > 1:
+            return f"the output of {lay.name!r} is also used elsewhere"
+        if player.config.get("data_format") == "channels_first":
+            return f"the reshape {lay.name!r} moves the channel axis of {player.name!r} (channels_first)"
+        a, b = self._get_shapes().get(src), self._get_shapes().get((reshape, out))
+        if not a or not b or a[-1] is None or a[-1] != b[-1]:
+            return f"the reshape {lay.name!r} between {player.name!r} and the BN does not keep the channel axis"
+        return None
 
     def rewrite(self, mg: ModelGraph, node: str, ctx: PassContext) -> list[str]:
         bn = mg.layer(node)
         (prod, out), = mg.inbound(node)
+        read = (prod, out)  # what the BN reads: the layer's output, or a Reshape of it
+        prod, out = self._through_reshape(mg, prod) or read
         player = mg.layer(prod)
         s, t = bn_scale_shift(bn.weights, bn.config)
         kernel_key = "kernel"
@@ -136,6 +190,6 @@ class FoldBN(Pass):
             player.config["use_bias"] = True
             # keep weight order kernel, bias as Keras creates them
             player.weights = {kernel_key: player.weights[kernel_key], "bias": player.weights["bias"]}
-        mg.rewire((node, 0), (prod, out))
+        mg.rewire((node, 0), read)
         mg.remove(node)
         return [bn.name]

@@ -78,7 +78,8 @@ class UnwrapTimeDistributed(Pass):
     def run(self, mg, ctx):
         from ..io.keras_writer import infer_shapes
 
-        self._shapes = infer_shapes(mg)
+        # one symbolic trace of the whole model, only when there is something to unwrap
+        self._shapes = infer_shapes(mg) if self.candidates(mg) else {}
         self._made: dict[str, Layer] = {}  # one unwrapped layer per shared wrapper
         return super().run(mg, ctx)
 

@@ -1,0 +1,505 @@
+"""AdaBN: reset every BatchNormalization's moving statistics and re-estimate them exactly.
+
+What is computed
+================
+
+For a BN over channel axis ``c`` with input ``x``, the new statistics are the
+population statistics of ``x`` over the calibration data, over every value of
+the channel (batch and all other axes: for a BN over ``(B, T, C)`` -- e.g. an
+unwrapped ``TimeDistributed(BN)`` -- that is batch and time)::
+
+    moving_mean_c     = mean(x_c)
+    moving_variance_c = M2_c / (n - 1)    ("unbiased", default: Bessel's correction,
+                                           as in Algorithm 2 of the BN paper)
+                      = M2_c / n          ("biased")
+
+with ``n`` the number of values per channel and ``M2_c = sum((x_c - mean_c)^2)``.
+Not an exponential moving average: the old statistics are discarded.
+
+Moments are merged exactly (Chan et al.) in float64::
+
+    n = n_a + n_b,  d = mean_b - mean_a
+    mean = mean_a + d * n_b / n
+    M2   = M2_a + M2_b + d^2 * n_a * n_b / n
+
+Each sample's moments over its own values (e.g. the H*W values of one channel
+of one image) are taken centred in the layer's float32, inside the phase's
+graph; from there on -- across samples, batches and calls -- everything is
+float64, so the result does not depend on the batch size or order (beyond
+float64 rounding). A float64 cast of every activation would double the
+memory traffic of calibration for no visible gain.
+
+Order: layer by layer, shared by depth
+======================================
+
+A BN's input depends on every BN upstream of it, so a BN must see inputs
+normalized by the *new* statistics of the BNs before it. Each calibrated BN call
+gets a level: the largest number of calibrated BNs on any path from a model
+input to it. Level-0 BNs see no calibrated BN, level-1 BNs see only level-0 ones,
+and so on; all BNs of one level are independent of each other and are estimated
+in the same pass over the data.
+
+Phase ``k`` computes, for every batch, the nodes whose outputs depend on BNs of
+level ``< k`` only (BNs of level ``k - 1`` are applied at its start, with their
+new statistics) and accumulates the moments of the level-``k`` BN inputs. The
+tensors a later phase reads (each BN's input, skip connections) are cached per
+batch, so every layer runs once over the data in total -- not once per level.
+The cache lives in RAM up to ``cache_mb`` and spills to files in a temporary
+folder beyond it (read back with ``pread``, so resident memory stays bounded
+however large the data). Each phase is one ``tf.function`` traced once; layers
+after the last BN are never run.
+
+A BN layer shared by several calls is estimated over the inputs of all its
+calls when they are at the same level; if they are at different levels its own
+output would feed its statistics, so it is skipped (with that reason) and keeps
+its statistics. Layers run in inference mode throughout (``training=False``:
+Dropout off, other BNs use their moving statistics).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InputError
+from .graph import INPUT_CLASS, ModelGraph
+from .io.data import CalibrationData, InputSpec
+
+VARIANCES = ("unbiased", "biased")
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CACHE_MB = 1024
+
+
+@dataclass
+class Moments:
+    """Per-channel count, mean and M2 in float64, mergeable exactly."""
+
+    n: float = 0.0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    def add(self, n: float, mean: np.ndarray, m2: np.ndarray) -> None:
+        if n == 0:
+            return
+        if self.mean is None:
+            self.n, self.mean, self.m2 = float(n), np.array(mean, np.float64), np.array(m2, np.float64)
+            return
+        total = self.n + n
+        d = mean - self.mean
+        self.mean = self.mean + d * (n / total)
+        self.m2 = self.m2 + m2 + d * d * (self.n * n / total)
+        self.n = total
+
+    def variance(self, ddof: int) -> np.ndarray:
+        return self.m2 / (self.n - ddof)
+
+
+def _summary(v: np.ndarray) -> dict:
+    v = np.asarray(v, np.float64)
+    return {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())}
+
+
+# ---------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    """Which BN calls are calibrated, at which level, and what each phase runs."""
+
+    bn_nodes: dict[str, int] = field(default_factory=dict)  # BN call -> level
+    skipped: list[dict] = field(default_factory=list)  # {"layer", "reason"}
+    phases: list[list[str]] = field(default_factory=list)  # non-input nodes run in phase k
+    loads: list[list[tuple[str, int]]] = field(default_factory=list)  # cached tensors read in phase k
+    stores: list[list[tuple[str, int]]] = field(default_factory=list)  # tensors phase k caches
+    last_use: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> int:
+        return max(self.bn_nodes.values(), default=-1) + 1
+
+    def at_level(self, k: int) -> list[str]:
+        return [n for n, lv in self.bn_nodes.items() if lv == k]
+
+
+def _bn_channel_axis(mg: ModelGraph, node: str, rank: int) -> int | None:
+    """The channel axis of the BN call's input tensor (shifted for TimeDistributed)."""
+    lay = mg.layer(node)
+    cfg = lay.config if lay.is_bn() else lay.inner.get("config", {})
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    wrappers = 0 if lay.is_bn() else len(lay.wrapped_configs())
+    inner_rank = rank - wrappers
+    axis = int(axis)
+    if axis < 0:
+        axis += inner_rank
+    if not 0 <= axis < inner_rank:
+        return None
+    return axis + wrappers
+
+
+def plan(mg: ModelGraph, shapes: dict[tuple[str, int], tuple]) -> Plan:
+    """Levels of the BN calls and the work of each phase (see the module docstring)."""
+    p = Plan()
+    order = mg.topo()
+    candidates, by_layer = [], {}
+    for n in order:
+        lay = mg.layer(n)
+        if not (lay.is_bn() or lay.wraps_bn()):
+            continue
+        if not {"moving_mean", "moving_variance"} <= set(lay.weights):
+            _skip(p, lay.name, "no moving_mean/moving_variance weights")
+            continue
+        inbound = mg.inbound(n)
+        if not inbound or _bn_channel_axis(mg, n, len(shapes[inbound[0]])) is None:
+            _skip(p, lay.name, "normalizes more than one axis")
+            continue
+        candidates.append(n)
+        by_layer.setdefault(lay.name, []).append(n)
+
+    active = set(candidates)
+    while True:  # dropping a shared layer changes the levels of what follows it
+        level_in = _levels(mg, order, active)
+        bad = [name for name, calls in by_layer.items()
+               if set(calls) <= active and len({level_in[c] for c in calls}) > 1]
+        if not bad:
+            break
+        for name in bad:
+            _skip(p, name, "shared BN layer called at different depths (its own output would feed its statistics)")
+            active -= set(by_layer[name])
+    p.bn_nodes = {n: level_in[n] for n in order if n in active}
+
+    # Only ancestors of calibrated BNs are run.
+    needed: set[str] = set()
+    for b in active:
+        needed |= _ancestors(mg, b)
+    phase = {}
+    for n in order:
+        if n in needed:
+            phase[n] = level_in[n] + (1 if n in active else 0)
+    p.phases = [[] for _ in range(p.levels)]
+    for n in order:
+        if n in phase and phase[n] < p.levels and mg.layer(n).class_name != INPUT_CLASS:
+            p.phases[phase[n]].append(n)
+
+    # Tensors read in phase k: inputs of its nodes and the inputs of its BNs.
+    reads: dict[tuple[str, int], set[int]] = {}
+    for k, nodes in enumerate(p.phases):
+        for n in nodes:
+            for t in mg.inbound(n):
+                reads.setdefault(t, set()).add(k)
+        for b in p.at_level(k):
+            reads.setdefault(mg.inbound(b)[0], set()).add(k)
+    p.loads = [[] for _ in range(p.levels)]
+    p.stores = [[] for _ in range(p.levels)]
+    index = {n: i for i, n in enumerate(order)}
+    for t, ks in sorted(reads.items(), key=lambda kv: (phase[kv[0][0]], index[kv[0][0]], kv[0][1])):
+        made = phase[t[0]]
+        later = sorted(k for k in ks if k > made)
+        if later:
+            p.stores[made].append(t)
+            for k in later:
+                p.loads[k].append(t)
+            p.last_use[t] = later[-1]
+    return p
+
+
+def _skip(p: Plan, layer: str, reason: str) -> None:
+    if not any(s["layer"] == layer for s in p.skipped):
+        p.skipped.append({"layer": layer, "reason": reason})
+
+
+def _levels(mg: ModelGraph, order: list[str], active: set[str]) -> dict[str, int]:
+    """Number of active BN calls on the longest path into each node's inputs."""
+    out_level: dict[str, int] = {}
+    level_in: dict[str, int] = {}
+    for n in order:
+        lv = max((out_level[u] for u, _ in mg.inbound(n)), default=0)
+        level_in[n] = lv
+        out_level[n] = lv + (1 if n in active else 0)
+    return level_in
+
+
+def _ancestors(mg: ModelGraph, node: str) -> set[str]:
+    import networkx as nx
+
+    return nx.ancestors(mg.graph, node)
+
+
+# ---------------------------------------------------------------- the cache
+class _Cache:
+    """Per-batch tensors kept between phases: in RAM up to a budget, then in spill files."""
+
+    def __init__(self, budget_bytes: int, tmpdir: str | None):
+        self.budget = budget_bytes
+        self.tmpdir = tmpdir
+        self._dir: str | None = None
+        self.ram: dict[tuple, Any] = {}  # (tensor, batch) -> tensor
+        self.disk: dict[tuple, tuple] = {}  # (tensor, batch) -> (fd, offset, shape, dtype)
+        self.files: dict[tuple, tuple[int, str, list]] = {}  # tensor -> (fd, path, [size])
+        self.ram_bytes = 0
+        self.peak_ram_bytes = 0
+        self.spilled_bytes = 0
+        self._serial = 0
+
+    def put(self, tensor: tuple, batch: int, value) -> None:
+        nbytes = int(np.prod(value.shape, dtype=np.int64)) * value.dtype.size
+        if self.ram_bytes + nbytes <= self.budget:
+            self.ram[(tensor, batch)] = value
+            self.ram_bytes += nbytes
+            self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
+            return
+        arr = np.ascontiguousarray(value.numpy() if hasattr(value, "numpy") else value)
+        fd, _, size = self._file(tensor)
+        os.pwrite(fd, arr.data, size[0]) if arr.nbytes else None
+        self.disk[(tensor, batch)] = (fd, size[0], arr.shape, arr.dtype)
+        size[0] += arr.nbytes
+        self.spilled_bytes += arr.nbytes
+
+    def get(self, tensor: tuple, batch: int):
+        if (tensor, batch) in self.ram:
+            return self.ram[(tensor, batch)]
+        fd, offset, shape, dtype = self.disk[(tensor, batch)]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return np.frombuffer(os.pread(fd, nbytes, offset), dtype=dtype).reshape(shape)
+
+    def drop(self, tensor: tuple) -> None:
+        for key in [k for k in self.ram if k[0] == tensor]:
+            v = self.ram.pop(key)
+            self.ram_bytes -= int(np.prod(v.shape, dtype=np.int64)) * v.dtype.size
+        for key in [k for k in self.disk if k[0] == tensor]:
+            del self.disk[key]
+        if tensor in self.files:
+            fd, path, _ = self.files.pop(tensor)
+            os.close(fd)
+            os.unlink(path)
+
+    def _file(self, tensor: tuple):
+        if tensor not in self.files:
+            if self._dir is None:
+                self._dir = tempfile.mkdtemp(prefix="bnrewrite-calib-", dir=self.tmpdir)
+            self._serial += 1
+            path = os.path.join(self._dir, f"{self._serial}.bin")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.files[tensor] = (fd, path, [0])
+        return self.files[tensor]
+
+    def close(self) -> None:
+        for tensor in list(self.files):
+            self.drop(tensor)
+        self.ram.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- running
+def _input_specs(mg: ModelGraph, shapes) -> list[InputSpec]:
+    specs = []
+    for n in mg.inputs:
+        cfg = mg.layer(n).config
+        specs.append(InputSpec(mg.layer(n).name, tuple(shapes[(n, 0)]), str(cfg.get("dtype") or "float32")))
+    return specs
+
+
+def _has_training_arg(layer) -> bool:
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: dict):
+    """A tf.function for phase ``k``: cached inputs -> (tensors to cache, BN moments)."""
+    import tensorflow as tf
+
+    from .io.keras_writer import call_node
+
+    loads = plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
+    stores = plan_.stores[k]
+    bns = plan_.at_level(k)
+    inference = {name: _has_training_arg(lay) for name, lay in live.items()}
+    signature = [tf.TensorSpec(tuple(symbolic[t].shape), symbolic[t].dtype) for t in loads]
+    moments_of = []
+    for b in bns:
+        t = mg.inbound(b)[0]
+        axis = _bn_channel_axis(mg, b, len(symbolic[t].shape))
+        if axis == 0:
+            raise InputError(f"BN layer {mg.layer(b).name!r} normalizes the batch axis; it cannot be calibrated")
+        shape = symbolic[t].shape
+        inner = [d for i, d in enumerate(shape) if i not in (0, axis)]
+        moments_of.append((t, axis, None if None in inner else int(np.prod(inner or [1]))))
+
+    def run(*args):
+        tensors = dict(zip(loads, args))
+        for n in plan_.phases[k]:
+            lay = mg.layer(n)
+            fn = live[lay.name]
+            if inference[lay.name]:
+                fn = _with_training_false(fn)
+            call_node(mg, n, fn, tensors)
+        moments = []
+        for t, axis, per_sample in moments_of:
+            x = tensors[t]
+            count = None if per_sample is not None else tf.size(x) // (tf.shape(x)[0] * tf.shape(x)[axis])
+            moments.append((*_sample_moments(x, axis), count))
+        return [tensors[t] for t in stores], moments
+
+    values = [per_sample for _, _, per_sample in moments_of]
+    return loads, tf.function(run, input_signature=signature, autograph=False), values
+
+
+def _sample_moments(x, axis: int):
+    """Per sample and channel, in the graph: ``(mean, M2)`` over the sample's own
+    non-channel values, centred, in the tensor's float32 -- or ``(x, None)`` when a
+    sample has one value per channel. Shapes ``(batch, channels)``."""
+    import tensorflow as tf
+
+    if x.dtype in (tf.float16, tf.bfloat16):  # mixed precision: never sum in 16 bits
+        x = tf.cast(x, tf.float32)
+    inner = [i for i in range(1, len(x.shape)) if i != axis]
+    if not inner:
+        return x, None
+    mean = tf.reduce_mean(x, axis=inner, keepdims=True)
+    m2 = tf.reduce_sum(tf.math.squared_difference(x, mean), axis=inner)
+    return tf.squeeze(mean, axis=inner), m2
+
+
+def _merge_samples(m, m2, k: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Per-sample moments (``k`` values each) -> the batch's (count, mean, M2), in float64."""
+    m = np.asarray(m, np.float64)
+    mean = m.mean(axis=0)
+    total = ((m - mean) ** 2).sum(axis=0) * k
+    if m2 is not None:
+        total += np.asarray(m2, np.float64).sum(axis=0)
+    return float(m.shape[0] * k), mean, total
+
+
+def _with_training_false(fn):
+    def call(*args, **kwargs):
+        kwargs["training"] = False
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def calibrate(
+    mg: ModelGraph,
+    data,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_samples: int | None = None,
+    variance: str = "unbiased",
+    cache_mb: float = DEFAULT_CACHE_MB,
+    tmpdir: str | None = None,
+    custom_objects: dict | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict:
+    """Re-estimate the moving statistics of every BN of ``mg`` in place (see the module docstring).
+
+    ``data`` is any source :class:`~bnrewrite.io.data.CalibrationData` accepts.
+    ``progress(done, total)`` is called after each batch of each phase (``total``
+    is None while the number of batches is not yet known). Returns the
+    calibration report: samples, levels, and per layer the values seen per
+    channel and the old vs new statistics (min/mean/max over channels).
+    """
+    if variance not in VARIANCES:
+        raise InputError(f"variance must be one of {', '.join(VARIANCES)}, not {variance!r}")
+    ddof = 1 if variance == "unbiased" else 0
+    t0 = time.perf_counter()
+    from .io.keras_writer import build_live
+
+    symbolic, live = build_live(mg, custom_objects)
+    shapes = {t: tuple(v.shape) for t, v in symbolic.items()}
+    specs = _input_specs(mg, shapes)
+    source = data if isinstance(data, CalibrationData) else CalibrationData(
+        data, specs, batch_size=batch_size, max_samples=max_samples)
+    p = plan(mg, shapes)
+    report: dict = {
+        "data": source.description, "samples": 0, "batches": 0, "batch_size": source.batch_size,
+        "variance": variance, "levels": p.levels, "layers": [], "skipped": list(p.skipped),
+    }
+    if not p.bn_nodes:
+        report["seconds"] = time.perf_counter() - t0
+        return report
+
+    cache = _Cache(int(cache_mb * 2**20), tmpdir)
+    old = {mg.layer(b).name: {k: np.array(mg.layer(b).weights[k]) for k in ("moving_mean", "moving_variance")}
+           for b in p.bn_nodes}
+    stats: dict[str, Moments] = {}
+    n_batches: int | None = None
+    done = 0
+    try:
+        for k in range(p.levels):
+            loads, fn, values = _phase_function(mg, p, k, live, symbolic)
+            batches = source.batches() if k == 0 else range(n_batches or 0)
+            count = 0
+            for item in batches:
+                args = item if k == 0 else [cache.get(t, item) for t in loads]
+                stored, moments = fn(*args)
+                for t, value in zip(p.stores[k], stored):
+                    cache.put(t, count, value)
+                for b, (m, m2, dynamic), per_sample in zip(p.at_level(k), moments, values):
+                    per_sample = per_sample if dynamic is None else int(dynamic)
+                    stats.setdefault(mg.layer(b).name, Moments()).add(*_merge_samples(m, m2, per_sample))
+                count += 1
+                done += 1
+                if progress:
+                    progress(done, None if n_batches is None else n_batches * p.levels)
+            if k == 0:
+                n_batches = count
+                report["samples"], report["batches"] = source.samples, count
+            for t in [t for t, last in p.last_use.items() if last == k]:
+                cache.drop(t)
+            for name in dict.fromkeys(mg.layer(b).name for b in p.at_level(k)):
+                _set_stats(mg, _layer_by_name(mg, name, p), stats[name], ddof, live[name])
+    finally:
+        cache.close()
+
+    for name, st in stats.items():
+        lay = _layer_by_name(mg, name, p)
+        report["layers"].append({
+            "layer": name,
+            "calls": sum(1 for b in p.bn_nodes if mg.layer(b).name == name),
+            "level": min(lv for b, lv in p.bn_nodes.items() if mg.layer(b).name == name),
+            "channels": int(st.mean.size),
+            "values_per_channel": int(st.n),
+            "old_mean": _summary(old[name]["moving_mean"]),
+            "new_mean": _summary(lay.weights["moving_mean"]),
+            "old_variance": _summary(old[name]["moving_variance"]),
+            "new_variance": _summary(lay.weights["moving_variance"]),
+        })
+    report["cache"] = {"budget_mb": cache_mb, "peak_ram_bytes": cache.peak_ram_bytes,
+                       "spilled_bytes": cache.spilled_bytes}
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def _layer_by_name(mg: ModelGraph, name: str, p: Plan):
+    return next(mg.layer(b) for b in p.bn_nodes if mg.layer(b).name == name)
+
+
+def _set_stats(mg: ModelGraph, lay, st: Moments, ddof: int, klayer) -> None:
+    """Write the new statistics into the graph's layer and the live Keras layer."""
+    from .io.keras_writer import assign_weights
+
+    name = lay.name
+    if st.n - ddof <= 0:
+        raise InputError(
+            f"calibration data too small: layer {name!r} sees {int(st.n)} value(s) per channel, "
+            f"{'at least 2 are needed for the unbiased variance' if ddof else 'need at least 1'}"
+        )
+    mean, var = st.mean, st.variance(ddof)
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise InputError(f"calibration gives non-finite statistics for layer {name!r}: its input has NaN or "
+                         "inf on the calibration data")
+    for key, value in (("moving_mean", mean), ("moving_variance", var)):
+        w = lay.weights[key]
+        lay.weights[key] = value.reshape(np.shape(w)).astype(np.asarray(w).dtype)
+    assign_weights(klayer, lay)  # later phases normalize with the new statistics

@@ -1,0 +1,51 @@
+"""calibrate_bn: AdaBN -- reset and re-estimate every BN's moving statistics on calibration data.
+
+Runs only when ``convert(..., calibration=DATA)`` (``--calibration``) is given.
+The statistics are the exact population mean and variance of each BN's input
+over the data, layer by layer so that every BN sees inputs normalized by the
+new statistics upstream; the algorithm and its math are in
+:mod:`bnrewrite.calibration`. It runs after ``unwrap_timedistributed`` (an
+unwrapped BN is estimated over batch and time) and before ``fold_bn`` (the new
+statistics are what gets folded).
+
+Unlike the other passes this is one computation over the whole graph, not a
+rewrite per match, so it overrides :meth:`Pass.run`; layers it cannot
+calibrate are reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from ..graph import ModelGraph
+from .base import Pass, PassContext, PassResult
+
+
+class CalibrateBN(Pass):
+    name = "calibrate_bn"
+    description = "re-estimate BN moving mean/variance exactly on calibration data (AdaBN)"
+
+    @classmethod
+    def enabled(cls, options: dict) -> bool:
+        return options.get("calibration") is not None
+
+    def candidates(self, mg: ModelGraph):
+        return mg.bn_nodes()
+
+    def run(self, mg: ModelGraph, ctx: PassContext) -> PassResult:
+        from ..calibration import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB, calibrate
+
+        o = ctx.options
+        if o.get("calibration") is None:
+            return PassResult(self.name)
+        report = calibrate(
+            mg, o["calibration"],
+            batch_size=o.get("batch_size") or DEFAULT_BATCH_SIZE,
+            max_samples=o.get("max_samples"),
+            variance=o.get("variance") or "unbiased",
+            cache_mb=DEFAULT_CACHE_MB if o.get("cache_mb") is None else o["cache_mb"],
+            custom_objects=o.get("custom_objects"),
+            progress=o.get("calibration_progress"),
+        )
+        ctx.artifacts["calibration"] = report
+        return PassResult(self.name, changed=[r["layer"] for r in report["layers"]],
+                          skipped=[{"layer": s["layer"], "node": None, "reason": s["reason"]}
+                                   for s in report["skipped"]])

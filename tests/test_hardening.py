@@ -1,0 +1,668 @@
+"""Hardening (issue 6): every row of the table in ``docs/hardening.md`` is a test here.
+
+bnrewrite runs unattended in CI on files from many hands, so for each bad or
+risky input the command line must: exit 2 with exactly one line on stderr
+(``bnrewrite: error: ...``) that names the problem, print no traceback (unless
+``-v``), write nothing (no OUT, no report, no temporary file left in the
+folder) and never modify the input (checked by sha256). Inputs that may
+convert (a Lambda with ``--unsafe``, custom layers with ``--custom-objects``)
+must convert, verify, and match the *writing framework's* own ``predict``.
+
+Running each command line in a fresh process costs a TensorFlow import, so
+all rows run in ONE fresh process through ``tests/cli_batch.py``, which calls
+the real entry point with stdout/stderr redirected at the file-descriptor
+level (C-level TensorFlow/tf2onnx logging included) and reports the real exit
+codes. Two rows need a fault injected (a failed verification, a crash while
+writing) and run in-process with ``monkeypatch`` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hardening_models as hm
+from conftest import ROOT, assert_close
+
+FIXTURES = ROOT / "fixtures"
+ERROR_PREFIX = "bnrewrite: error: "
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Case:
+    argv: list[str]
+    cwd: Path
+    out: str | None = None  # OUT, relative to cwd (must exist iff the run succeeds)
+    reference: tuple | None = None  # (inputs, outputs) of the writing framework, for successes
+    out_existed: bool = False  # OUT was there before the run
+
+
+@dataclass
+class Run:
+    case: Case
+    code: object
+    stdout: str
+    stderr: str
+    changed: list[str] = field(default_factory=list)  # files that existed before and changed
+    new_files: list[str] = field(default_factory=list)  # files that appeared (OUT excluded)
+
+    @property
+    def out(self) -> Path | None:
+        return self.case.cwd / self.case.out if self.case.out else None
+
+
+# --------------------------------------------------------------------------
+# building the inputs and the command lines (once per session)
+# --------------------------------------------------------------------------
+
+def _truncate(src: Path, dst: Path, frac: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+def _rezip(src: Path, dst: Path, edit) -> Path:
+    """Copy a .keras archive, passing each member through ``edit(name, bytes) -> bytes | None``."""
+    with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zo:
+        for name in zi.namelist():
+            data = edit(name, zi.read(name))
+            if data is not None:
+                zo.writestr(name, data)
+    return dst
+
+
+def _flip_member(src: Path, dst: Path, member: str) -> Path:
+    """Flip one byte inside the stored data of ``member`` (its CRC no longer matches)."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + min(10, info.compress_size - 1)] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _h5_edit(src: Path, dst: Path, edit) -> Path:
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def _set_attr(name, value):
+    return lambda f: f.attrs.__setitem__(name, value)
+
+
+def _poke(dataset: str, index: tuple, value: float):
+    def edit(f):
+        a = f[dataset][()]
+        a[index] = value
+        f[dataset][...] = a
+
+    return edit
+
+
+def _build_cases(root: Path) -> dict[str, Case]:
+    inp = root / "in"
+    inp.mkdir()
+    multi_h5, multi_keras = FIXTURES / "multi_io.h5", FIXTURES / "multi_io.keras"
+    f = {}  # input files by name
+    f["multi_h5"] = Path(shutil.copy(multi_h5, inp / "multi_io.h5"))
+    f["multi_keras"] = Path(shutil.copy(multi_keras, inp / "multi_io.keras"))
+    f["pb"] = Path(shutil.copy(multi_h5, inp / "model.pb"))
+    (inp / "folder.h5").mkdir()
+    f["empty"] = inp / "empty.h5"
+    f["empty"].write_bytes(b"")
+    f["trunc_h5"] = _truncate(multi_h5, inp / "truncated.h5", 0.5)
+    f["garbage_h5"] = inp / "garbage.h5"
+    f["garbage_h5"].write_bytes(bytes(range(256)) * 64)
+    f["trunc_keras"] = _truncate(multi_keras, inp / "truncated.keras", 0.6)
+    f["crc_keras"] = _flip_member(multi_keras, inp / "flipped.keras", "config.json")
+    f["weights_only"] = hm.weights_only(inp / "weights_only.h5")
+    f["no_config"] = _rezip(multi_keras, inp / "no_config.keras", lambda n, d: None if n == "config.json" else d)
+    f["no_weights"] = _rezip(multi_keras, inp / "no_weights.keras",
+                             lambda n, d: None if n == "model.weights.h5" else d)
+    f["config_not_json"] = _rezip(multi_keras, inp / "config_not_json.keras",
+                                  lambda n, d: d[: len(d) // 2] if n == "config.json" else d)
+    f["config_ints"] = _rezip(
+        multi_keras, inp / "config_ints.keras",
+        lambda n, d: json.dumps({"class_name": "Functional", "config": {"name": "m", "layers": [1, 2]}}).encode()
+        if n == "config.json" else d)
+    f["config_list"] = _rezip(multi_keras, inp / "config_list.keras",
+                              lambda n, d: b"[1, 2, 3]" if n == "config.json" else d)
+    f["h5_not_json"] = _h5_edit(multi_h5, inp / "h5_not_json.h5", _set_attr("model_config", '{"class_name": "Func'))
+    f["h5_bad_structure"] = _h5_edit(
+        multi_h5, inp / "h5_bad_structure.h5",
+        _set_attr("model_config", json.dumps({"class_name": "Functional", "config": {"layers": [{"class_name": "Dense"}]}})))
+    f["nan_bn"] = _h5_edit(multi_h5, inp / "nan_bn.h5",
+                           _poke("model_weights/bn_dense/bn_dense/moving_mean:0", (1,), np.nan))
+    f["inf_kernel"] = _h5_edit(multi_h5, inp / "inf_kernel.h5",
+                               _poke("model_weights/conv/conv/kernel:0", (0, 0, 0, 0), np.inf))
+    f["subclassed"] = hm.subclassed_model(inp / "subclassed.keras")
+    f["tf_op"] = hm.tf_op_model(inp / "tf_op.h5")
+    f["unexportable"] = hm.unexportable_model(inp / "discretization.keras")
+    lam = hm.lambda_models(inp)
+    f["lambda_py310"] = hm.lambda_other_python(lam["tf_keras.h5"][0], inp / "lambda_py310.h5")
+    named = hm.lambda_named_function(inp)
+    custom = hm.custom_models(inp)
+    f["custom_py"] = inp / "my_layers.py"
+    f["custom_py"].write_text(hm.CUSTOM_MODULE)
+    f["custom_broken"] = inp / "broken_layers.py"
+    f["custom_broken"].write_text("import keras\n\nclass Scale(keras.layers.Layer):\n    pass\n\nraise ValueError('half-edited file')\n")
+    f["custom_empty"] = inp / "no_layers.py"
+    f["custom_empty"].write_text("X = 1\n")
+
+    cases: dict[str, Case] = {}
+
+    def add(cid, *argv, out="out.onnx", reference=None, cwd=None, setup=None):
+        d = cwd or root / cid
+        d.mkdir(exist_ok=True)
+        if setup:
+            setup(d)
+        cases[cid] = Case([str(a) for a in argv], d, out, reference, out is not None and (d / out).exists())
+
+    def convert(cid, src, *extra, out="out.onnx", **kw):
+        add(cid, "convert", src, out, *extra, out=out, **kw)
+
+    # -- input files
+    convert("missing_input", inp / "nope.h5", "--report", "report.json")
+    convert("input_is_directory", inp / "folder.h5")
+    convert("unknown_input_suffix", f["pb"])
+    convert("empty_file", f["empty"])
+    convert("truncated_h5", f["trunc_h5"], "--report", "report.json")
+    convert("corrupt_h5", f["garbage_h5"])
+    convert("truncated_keras", f["trunc_keras"])
+    convert("corrupt_keras", f["crc_keras"])
+    convert("weights_only_h5", f["weights_only"])
+    convert("keras_without_config", f["no_config"])
+    convert("keras_without_weights", f["no_weights"])
+    convert("keras_config_not_json", f["config_not_json"])
+    convert("keras_config_wrong_structure", f["config_ints"])
+    convert("keras_config_not_a_model", f["config_list"])
+    convert("h5_config_not_json", f["h5_not_json"])
+    convert("h5_config_wrong_structure", f["h5_bad_structure"])
+    convert("nonfinite_bn_statistics", f["nan_bn"], "--report", "report.json")
+    convert("nonfinite_kernel", f["inf_kernel"], out="out.keras")
+    convert("subclassed_model", f["subclassed"])
+    convert("raw_tf_op", f["tf_op"])
+    convert("unexportable_layer", f["unexportable"])
+    convert("verbose_traceback", f["garbage_h5"], "-v")
+    # -- code in the model file
+    for key, tag in (("keras.keras", "keras"), ("keras.h5", "keras_h5"), ("tf_keras.h5", "tf_keras")):
+        convert(f"lambda_refused_{tag}", lam[key][0])
+        convert(f"lambda_unsafe_{tag}", lam[key][0], "--unsafe", "-q", reference=lam[key][1:])
+    convert("lambda_unsafe_to_keras", lam["tf_keras.h5"][0], "--unsafe", "-q", out="out.keras",
+            reference=lam["tf_keras.h5"][1:])
+    convert("lambda_other_python", f["lambda_py310"], "--unsafe")
+    convert("lambda_function_missing", named[0])
+    convert("lambda_function_provided", named[0], "--custom-objects", f["custom_py"], "-q", reference=named[1:])
+    # -- custom layer classes
+    for key, tag in (("keras.keras", "keras"), ("tf_keras.h5", "tf_keras")):
+        convert(f"custom_class_refused_{tag}", custom[key][0])
+        convert(f"custom_class_provided_{tag}", custom[key][0], "--custom-objects", f["custom_py"], "-q",
+                reference=custom[key][1:])
+    convert("custom_class_provided_to_keras", custom["keras.keras"][0], "--custom-objects", f["custom_py"],
+            "-q", out="out.keras", reference=custom["keras.keras"][1:])
+    add("inspect_custom_refused", "inspect", custom["tf_keras.h5"][0], out=None)
+    add("inspect_custom_provided", "inspect", custom["tf_keras.h5"][0], "--custom-objects", f["custom_py"],
+        "--json", out=None)
+    convert("custom_objects_missing_file", custom["keras.keras"][0], "--custom-objects", inp / "nope.py")
+    convert("custom_objects_import_fails", custom["keras.keras"][0], "--custom-objects", f["custom_broken"])
+    convert("custom_objects_without_layers", custom["keras.keras"][0], "--custom-objects", f["custom_empty"])
+    # -- output files
+    convert("unknown_output_suffix", f["multi_h5"], out="out.txt")
+    same = root / "output_is_input"
+    same.mkdir()
+    shutil.copy(multi_h5, same / "model.h5")
+    add("output_is_input", "convert", "model.h5", "./model.h5", "--force", cwd=same, out=None)
+    convert("output_exists", f["multi_h5"], out="out.onnx",
+            setup=lambda d: (d / "out.onnx").write_bytes(b"an earlier export that must survive\n"))
+    convert("output_exists_force", f["multi_keras"], "--force", "-q", out="out.onnx",
+            setup=lambda d: (d / "out.onnx").write_bytes(b"an earlier export, replaced on purpose\n"))
+    convert("output_folder_missing", f["multi_h5"], out="no/such/folder/out.onnx")
+    convert("output_is_directory", f["multi_h5"], "--force", out="out.onnx",
+            setup=lambda d: (d / "out.onnx").mkdir())
+    # -- inspect on bad input
+    add("inspect_corrupt", "inspect", f["trunc_h5"], out=None)
+    add("inspect_nonfinite", "inspect", f["nan_bn"], "--json", out=None)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Run]:
+    """Build every case, run them all in one fresh process, check files before/after."""
+    root = tmp_path_factory.mktemp("hardening")
+    cases = _build_cases(root)
+    before = snapshot(root)
+    spec = root.parent / f"{root.name}_cases.json"
+    results_path = root.parent / f"{root.name}_results.json"
+    spec.write_text(json.dumps([{"id": k, "argv": c.argv, "cwd": str(c.cwd)} for k, c in cases.items()]))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("BNREWRITE_READ_TIMEOUT", "20")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "cli_batch.py"), str(spec), str(results_path)],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    assert results_path.exists(), proc.stderr[-3000:]
+    results = json.loads(results_path.read_text())
+    assert set(results) == set(cases), (sorted(set(cases) - set(results)), proc.stderr[-3000:])
+    after = snapshot(root)
+    case_dirs = tuple(str(c.cwd.relative_to(root)) + os.sep for c in cases.values())
+    out: dict[str, Run] = {}
+    for cid, case in cases.items():
+        r = results[cid]
+        own = str(case.cwd.relative_to(root)) + os.sep
+        out_rel = str((case.cwd / case.out).relative_to(root)) if case.out else None
+        # this case's folder, and the shared inputs (files outside every case folder)
+        mine = [p for p in {*before, *after} if p != out_rel and (p.startswith(own) or not p.startswith(case_dirs))]
+        changed = sorted(p for p in mine if p in before and after.get(p) != before[p])
+        new = sorted(p for p in mine if p not in before)
+        out[cid] = Run(case, r["code"], r["stdout"], r["stderr"], changed, new)
+    return out
+
+
+# --------------------------------------------------------------------------
+# assertions
+# --------------------------------------------------------------------------
+
+def assert_refused(run: Run, *words: str) -> str:
+    """Exit 2, one ``bnrewrite: error:`` line naming ``words``, no traceback, nothing written or changed."""
+    assert run.code == 2, (run.code, run.stderr[-3000:])
+    assert "Traceback" not in run.stderr and "Traceback" not in run.stdout, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, run.stderr
+    line = lines[0]
+    assert line.startswith(ERROR_PREFIX), line
+    for w in words:
+        assert w.lower() in line.lower(), (w, line)
+    if run.out is not None and not run.case.out_existed:
+        assert not run.out.exists(), run.out
+    assert run.new_files == [], run.new_files  # no OUT, no report, no temp file
+    assert run.changed == [], run.changed  # inputs (and an existing OUT) untouched
+    return line
+
+
+def onnx_outputs(path: Path, inputs: dict) -> list:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(inputs))
+
+
+def assert_converted(run: Run, custom_objects: dict | None = None, unsafe: bool = False) -> None:
+    """Exit 0, quiet, OUT written and equal to the writing framework's predict; nothing else."""
+    assert run.code == 0, (run.code, run.stderr[-3000:])
+    assert run.stderr.strip() == "", run.stderr
+    assert run.out.is_file()
+    assert run.new_files == [] and run.changed == [], (run.new_files, run.changed)
+    inputs, want = run.case.reference
+    if run.out.suffix == ".onnx":
+        got = onnx_outputs(run.out, inputs)
+    else:
+        import keras
+
+        model = keras.saving.load_model(run.out, custom_objects=custom_objects, safe_mode=not unsafe,
+                                        compile=False)
+        got = model.predict(list(inputs.values())[0], verbose=0)
+        got = got if isinstance(got, list) else [got]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_close(g, w, f"{run.case.argv}")
+
+
+# --------------------------------------------------------------------------
+# input files
+# --------------------------------------------------------------------------
+
+def test_missing_input(runs):
+    assert_refused(runs["missing_input"], "nope.h5", "no such file")
+
+
+def test_input_is_directory(runs):
+    assert_refused(runs["input_is_directory"], "folder.h5", "directory")
+
+
+def test_unknown_input_suffix(runs):
+    assert_refused(runs["unknown_input_suffix"], "model.pb", "suffix", ".pb")
+
+
+def test_empty_file(runs):
+    assert_refused(runs["empty_file"], "empty.h5", "HDF5")
+
+
+def test_truncated_h5(runs):
+    assert_refused(runs["truncated_h5"], "truncated.h5", "HDF5")
+
+
+def test_corrupt_h5(runs):
+    assert_refused(runs["corrupt_h5"], "garbage.h5", "HDF5")
+
+
+def test_truncated_keras(runs):
+    assert_refused(runs["truncated_keras"], "truncated.keras", ".keras archive")
+
+
+def test_corrupt_keras(runs):
+    """A flipped byte inside config.json's compressed data: the zip CRC catches it."""
+    assert_refused(runs["corrupt_keras"], "flipped.keras")
+
+
+def test_weights_only_h5(runs):
+    assert_refused(runs["weights_only_h5"], "weights_only.h5", "weights-only", "model.save()")
+
+
+def test_keras_without_config(runs):
+    assert_refused(runs["keras_without_config"], "no_config.keras", "config.json")
+
+
+def test_keras_without_weights(runs):
+    assert_refused(runs["keras_without_weights"], "no_weights.keras", "model.weights.h5")
+
+
+def test_keras_config_not_json(runs):
+    assert_refused(runs["keras_config_not_json"], "config_not_json.keras", "config.json", "JSON")
+
+
+def test_keras_config_wrong_structure(runs):
+    assert_refused(runs["keras_config_wrong_structure"], "config_ints.keras", "malformed config.json")
+    assert_refused(runs["keras_config_not_a_model"], "config_list.keras", "not a Keras model config")
+
+
+def test_h5_config_not_json(runs):
+    assert_refused(runs["h5_config_not_json"], "h5_not_json.h5", "model_config", "JSON")
+
+
+def test_h5_config_wrong_structure(runs):
+    assert_refused(runs["h5_config_wrong_structure"], "h5_bad_structure.h5", "malformed model_config")
+
+
+def test_nonfinite_bn_statistics(runs):
+    """convert refuses NaN in a BN's moving mean, naming layer and weight; inspect reports it."""
+    assert_refused(runs["nonfinite_bn_statistics"], "nan_bn.h5", "'bn_dense'", "'moving_mean'", "NaN")
+    ins = runs["inspect_nonfinite"]
+    assert ins.code == 0, ins.stderr
+    findings = json.loads(ins.stdout)["findings"]
+    assert {(x["code"], x["layer"]) for x in findings if x["code"] == "NONFINITE_STATS"} == {
+        ("NONFINITE_STATS", "bn_dense")}
+
+
+def test_nonfinite_kernel(runs):
+    assert_refused(runs["nonfinite_kernel"], "inf_kernel.h5", "'conv'", "'kernel'", "inf")
+
+
+def test_subclassed_model(runs):
+    assert_refused(runs["subclassed_model"], "subclassed.keras", "not a Functional or Sequential")
+
+
+def test_raw_tf_op(runs):
+    assert_refused(runs["raw_tf_op"], "tf_op.h5", "TFOpLambda")
+
+
+def test_unexportable_layer(runs):
+    """tf2onnx has no ONNX conversion for Bucketize; the message names the Keras layer."""
+    assert_refused(runs["unexportable_layer"], "'disc'", "Discretization", "Bucketize")
+
+
+def test_verbose_traceback(runs):
+    """-v: the same refusal, with the traceback (and still no file written)."""
+    run = runs["verbose_traceback"]
+    assert run.code == 2
+    assert "Traceback" in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(ERROR_PREFIX)
+    assert run.new_files == [] and run.changed == []
+
+
+# --------------------------------------------------------------------------
+# code in the model file
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tag", ["keras", "keras_h5", "tf_keras"])
+def test_lambda_refused(runs, tag):
+    assert_refused(runs[f"lambda_refused_{tag}"], "'lam'", "Lambda", "--unsafe")
+
+
+@pytest.mark.parametrize("tag", ["keras", "keras_h5", "tf_keras"])
+def test_lambda_unsafe(runs, tag):
+    assert_converted(runs[f"lambda_unsafe_{tag}"])
+
+
+def test_lambda_unsafe_to_keras(runs):
+    """tf.keras Lambda bytecode, re-saved by Keras 3: reloads (unsafe) and matches tf_keras."""
+    assert_converted(runs["lambda_unsafe_to_keras"], unsafe=True)
+
+
+def test_lambda_other_python(runs):
+    line = assert_refused(runs["lambda_other_python"], "'lam'", "Python")
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in line
+
+
+def test_lambda_function_missing(runs):
+    assert_refused(runs["lambda_function_missing"], "'lam_fn'", "'triple'", "--custom-objects")
+
+
+def test_lambda_function_provided(runs):
+    assert_converted(runs["lambda_function_provided"])
+
+
+# --------------------------------------------------------------------------
+# custom layer classes
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tag", ["keras", "tf_keras"])
+def test_custom_class_refused(runs, tag):
+    assert_refused(runs[f"custom_class_refused_{tag}"], "'scale'", "'Scale'", "--custom-objects")
+
+
+@pytest.mark.parametrize("tag", ["keras", "tf_keras"])
+def test_custom_class_provided(runs, tag):
+    assert_converted(runs[f"custom_class_provided_{tag}"])
+
+
+def test_custom_class_provided_to_keras(runs):
+    from bnrewrite.custom import load_custom_objects
+
+    run = runs["custom_class_provided_to_keras"]
+    assert_converted(run, custom_objects=load_custom_objects(Path(run.case.argv[run.case.argv.index(
+        "--custom-objects") + 1])))
+
+
+def test_inspect_custom_class(runs):
+    assert_refused(runs["inspect_custom_refused"], "'Scale'", "--custom-objects")
+    run = runs["inspect_custom_provided"]
+    assert run.code == 0, run.stderr
+    audit = json.loads(run.stdout)
+    assert [r["name"] for r in audit["bn_layers"]] == ["bn"]
+
+
+def test_custom_objects_bad_file(runs):
+    assert_refused(runs["custom_objects_missing_file"], "--custom-objects", "nope.py", "no such file")
+    line = assert_refused(runs["custom_objects_import_fails"], "--custom-objects", "broken_layers.py",
+                          "half-edited file")
+    assert "line 6" in line
+    assert_refused(runs["custom_objects_without_layers"], "--custom-objects", "no_layers.py")
+
+
+# --------------------------------------------------------------------------
+# output files
+# --------------------------------------------------------------------------
+
+def test_unknown_output_suffix(runs):
+    assert_refused(runs["unknown_output_suffix"], "out.txt", ".txt")
+
+
+def test_output_is_input(runs):
+    """OUT == IN is refused even with --force; the input is byte-identical afterwards."""
+    assert_refused(runs["output_is_input"], "model.h5", "input")
+
+
+def test_output_exists(runs):
+    run = runs["output_exists"]
+    assert_refused(run, "out.onnx", "--force")
+    assert run.out.read_bytes() == b"an earlier export that must survive\n"
+
+
+def test_output_exists_force(runs):
+    run = runs["output_exists_force"]
+    assert run.code == 0, run.stderr
+    assert run.out.read_bytes()[:8] != b"an earli"
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(run.out)))
+    assert sorted(p.name for p in run.case.cwd.iterdir()) == ["out.onnx"]
+
+
+def test_output_folder_missing(runs):
+    assert_refused(runs["output_folder_missing"], "does not exist")
+
+
+def test_output_is_directory(runs):
+    assert_refused(runs["output_is_directory"], "directory")
+    assert runs["output_is_directory"].out.is_dir()
+
+
+def test_inspect_corrupt(runs):
+    assert_refused(runs["inspect_corrupt"], "truncated.h5", "HDF5")
+
+
+def test_inputs_never_modified(runs):
+    """Across every row (refused or converted), no file that existed before changed or vanished."""
+    changed = {cid: r.changed for cid, r in runs.items() if r.changed}
+    assert changed == {}
+
+
+# --------------------------------------------------------------------------
+# injected faults (in-process)
+# --------------------------------------------------------------------------
+
+def _listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
+    """The written ONNX differs from Keras (a weight perturbed after export): exit 3, OUT absent,
+    no temporary file; the report (asked for) records the failure."""
+    import bnrewrite
+    from bnrewrite.io import onnx_writer
+
+    real = onnx_writer.to_onnx
+
+    def perturbed(model, opset=17):
+        from onnx import numpy_helper
+
+        proto = real(model, opset=opset)
+        floats = [t for t in proto.graph.initializer if t.data_type == 1]  # FLOAT
+        init = max(floats, key=lambda t: int(np.prod(t.dims)))
+        arr = numpy_helper.to_array(init).copy() + 0.5
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        return proto
+
+    monkeypatch.setattr(onnx_writer, "to_onnx", perturbed)
+    src = tmp_path / "in" / "multi_io.h5"
+    src.parent.mkdir()
+    shutil.copy(FIXTURES / "multi_io.h5", src)
+    digest = sha256(src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(bnrewrite.VerificationError) as err:
+        bnrewrite.convert(src, out_dir / "model.onnx", report=out_dir / "report.json")
+    assert err.value.exit_code == 3
+    assert "differs from Keras" in str(err.value)
+    assert _listing(out_dir) == ["report.json"]
+    assert json.loads((out_dir / "report.json").read_text())["verification"]["ok"] is False
+    assert sha256(src) == digest and _listing(src.parent) == ["multi_io.h5"]
+
+
+def test_failed_verification_cli_exit_3(tmp_path, monkeypatch):
+    """The same through the command line: exit 3, one line on stderr."""
+    from click.testing import CliRunner
+
+    import bnrewrite.verify as verify
+    from bnrewrite.cli import main
+
+    def failing(model, path, **kw):
+        v = verify.Verification(runtime="onnxruntime", atol=1e-4, rtol=1e-4, batch=4, seed=0)
+        v.error = "injected mismatch"
+        return v
+
+    monkeypatch.setattr(verify, "verify_onnx", failing)
+    src = tmp_path / "multi_io.keras"
+    shutil.copy(FIXTURES / "multi_io.keras", src)
+    result = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "out.onnx")])
+    assert result.exit_code == 3, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [ERROR_PREFIX + "verification failed: injected mismatch"]
+    assert _listing(tmp_path) == ["multi_io.keras"]
+
+
+def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
+    exist, the temporary file is gone, an existing OUT is untouched."""
+    import onnx
+
+    import bnrewrite
+
+    def half_then_crash(proto, path, *a, **kw):
+        Path(path).write_bytes(proto.SerializeToString()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", half_then_crash)
+    src = tmp_path / "training_true.h5"
+    shutil.copy(FIXTURES / "training_true.h5", src)
+    digest = sha256(src)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous good export\n")
+    with pytest.raises(OSError, match="No space left"):
+        bnrewrite.convert(src, out, force=True)
+    assert out.read_bytes() == b"previous good export\n"
+    assert _listing(tmp_path) == ["model.onnx", "training_true.h5"]
+    assert sha256(src) == digest
+
+    from click.testing import CliRunner
+
+    from bnrewrite.cli import main
+
+    result = CliRunner().invoke(main, ["convert", str(src), str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and "No space left" in lines[0], lines
+    assert out.read_bytes() == b"previous good export\n"
+    assert _listing(tmp_path) == ["model.onnx", "training_true.h5"]
+
+
+def test_nonfinite_bn_statistics_with_calibration(tmp_path):
+    """NaN in a BN's moving mean is no obstacle when calibration replaces the statistics:
+    the conversion verifies and the re-estimated layer is listed in the report."""
+    import bnrewrite
+
+    src = _h5_edit(FIXTURES / "multi_io.h5", tmp_path / "nan_bn.h5",
+                   _poke("model_weights/bn_dense/bn_dense/moving_mean:0", (1,), np.nan))
+    with pytest.raises(bnrewrite.InputError, match="'bn_dense'.*'moving_mean'"):
+        bnrewrite.convert(src, tmp_path / "refused.onnx")
+    rng = np.random.default_rng(0)
+    data = {"image": rng.normal(size=(64, 12, 12, 3)).astype("float32"),
+            "features": rng.normal(size=(64, 10)).astype("float32")}
+    rep = bnrewrite.convert(src, tmp_path / "model.onnx", calibration=data)
+    assert rep.ok and rep.verification["ok"]
+    assert "bn_dense" in {r["layer"] for r in rep.calibration["layers"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "nan_bn.h5"]
