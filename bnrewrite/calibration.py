@@ -315,7 +315,7 @@ def _has_training_arg(layer) -> bool:
         return False
 
 
-def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: dict):
+def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: dict, inference: dict):
     """A tf.function for phase ``k``: cached inputs -> (tensors to cache, BN moments)."""
     import tensorflow as tf
 
@@ -324,7 +324,6 @@ def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: d
     loads = plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
     stores = plan_.stores[k]
     bns = plan_.at_level(k)
-    inference = {name: _has_training_arg(lay) for name, lay in live.items()}
     signature = [tf.TensorSpec(tuple(symbolic[t].shape), symbolic[t].dtype) for t in loads]
     moments_of = []
     for b in bns:
@@ -430,6 +429,7 @@ def calibrate(
         return report
 
     cache = _Cache(int(cache_mb * 2**20), tmpdir)
+    inference = {name: _has_training_arg(lay) for name, lay in live.items()}  # layers to call with training=False
     old = {mg.layer(b).name: {k: np.array(mg.layer(b).weights[k]) for k in ("moving_mean", "moving_variance")}
            for b in p.bn_nodes}
     stats: dict[str, Moments] = {}
@@ -437,7 +437,7 @@ def calibrate(
     done = 0
     try:
         for k in range(p.levels):
-            loads, fn, values = _phase_function(mg, p, k, live, symbolic)
+            loads, fn, values = _phase_function(mg, p, k, live, symbolic, inference)
             batches = source.batches() if k == 0 else range(n_batches or 0)
             count = 0
             for item in batches:
