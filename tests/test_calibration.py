@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import models
 from conftest import ROOT, assert_close
+from test_cli import assert_one_line_error, run_cli
 
 FIX = ROOT / "fixtures"
 
@@ -65,21 +64,6 @@ def adabn_reference(model, K, data, bn_layers, ddof=1):
         w[keys.index("moving_mean")] = mean.astype("float32")
         w[keys.index("moving_variance")] = var.astype("float32")
         bn.set_weights(w)
-
-
-def run_cli(*args, cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "bnrewrite", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-
-def assert_one_line_error(proc):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 # ----------------------------------------------------------------- models
