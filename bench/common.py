@@ -67,7 +67,7 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"image": 64, "frames": 16, "rounds": 1, "runs_b1": 5, "runs_b32": 3,
                 "warmup": 1, "batch_large": 4, "ref_batch": 4}
-    return {"image": 224, "frames": 256, "rounds": 3, "runs_b1": 50, "runs_b32": 20,
+    return {"image": 224, "frames": 256, "rounds": 3, "runs_b1": 50, "runs_b32": 30,
             "warmup": 3, "batch_large": 32, "ref_batch": 4}
 
 

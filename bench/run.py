@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.metadata as md
 import importlib.util
 import json
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, BNREWRITE, DEFAULT_CACHE, ROOT, ModelSpec, model_specs, run_py, settings  # noqa: E402
 
 TIMEOUT = 3600.0
+AA = "aa_control"  # the goal baseline's file in a second onnxruntime session
 GOALS_TEXT = {
     "td_nodes": "video_td: at least 50x fewer ONNX nodes than tf2onnx alone (node ratio <= 0.02)",
     "td_convert": "video_td: at least 10x faster conversion (time ratio <= 0.1)",
@@ -94,15 +96,19 @@ def say(msg: str) -> None:
 
 def ensure_built(spec: ModelSpec, cache: Path, quick: bool, log) -> dict:
     stamp = cache / (Path(spec.file).stem + ".build.json")
+    recipe = hashlib.sha256((BENCH / "models.py").read_bytes()).hexdigest()[:16]  # rebuild when it changes
     if stamp.exists() and all((cache / f).exists() for f in spec.files):
-        return json.loads(stamp.read_text())
+        built = json.loads(stamp.read_text())
+        if built.get("recipe") == recipe:
+            return built
     say(f"building {spec.name} into {cache}")
     args = ["bench/models.py", spec.name, "--cache", str(cache)] + (["--quick"] if quick else [])
     p = run_py(args, timeout=TIMEOUT, log=log)
     if p.rc != 0 or p.result is None:
         raise SystemExit(f"building {spec.name} failed:\n{p.stderr[-3000:]}")
-    stamp.write_text(json.dumps(p.result, indent=1))
-    return p.result
+    built = {**p.result, "recipe": recipe}
+    stamp.write_text(json.dumps(built, indent=1))
+    return built
 
 
 def convert_once(kind: str, src: Path, dst: Path, log) -> dict:
@@ -128,6 +134,9 @@ def measure_model(spec: ModelSpec, cache: Path, st: dict, threads: int, log) -> 
                 say(f"  {key} failed: {res['error']}")
             runs[key].append(res)
     files = {k: str(out_dir / f"{Path(spec.file).stem}.{k}.onnx") for k in runs if all(x["ok"] for x in runs[k])}
+    goal = next((b.key for b in spec.baselines if b.goal), None)
+    if goal in files:  # A/A control: a second session of the same baseline file, to show the noise floor
+        files[AA] = files[goal]
     ort = {}
     if files:
         say(f"{spec.name}: onnxruntime errors and latency ({', '.join(files)})")
@@ -165,6 +174,15 @@ def ratio(a, b):
         return float("nan")
 
 
+def paired_ratio(a: dict, b: dict, tag: str) -> float:
+    """Median over rounds of (a's run / b's run in the same round): the two runs of a round are
+    back to back, so load that comes and goes on the machine cancels; falls back to the ratio of medians."""
+    xs, ys = a.get(f"lat_{tag}_all_ms"), b.get(f"lat_{tag}_all_ms")
+    if not xs or not ys or len(xs) != len(ys):
+        return ratio(a.get(f"lat_{tag}_ms"), b.get(f"lat_{tag}_ms"))
+    return statistics.median(x / y for x, y in zip(xs, ys))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -192,6 +210,7 @@ def build_rows(specs: list[ModelSpec], measured: dict, bl: int) -> list[dict]:
         for b in spec.baselines:
             base = summarize_side(m["runs"][b.key])
             o_bn, o_b = m["ort"].get(BNREWRITE, {}), m["ort"].get(b.key, {})
+            o_aa = m["ort"].get(AA, {}) if b.goal else {}
             row = {"model": spec.name, "group": spec.group, "baseline": b.label, "goal_baseline": b.goal,
                    "bn": bn, "base": base, "ort_bn": o_bn, "ort_base": o_b,
                    "bn_error": None if bn else m["runs"][BNREWRITE][-1].get("error"),
@@ -200,8 +219,11 @@ def build_rows(specs: list[ModelSpec], measured: dict, bl: int) -> list[dict]:
                 row.update(
                     wall_ratio=ratio(bn["wall_s"], base["wall_s"]), call_ratio=ratio(bn["call_s"], base["call_s"]),
                     node_ratio=ratio(bn["nodes"], base["nodes"]), size_ratio=ratio(bn["bytes"], base["bytes"]),
-                    lat_b1_ratio=ratio(o_bn.get("lat_b1_ms"), o_b.get("lat_b1_ms")),
-                    lat_bL_ratio=ratio(o_bn.get("lat_bL_ms"), o_b.get("lat_bL_ms")))
+                    lat_b1_ratio=paired_ratio(o_bn, o_b, "b1"), lat_bL_ratio=paired_ratio(o_bn, o_b, "bL"),
+                    aa_b1_ratio=paired_ratio(o_aa, o_b, "b1") if o_aa else None,
+                    aa_bL_ratio=paired_ratio(o_aa, o_b, "bL") if o_aa else None,
+                    lat_b1_ratio_of_medians=ratio(o_bn.get("lat_b1_ms"), o_b.get("lat_b1_ms")),
+                    lat_bL_ratio_of_medians=ratio(o_bn.get("lat_bL_ms"), o_b.get("lat_bL_ms")))
             rows.append(row)
     return rows
 
@@ -235,9 +257,11 @@ def evaluate_goals(rows: list[dict], bl: int) -> list[dict]:
             f"{len(zoo)} models, sums of per-model medians")
         lats = [(r["model"], tag, r[f"lat_{tag}_ratio"]) for r in zoo for tag in ("b1", "bL")]
         worst = max(lats, key=lambda t: t[2])
+        aa = [r[f"aa_{tag}_ratio"] for r in zoo for tag in ("b1", "bL") if r.get(f"aa_{tag}_ratio") is not None]
+        noise = f"A/A control {min(aa):.3f}–{max(aa):.3f}" if aa else ""
         add("zoo_latency", "worst " + f"{worst[0]} batch {1 if worst[1] == 'b1' else bl}: {worst[2]:.3f}; all: " +
             ", ".join(f"{m} {'b1' if t == 'b1' else 'b' + str(bl)} {v:.3f}" for m, t, v in lats),
-            all(v <= 1.05 for _, _, v in lats), "")
+            all(v <= 1.05 for _, _, v in lats), noise)
     return goals
 
 
@@ -279,8 +303,11 @@ def render(info: dict, specs: list[ModelSpec], builds: dict, rows: list[dict], g
     w(f"* **ONNX size**: top-level graph nodes and file bytes of the written files.")
     w(f"* **onnxruntime latency**: one process, CPUExecutionProvider, `intra_op_num_threads={args.threads}`, "
       f"`inter_op_num_threads=1`, sequential, default graph optimizations; {st['warmup']} warm-up runs per session, "
-      f"then the sessions' runs interleaved (A B, B A, ...): median of {st['runs_b1']} runs at batch 1 and "
-      f"{st['runs_b32']} runs at batch {bl}, on the same seeded input.")
+      f"then the sessions' runs interleaved (A B, B A, ...), {st['runs_b1']} runs at batch 1 and "
+      f"{st['runs_b32']} runs at batch {bl} on the same seeded input. The latency ratio is the median over "
+      "rounds of the ratio of the two back-to-back runs of a round (paired, so that load coming and going "
+      "on the shared machine cancels); the medians of each side and their ratio are in the details table. "
+      "*ORT nodes* = nodes left after onnxruntime's own graph optimizations (what actually runs).")
     w("* **Max error**: max |out − ref| on the same seeded batch of 4 (N(0, 1)), where ref is the inference output of "
       "the framework that wrote the file (Keras 3 `model(x, training=False)` for `.keras`, tf_keras `predict` for "
       "`.h5`; for `training_true`, the same weights without `training=True`). *batch dep.* = max |sample alone − "
@@ -296,23 +323,51 @@ def render(info: dict, specs: list[ModelSpec], builds: dict, rows: list[dict], g
     w("")
 
     w("## Results\n")
-    w("Ratios are bnrewrite ÷ baseline (< 1: bnrewrite is smaller / faster).\n")
+    w("Ratios are bnrewrite ÷ baseline (< 1: bnrewrite is smaller / faster). *A/A control*: the baseline's own "
+      "file in a second onnxruntime session, timed in the same interleaved rounds against the baseline — its "
+      "distance from 1.000 is the noise of this run's latency ratios.\n")
     w(f"| model | baseline | convert ratio (process wall) | convert ratio (call) | ONNX nodes bnrewrite / baseline "
       f"| node ratio | size bnrewrite / baseline (MB) | size ratio | ORT latency ratio b1 | ORT latency ratio b{bl} "
-      f"| max error bnrewrite | max error baseline | batch dep. bnrewrite / baseline |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+      f"| A/A control b1 / b{bl} | max error bnrewrite | max error baseline | batch dep. bnrewrite / baseline |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "wall_ratio" not in r:
             err = r["bn_error"] or r["base_error"]
             who = "bnrewrite" if r["bn_error"] else "baseline"
-            w(f"| {r['model']} | {r['baseline']} | {who} failed: {err} |" + " |" * 10)
+            w(f"| {r['model']} | {r['baseline']} | {who} failed: {err} |" + " |" * 11)
             continue
         bn, base, ob, oa = r["bn"], r["base"], r["ort_bn"], r["ort_base"]
         w(f"| {r['model']} | {r['baseline']}{' (goal)' if r['goal_baseline'] and r['group'] != 'training' else ''} | "
           f"**{fmt_r(r['wall_ratio'])}** | {fmt_r(r['call_ratio'])} | {bn['nodes']} / {base['nodes']} | "
           f"**{fmt_r(r['node_ratio'])}** | {fmt_mb(bn['bytes'])} / {fmt_mb(base['bytes'])} | {fmt_r(r['size_ratio'])} | "
-          f"**{fmt_r(r['lat_b1_ratio'])}** | **{fmt_r(r['lat_bL_ratio'])}** | {fmt_e(ob.get('max_abs'))} | "
+          f"**{fmt_r(r['lat_b1_ratio'])}** | **{fmt_r(r['lat_bL_ratio'])}** | "
+          f"{'' if r.get('aa_b1_ratio') is None else fmt_r(r['aa_b1_ratio']) + ' / ' + fmt_r(r['aa_bL_ratio'])} | "
+          f"{fmt_e(ob.get('max_abs'))} | "
           f"{fmt_e(oa.get('max_abs'))} | {fmt_e(ob.get('batch_dependence'))} / {fmt_e(oa.get('batch_dependence'))} |")
+    w("")
+
+    w("### Details\n")
+    w("Absolute values (context only: the machine is shared). Convert: median process wall over the rounds. "
+      "Latency: median (p10–p90) in ms.\n")
+    w(f"| model | side | convert wall (s) | ONNX nodes | ORT nodes | latency b1 (ms) | latency b{bl} (ms) "
+      f"| ratio of medians b1 / b{bl} | max abs error | max rel error | max \\|ref\\| |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    for spec in specs:
+        rs = [r for r in rows if r["model"] == spec.name]
+        if not rs:
+            continue
+        sides = [("bnrewrite", rs[0]["bn"], rs[0]["ort_bn"], None)] + \
+                [(r["baseline"], r["base"], r["ort_base"], r) for r in rs]
+        for label, side, o, r in sides:
+            if not side:
+                continue
+            lat = lambda t: (f"{o[f'lat_{t}_ms']:.2f} ({o[f'lat_{t}_p10_ms']:.2f}–{o[f'lat_{t}_p90_ms']:.2f})"  # noqa: E731
+                             if f"lat_{t}_ms" in o else "n/a")
+            rom = "" if r is None or "lat_b1_ratio_of_medians" not in r else \
+                f"{fmt_r(r['lat_b1_ratio_of_medians'])} / {fmt_r(r['lat_bL_ratio_of_medians'])}"
+            w(f"| {spec.name} | {label} | {side['wall_s']:.2f} | {side['nodes']} | {o.get('ort_optimized_nodes', 'n/a')} "
+              f"| {lat('b1')} | {lat('bL')} | {rom} | {fmt_e(o.get('max_abs'))} | {fmt_e(o.get('max_rel'))} "
+              f"| {o.get('ref_max', float('nan')):.3g} |")
     w("")
 
     w("## Goals\n")
@@ -394,9 +449,6 @@ def render_adabn(res: dict) -> str:
         out.append("")
     for n in res.get("notes") or []:
         out.append(f"* {n}")
-    for k, v in res.items():
-        if k not in ("rows", "notes") and isinstance(v, (str, int, float)):
-            out.append(f"* {k}: {_cell(v)}")
     return "\n".join(out) + "\n"
 
 
@@ -449,7 +501,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     ap.add_argument("--no-adabn", action="store_true", help="skip the AdaBN calibration benchmark")
     ap.add_argument("--list", action="store_true", help="list the models and exit")
+    ap.add_argument("--render", type=Path, metavar="RAW.json",
+                    help="measure nothing: rewrite the markdown from a previous run's raw results "
+                         "(bench/results/latest.json), e.g. after editing bench/NOTES.md")
     args = ap.parse_args(argv)
+    raw = None
+    if args.render:
+        raw = json.loads(args.render.read_text())
+        args.quick = raw["args"]["quick"] == "True"
+        args.only = raw["args"]["only"]
+        args.threads = int(raw["args"]["threads"])
 
     specs = model_specs(args.quick)
     if args.list:
@@ -465,10 +526,20 @@ def main(argv=None) -> int:
     st = settings(args.quick)
     if args.rounds:
         st["rounds"] = args.rounds
+    if raw is not None:
+        st = raw["settings"]
     partial = args.quick or bool(args.only)
     out = args.out or (BENCH / "results" / "benchmarks.md" if partial else ROOT / "docs" / "benchmarks.md")
     results_dir = BENCH / "results"
     results_dir.mkdir(exist_ok=True)
+    if raw is not None:
+        rows = build_rows(specs, raw["measured"], st["batch_large"])
+        goals = evaluate_goals(rows, st["batch_large"])
+        out.write_text(render(raw["machine"], specs, raw["builds"], rows, goals, raw["adabn"],
+                              raw.get("adabn_note", ""), args, st, raw.get("wall_total_s", float("nan"))))
+        print(console_table(rows, goals, st["batch_large"]))
+        say(f"rewrote {out} from {args.render}")
+        return 0
     args.cache.mkdir(parents=True, exist_ok=True)
     log = open(results_dir / "bench.log", "w")
 
@@ -489,7 +560,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     raw = {"machine": info, "settings": st, "args": {k: str(v) for k, v in vars(args).items()},
-           "builds": builds, "measured": measured, "rows": rows, "goals": goals, "adabn": adabn}
+           "builds": builds, "measured": measured, "rows": rows, "goals": goals, "adabn": adabn,
+           "adabn_note": adabn_note, "wall_total_s": wall_total}
     (results_dir / "latest.json").write_text(json.dumps(raw, indent=1, default=str))
     print(console_table(rows, goals, st["batch_large"]))
     say(f"wrote {out} and {results_dir / 'latest.json'} in {wall_total / 60:.1f} min")

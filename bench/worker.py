@@ -123,12 +123,14 @@ def measure_ort(ref_path: str, files: dict[str, str], threads: int, runs_b1: int
         so.log_severity_level = 3
         t = time.perf_counter()
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        session_s = time.perf_counter() - t
+        opt = _optimized_node_count(path, ort)
         name = sess.get_inputs()[0].name
         sessions[key] = (sess, name)
         got = sess.run(None, {name: x})[0].astype(np.float64)
         alone = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float64)
         r = {
-            "session_s": time.perf_counter() - t,
+            "session_s": session_s, "ort_optimized_nodes": opt,
             "max_abs": float(np.abs(got - want).max()),
             "max_rel": float((np.abs(got - want) / np.maximum(np.abs(want), 1e-4)).max()),
             "ref_max": float(np.abs(want).max()),
@@ -158,7 +160,25 @@ def measure_ort(ref_path: str, files: dict[str, str], threads: int, runs_b1: int
             out[key][f"lat_{tag}_p10_ms"] = float(np.percentile(ts, 10) * 1e3)
             out[key][f"lat_{tag}_p90_ms"] = float(np.percentile(ts, 90) * 1e3)
             out[key][f"lat_{tag}_runs"] = len(ts)
+            out[key][f"lat_{tag}_all_ms"] = [round(v * 1e3, 4) for v in ts]  # in run order, for paired ratios
     return {"threads": threads, "batch_large": batch_large, "results": out}
+
+
+def _optimized_node_count(path: str, ort) -> int | None:
+    """Nodes left after onnxruntime's graph optimizations (what actually runs), from a throwaway session."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        try:
+            ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            return len(onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node)
+        except Exception:
+            return None
 
 
 def main() -> None:
