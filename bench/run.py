@@ -10,7 +10,8 @@ baseline, interleaved, ``--rounds`` times), then one onnxruntime process that
 checks every output against the framework's inference output and times the
 ONNX files with interleaved runs. Results are ratios bnrewrite / baseline
 measured in the same run, because the machines are shared and noisy. Raw
-numbers go to ``bench/results/latest.json``.
+numbers go to ``bench/results/latest.json`` (for ``--quick``/``--only``/``--out``
+runs: beside the markdown, ``.json``), the subprocesses' stderr to ``.log``.
 """
 
 from __future__ import annotations
@@ -532,6 +533,10 @@ def main(argv=None) -> int:
     out = args.out or (BENCH / "results" / "benchmarks.md" if partial else ROOT / "docs" / "benchmarks.md")
     results_dir = BENCH / "results"
     results_dir.mkdir(exist_ok=True)
+    # the full run's raw numbers stay in bench/results/latest.json; other runs write theirs beside their markdown
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw_path = results_dir / "latest.json" if out == ROOT / "docs" / "benchmarks.md" else out.with_suffix(".json")
     if raw is not None:
         rows = build_rows(specs, raw["measured"], st["batch_large"])
         goals = evaluate_goals(rows, st["batch_large"])
@@ -541,7 +546,7 @@ def main(argv=None) -> int:
         say(f"rewrote {out} from {args.render}")
         return 0
     args.cache.mkdir(parents=True, exist_ok=True)
-    log = open(results_dir / "bench.log", "w")
+    log = open(raw_path.with_suffix(".log"), "w")
 
     t0 = time.perf_counter()
     info = machine()
@@ -562,9 +567,9 @@ def main(argv=None) -> int:
     raw = {"machine": info, "settings": st, "args": {k: str(v) for k, v in vars(args).items()},
            "builds": builds, "measured": measured, "rows": rows, "goals": goals, "adabn": adabn,
            "adabn_note": adabn_note, "wall_total_s": wall_total}
-    (results_dir / "latest.json").write_text(json.dumps(raw, indent=1, default=str))
+    raw_path.write_text(json.dumps(raw, indent=1, default=str))
     print(console_table(rows, goals, st["batch_large"]))
-    say(f"wrote {out} and {results_dir / 'latest.json'} in {wall_total / 60:.1f} min")
+    say(f"wrote {out} and {raw_path} in {wall_total / 60:.1f} min")
     failed = [r for r in rows if "wall_ratio" not in r]
     return 1 if failed else 0
 
