@@ -66,6 +66,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import networkx as nx
 import numpy as np
 
 from .errors import InputError
@@ -179,7 +180,7 @@ def plan(mg: ModelGraph, shapes: dict[tuple[str, int], tuple]) -> Plan:
     # Only ancestors of calibrated BNs are run.
     needed: set[str] = set()
     for b in active:
-        needed |= _ancestors(mg, b)
+        needed |= nx.ancestors(mg.graph, b)
     phase = {}
     for n in order:
         if n in needed:
@@ -225,12 +226,6 @@ def _levels(mg: ModelGraph, order: list[str], active: set[str]) -> dict[str, int
         level_in[n] = lv
         out_level[n] = lv + (1 if n in active else 0)
     return level_in
-
-
-def _ancestors(mg: ModelGraph, node: str) -> set[str]:
-    import networkx as nx
-
-    return nx.ancestors(mg.graph, node)
 
 
 # ---------------------------------------------------------------- the cache
@@ -438,6 +433,7 @@ def calibrate(
     try:
         for k in range(p.levels):
             loads, fn, values = _phase_function(mg, p, k, live, symbolic, inference)
+            level_layers = [mg.layer(b).name for b in p.at_level(k)]
             batches = source.batches() if k == 0 else range(n_batches or 0)
             count = 0
             for item in batches:
@@ -445,9 +441,9 @@ def calibrate(
                 stored, moments = fn(*args)
                 for t, value in zip(p.stores[k], stored):
                     cache.put(t, count, value)
-                for b, (m, m2, dynamic), per_sample in zip(p.at_level(k), moments, values):
+                for name, (m, m2, dynamic), per_sample in zip(level_layers, moments, values):
                     per_sample = per_sample if dynamic is None else int(dynamic)
-                    stats.setdefault(mg.layer(b).name, Moments()).add(*_merge_samples(m, m2, per_sample))
+                    stats.setdefault(name, Moments()).add(*_merge_samples(m, m2, per_sample))
                 count += 1
                 done += 1
                 if progress:
@@ -457,7 +453,7 @@ def calibrate(
                 report["samples"], report["batches"] = source.samples, count
             for t in [t for t, last in p.last_use.items() if last == k]:
                 cache.drop(t)
-            for name in dict.fromkeys(mg.layer(b).name for b in p.at_level(k)):
+            for name in dict.fromkeys(level_layers):
                 _set_stats(mg, _layer_by_name(mg, name, p), stats[name], ddof, live[name])
     finally:
         cache.close()

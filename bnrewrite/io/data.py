@@ -89,10 +89,8 @@ class CalibrationData:
             return (lambda: iter([arrays])), f"{len(arrays)} arrays"
         if hasattr(source, "as_numpy_iterator"):  # tf.data.Dataset
             return (lambda: (self._element(e) for e in source.as_numpy_iterator())), "tf.data.Dataset"
-        if hasattr(source, "__iter__"):
-            if iter(source) is source:  # a generator or iterator: single pass, which is all we need
-                return (lambda: (self._element(e) for e in source)), type(source).__name__
-            return (lambda: (self._element(e) for e in source)), f"iterable {type(source).__name__}"
+        if hasattr(source, "__iter__"):  # read once: a single-pass generator is enough
+            return (lambda: (self._element(e) for e in source)), type(source).__name__
         raise InputError(
             f"calibration data of type {type(source).__name__} is not supported "
             "(use an array, a dict of arrays, an iterable of batches, a tf.data.Dataset, or a .npy/.npz file or folder)"
