@@ -58,11 +58,13 @@ Dropout off, other BNs use their moving statistics).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import os
 import shutil
-import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,6 +78,7 @@ from .io.data import CalibrationData, InputSpec
 VARIANCES = ("unbiased", "biased")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CACHE_MB = 1024
+DEFAULT_MAX_SPILL_BYTES = 8 * 2**30  # spill cap when the data size is unknown (see default_max_spill_bytes)
 
 
 @dataclass
@@ -230,33 +233,67 @@ def _levels(mg: ModelGraph, order: list[str], active: set[str]) -> dict[str, int
 
 # ---------------------------------------------------------------- the cache
 class _Cache:
-    """Per-batch tensors kept between phases: in RAM up to a budget, then in spill files."""
+    """Per-batch tensors kept between phases: in RAM up to a budget, then in spill files.
 
-    def __init__(self, budget_bytes: int, tmpdir: str | None):
+    The spill files live in one folder (``bnrewrite-calib-*`` in ``tmpdir``,
+    default the system temp folder) registered with :mod:`bnrewrite.outputs`,
+    so a failure, SIGINT/SIGTERM/SIGHUP or interpreter exit removes it. The
+    bytes on disk at any time are capped at ``max_disk_bytes``: reaching the cap
+    (or a full disk) stops calibration with an :class:`InputError` (exit 2).
+    """
+
+    def __init__(self, budget_bytes: int, tmpdir: str | None, max_disk_bytes: int | None = None,
+                 cap_given: bool = True):
         self.budget = budget_bytes
         self.tmpdir = tmpdir
+        self.max_disk = DEFAULT_MAX_SPILL_BYTES if max_disk_bytes is None else int(max_disk_bytes)
+        self.cap_given = cap_given  # the cap came from --max-spill-gb (else: the default)
         self._dir: str | None = None
         self.ram: dict[tuple, Any] = {}  # (tensor, batch) -> tensor
         self.disk: dict[tuple, tuple] = {}  # (tensor, batch) -> (fd, offset, shape, dtype)
         self.files: dict[tuple, tuple[int, str, list]] = {}  # tensor -> (fd, path, [size])
         self.ram_bytes = 0
         self.peak_ram_bytes = 0
-        self.spilled_bytes = 0
+        self.spilled_bytes = 0  # written in total
+        self.disk_bytes = 0  # on disk now
+        self.peak_disk_bytes = 0
         self._serial = 0
 
+    @staticmethod
+    def _nbytes(value) -> int:  # a tf.Tensor (dtype.size) or a numpy array (dtype.itemsize)
+        item = value.dtype.itemsize if hasattr(value.dtype, "itemsize") else value.dtype.size
+        return int(np.prod(value.shape, dtype=np.int64)) * item
+
     def put(self, tensor: tuple, batch: int, value) -> None:
-        nbytes = int(np.prod(value.shape, dtype=np.int64)) * value.dtype.size
+        nbytes = self._nbytes(value)
         if self.ram_bytes + nbytes <= self.budget:
             self.ram[(tensor, batch)] = value
             self.ram_bytes += nbytes
             self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
             return
+        if self.disk_bytes + nbytes > self.max_disk:
+            raise InputError(
+                f"calibration spill reached --max-spill-gb {self.max_disk / 2**30:.1f} GB"
+                + ("" if self.cap_given else " (the default: 4x the calibration data, at least 8 GB)")
+                + "; raise it, lower --max-samples, or give more --cache-mb"
+            )
         arr = np.ascontiguousarray(value.numpy() if hasattr(value, "numpy") else value)
         fd, _, size = self._file(tensor)
-        os.pwrite(fd, arr.data, size[0]) if arr.nbytes else None
+        try:
+            os.pwrite(fd, arr.data, size[0]) if arr.nbytes else None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise InputError(
+                    f"calibration spill folder {self._dir} is full after {self.disk_bytes / 2**30:.1f} GB "
+                    f"({e.strerror}); use --cache-dir on a larger disk, lower --max-samples, or give more "
+                    "--cache-mb"
+                ) from None
+            raise
         self.disk[(tensor, batch)] = (fd, size[0], arr.shape, arr.dtype)
         size[0] += arr.nbytes
         self.spilled_bytes += arr.nbytes
+        self.disk_bytes += arr.nbytes
+        self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
 
     def get(self, tensor: tuple, batch: int):
         if (tensor, batch) in self.ram:
@@ -267,19 +304,22 @@ class _Cache:
 
     def drop(self, tensor: tuple) -> None:
         for key in [k for k in self.ram if k[0] == tensor]:
-            v = self.ram.pop(key)
-            self.ram_bytes -= int(np.prod(v.shape, dtype=np.int64)) * v.dtype.size
+            self.ram_bytes -= self._nbytes(self.ram.pop(key))
         for key in [k for k in self.disk if k[0] == tensor]:
             del self.disk[key]
         if tensor in self.files:
-            fd, path, _ = self.files.pop(tensor)
+            fd, path, size = self.files.pop(tensor)
+            self.disk_bytes -= size[0]
             os.close(fd)
-            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):  # a stop signal may have removed the folder
+                os.unlink(path)
 
     def _file(self, tensor: tuple):
         if tensor not in self.files:
             if self._dir is None:
-                self._dir = tempfile.mkdtemp(prefix="bnrewrite-calib-", dir=self.tmpdir)
+                from .outputs import SPILL_PREFIX, make_temp_dir
+
+                self._dir = make_temp_dir(SPILL_PREFIX, self.tmpdir)  # registered: removed on SIGTERM too
             self._serial += 1
             path = os.path.join(self._dir, f"{self._serial}.bin")
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -291,7 +331,47 @@ class _Cache:
             self.drop(tensor)
         self.ram.clear()
         if self._dir is not None:
+            from .outputs import unregister_temp
+
             shutil.rmtree(self._dir, ignore_errors=True)
+            unregister_temp(self._dir)
+
+
+def _data_bytes(data) -> int | None:
+    """Size in bytes of calibration data when it is cheap to know (files, arrays), else None."""
+    try:
+        if isinstance(data, np.ndarray):
+            return int(data.nbytes)
+        if isinstance(data, dict) and all(isinstance(a, np.ndarray) for a in data.values()):
+            return int(sum(a.nbytes for a in data.values()))
+        if isinstance(data, (list, tuple)) and data and all(isinstance(a, np.ndarray) for a in data):
+            return int(sum(a.nbytes for a in data))
+        if isinstance(data, (str, os.PathLike)):
+            p = os.fspath(data)
+            files = ([os.path.join(p, f) for f in os.listdir(p)] if os.path.isdir(p) else [p])
+            total = 0
+            for f in files:
+                if f.lower().endswith(".npz") and os.path.isfile(f):
+                    with zipfile.ZipFile(f) as z:
+                        total += sum(i.file_size for i in z.infolist())
+                elif f.lower().endswith(".npy") and os.path.isfile(f):
+                    total += os.path.getsize(f)
+            return total or None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def default_max_spill_bytes(data) -> int:
+    """The default spill cap: 4x the calibration data when its size is known, at least 8 GiB.
+
+    Zoo models cache 7-11x their input at the widest level (ResNet50 10.7x,
+    MobileNetV2 8x, DenseNet121 7.3x), so 4x alone would stop ordinary runs;
+    the floor keeps those working while a runaway (a model that blows
+    activations up, data with huge dynamic dimensions) still stops.
+    """
+    size = _data_bytes(data)
+    return max(DEFAULT_MAX_SPILL_BYTES, 4 * size) if size else DEFAULT_MAX_SPILL_BYTES
 
 
 # ---------------------------------------------------------------- running
@@ -314,7 +394,9 @@ def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: d
     """A tf.function for phase ``k``: cached inputs -> (tensors to cache, BN moments)."""
     import tensorflow as tf
 
-    from .io.keras_writer import call_node
+    from .build import builder
+
+    call_node = builder(mg).call_node
 
     loads = plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
     stores = plan_.stores[k]
@@ -394,10 +476,16 @@ def calibrate(
     tmpdir: str | None = None,
     custom_objects: dict | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    max_spill_gb: float | None = None,
 ) -> dict:
     """Re-estimate the moving statistics of every BN of ``mg`` in place (see the module docstring).
 
     ``data`` is any source :class:`~bnrewrite.io.data.CalibrationData` accepts.
+    Cached activations beyond ``cache_mb`` of RAM spill to a temporary folder in
+    ``cache_dir`` (``tmpdir`` is the older name; default: the system temp
+    folder), holding at most ``max_spill_gb`` GiB at a time (default:
+    :func:`default_max_spill_bytes`); reaching it raises :class:`InputError`.
     ``progress(done, total)`` is called after each batch of each phase (``total``
     is None while the number of batches is not yet known). Returns the
     calibration report: samples, levels, and per layer the values seen per
@@ -407,7 +495,7 @@ def calibrate(
         raise InputError(f"variance must be one of {', '.join(VARIANCES)}, not {variance!r}")
     ddof = 1 if variance == "unbiased" else 0
     t0 = time.perf_counter()
-    from .io.keras_writer import build_live
+    from .build import build_live
 
     symbolic, live = build_live(mg, custom_objects)
     shapes = {t: tuple(v.shape) for t, v in symbolic.items()}
@@ -423,7 +511,9 @@ def calibrate(
         report["seconds"] = time.perf_counter() - t0
         return report
 
-    cache = _Cache(int(cache_mb * 2**20), tmpdir)
+    cap = default_max_spill_bytes(data) if max_spill_gb is None else int(max_spill_gb * 2**30)
+    cache = _Cache(int(cache_mb * 2**20), os.fspath(cache_dir) if cache_dir is not None else tmpdir, cap,
+                   cap_given=max_spill_gb is not None)
     inference = {name: _has_training_arg(lay) for name, lay in live.items()}  # layers to call with training=False
     old = {mg.layer(b).name: {k: np.array(mg.layer(b).weights[k]) for k in ("moving_mean", "moving_variance")}
            for b in p.bn_nodes}
@@ -472,7 +562,8 @@ def calibrate(
             "new_variance": _summary(lay.weights["moving_variance"]),
         })
     report["cache"] = {"budget_mb": cache_mb, "peak_ram_bytes": cache.peak_ram_bytes,
-                       "spilled_bytes": cache.spilled_bytes}
+                       "spilled_bytes": cache.spilled_bytes, "peak_disk_bytes": cache.peak_disk_bytes,
+                       "max_spill_bytes": cache.max_disk}
     report["seconds"] = time.perf_counter() - t0
     return report
 
@@ -483,7 +574,9 @@ def _layer_by_name(mg: ModelGraph, name: str, p: Plan):
 
 def _set_stats(mg: ModelGraph, lay, st: Moments, ddof: int, klayer) -> None:
     """Write the new statistics into the graph's layer and the live Keras layer."""
-    from .io.keras_writer import assign_weights
+    from .build import builder
+
+    assign_weights = builder(mg).assign_weights
 
     name = lay.name
     if st.n - ddof <= 0:

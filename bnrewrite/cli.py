@@ -1,14 +1,20 @@
 """Command line: ``bnrewrite convert`` and ``bnrewrite inspect``.
 
 Exit codes: 0 ok, 2 usage or bad input, 3 verification failed, 4 ``inspect
---strict`` found warnings/errors. Errors are one line on stderr; ``-v`` adds
-the traceback and TensorFlow's own logging.
+--strict`` found warnings/errors, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP
+(temporary files removed). Errors are one line on stderr; ``-v`` adds the
+traceback and TensorFlow's own logging.
+
+Text from model files, data and frameworks (layer names, config values,
+paths, error messages) is printed through :func:`bnrewrite.textsafe.clean`:
+control characters escaped, rich markup escaped, long values cut.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -16,8 +22,10 @@ import warnings
 import click
 
 from .errors import EXIT_BAD_INPUT, BnrewriteError
+from .textsafe import clean, for_console
 
 _VERBOSE = False
+ERROR_LIMIT = 1000  # characters of an error message shown (file-controlled text can be huge)
 
 
 @contextlib.contextmanager
@@ -63,22 +71,57 @@ def _prepare_runtime(verbose: bool) -> None:
 def _fail(e: BaseException, code: int) -> None:
     if _VERBOSE:
         traceback.print_exc()
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    click.echo(f"bnrewrite: error: {msg}", err=True)
+    text = str(e).strip()
+    # The first line of a framework's multi-line message; only a real newline ends it: a CR or
+    # other control character inside a file-controlled name stays, escaped by clean().
+    msg = text.split("\n", 1)[0].rstrip("\r") if text else type(e).__name__
+    click.echo(f"bnrewrite: error: {clean(msg, ERROR_LIMIT)}", err=True)
     sys.exit(code)
 
 
-def _run(fn):
-    """Run a command body, mapping errors to one line and an exit code."""
+def _stopped(signum: int | None) -> None:
+    """A stop signal (or Ctrl-C): temporaries are gone; one line; exit 128 + signal number."""
+    signum = int(signum or signal.SIGINT)
+    if _VERBOSE:
+        traceback.print_exc()
     try:
-        return fn()
-    except BnrewriteError as e:
-        _fail(e, e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("bnrewrite: interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # a bug or an unforeseen input: still one line, exit 2
-        _fail(RuntimeError(f"unexpected {type(e).__name__}: {e}"), EXIT_BAD_INPUT)
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    click.echo(f"bnrewrite: interrupted ({name}); temporary files removed", err=True)
+    sys.exit(128 + signum)
+
+
+def _run(fn):
+    """Run a command body, mapping errors to one line and an exit code.
+
+    SIGINT, SIGTERM and SIGHUP raise :class:`~bnrewrite.errors.Interrupted`
+    while it runs; on any failure every temporary file and folder bnrewrite
+    made is removed (:func:`bnrewrite.outputs.remove_temps`) before exiting.
+    """
+    from . import outputs
+
+    with outputs.handle_signals():
+        try:
+            return fn()
+        except KeyboardInterrupt as e:  # Interrupted (a stop signal) or a plain Ctrl-C
+            outputs.exiting()
+            outputs.remove_temps()
+            _stopped(getattr(e, "signum", None) or outputs.interrupted())
+        except BnrewriteError as e:
+            outputs.exiting()
+            outputs.remove_temps()
+            if outputs.interrupted():
+                _stopped(outputs.interrupted())
+            _fail(e, e.exit_code)
+        except Exception as e:  # a bug or an unforeseen input: still one line, exit 2
+            outputs.exiting()
+            outputs.remove_temps()
+            if outputs.interrupted():  # a framework turned our interrupt into its own error
+                _stopped(outputs.interrupted())
+            _fail(RuntimeError(f"unexpected {type(e).__name__}: {e}"), EXIT_BAD_INPUT)
+        finally:
+            outputs.remove_temps()  # anything left registered is a leftover
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,25 +170,32 @@ def _console(quiet: bool):
 @click.option("--max-samples", type=click.IntRange(1), help="Use at most this many calibration samples.")
 @click.option("--cache-mb", default=1024, show_default=True, type=click.FloatRange(0),
               help="RAM for activations cached during calibration; beyond it they spill to a temp folder.")
+@click.option("--cache-dir", "cache_dir", type=click.Path(path_type=str),
+              help="Folder for the calibration spill files (default: the system temp folder, $TMPDIR).")
+@click.option("--max-spill-gb", "max_spill_gb", type=click.FloatRange(0),
+              help="Most disk space calibration may spill to, in GB (default: 4x the calibration data, "
+                   "at least 8).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
             report_path, force, unsafe, custom_path, calibration, variance, batch_size, max_samples,
-            cache_mb, quiet, verbose):
+            cache_mb, cache_dir, max_spill_gb, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
     _VERBOSE = verbose
 
     def body():
         from .convert import check_paths
+        from .io.data import check_data_path
+        from .outputs import check_folder
 
-        from pathlib import Path
-
-        check_paths(Path(src), Path(dst), force)  # fail fast, before the TF import
-        if calibration is not None and not Path(calibration).exists():
-            from .errors import InputError
-
-            raise InputError(f"{calibration}: calibration data not found")
+        # Fail fast, before the TF import: every path we will write (OUT, --report) is checked
+        # against the inputs (model, calibration data, --custom-objects), each other and its folder.
+        check_paths(src, dst, force, report_path, inputs=[calibration, custom_path])
+        if calibration is not None:
+            check_data_path(calibration)  # a FIFO or device would block forever
+        if cache_dir is not None:
+            check_folder(cache_dir, "--cache-dir")
         _prepare_runtime(verbose)
         custom_objects = _custom_objects(custom_path)
         from .convert import convert as run
@@ -160,7 +210,7 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                            completed=done, total=total)
 
             def stage(msg):
-                bar.update(task, description=msg, total=None, completed=0)
+                bar.update(task, description=for_console(msg), total=None, completed=0)
 
             rep = run(
                 src, dst, opset=opset, atol=atol, rtol=rtol, verify=not no_verify, force=force,
@@ -168,10 +218,14 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 keep_timedistributed=keep_timedistributed, unsafe=unsafe,
                 custom_objects=custom_objects, report=report_path,
                 calibration=calibration, variance=variance, batch_size=batch_size,
-                max_samples=max_samples, cache_mb=cache_mb,
+                max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
                 progress=stage, calibration_progress=calibrating,
             )
-        print_convert_report(console, rep)
+        try:
+            print_convert_report(console, rep)
+        except Exception as e:  # OUT is written and verified: a display problem must not fail the run
+            click.echo(f"bnrewrite: warning: could not print the summary ({type(e).__name__}: "
+                       f"{clean(e)}); {clean(dst)} was written and verified", err=True)
 
     _run(body)
 
@@ -226,7 +280,7 @@ def _fmt_num(x) -> str:
         return "-"
     if isinstance(x, float):
         return f"{x:.4g}"
-    return str(x)
+    return for_console(x, 60)  # config values come from the file
 
 
 def _yes(b) -> str:
@@ -240,7 +294,7 @@ def _print_audit(console, result, src) -> None:
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console.width = max(console.width, 160)
     rows = result.bn_layers
-    console.print(f"[bold]{src}[/]: {len(rows)} BatchNormalization layer{'s' if len(rows) != 1 else ''}")
+    console.print(f"[bold]{for_console(src)}[/]: {len(rows)} BatchNormalization layer{'s' if len(rows) != 1 else ''}")
     if rows:
         t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for col, just in [("layer", "left"), ("path", "left"), ("wrapper", "left"), ("axis", "right"),
@@ -250,7 +304,8 @@ def _print_audit(console, result, src) -> None:
             t.add_column(col, justify=just, no_wrap=col != "layer")
         for r in rows:
             t.add_row(
-                r["name"], r["path"] or "-", r["wrapper"] or "-", _fmt_num(r["axis"]),
+                for_console(r["name"]), for_console(r["path"] or "-"), for_console(r["wrapper"] or "-"),
+                _fmt_num(r["axis"]),
                 _fmt_num(r["momentum"]), _fmt_num(r["epsilon"]), _yes(r["center"]), _yes(r["scale"]),
                 _yes(r["trainable"]), _fmt_num(r["training"]),
                 f"{_fmt_num(r['moving_mean_min'])}, {_fmt_num(r['moving_mean_max'])}",
@@ -266,8 +321,9 @@ def _print_audit(console, result, src) -> None:
     console.print("[bold]findings[/]: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     for f in result.findings:
         s = f["severity"]
-        console.print(f"  [{style[s]}]{s:<7}[/] [bold]{f['code']}[/] on {f['layer']}: {f['message']}")
-        console.print(f"          [dim]fix: {f['hint']}[/]")
+        console.print(f"  [{style[s]}]{s:<7}[/] [bold]{for_console(f['code'])}[/] on {for_console(f['layer'])}: "
+                      f"{for_console(f['message'], 500)}")
+        console.print(f"          [dim]fix: {for_console(f['hint'], 500)}[/]")
 
 
 if __name__ == "__main__":  # pragma: no cover

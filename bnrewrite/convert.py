@@ -1,4 +1,10 @@
-"""The convert pipeline: read -> passes -> rebuild Keras 3 -> write -> verify.
+"""The convert pipeline: read -> passes -> rebuild -> write -> verify against the original.
+
+The rewritten graph is rebuilt by the framework that wrote the input (tf_keras for
+Keras 2.x / tf.keras files, Keras 3 for Keras 3 files); only a ``.keras`` output of a
+legacy file goes through the Keras 2 -> 3 migration (:mod:`bnrewrite.build.migrate`).
+The written file is verified against the original model as its own framework reads
+it (:mod:`bnrewrite.reference`), and against the rewritten model.
 
 Files are handled as a deployment step must handle them: the input is only
 ever opened for reading; the output is written to a temporary file in the
@@ -32,6 +38,7 @@ class ConvertReport:
     output: dict = field(default_factory=dict)
     passes: list[dict] = field(default_factory=list)
     calibration: dict | None = None
+    migration: list[str] | None = None
     verification: dict | None = None
     findings: dict | None = None
     notes: list[str] = field(default_factory=list)
@@ -41,7 +48,7 @@ class ConvertReport:
     def to_dict(self) -> dict:
         return {
             "ok": self.ok, "input": self.input, "output": self.output, "passes": self.passes,
-            "calibration": self.calibration, "verification": self.verification,
+            "calibration": self.calibration, "migration": self.migration, "verification": self.verification,
             "findings": self.findings, "notes": self.notes, "timings": self.timings,
         }
 
@@ -70,48 +77,41 @@ def output_format(dst: Path) -> str:
     return suffix[1:]
 
 
-def check_paths(src: Path, dst: Path, force: bool) -> None:
-    """Refuse what would lose data, before any work is done."""
+def check_paths(src, dst, force: bool, report=None, *, inputs=()) -> None:
+    """Refuse what would lose data, before any work is done.
+
+    ``src`` must exist; ``dst`` (and ``report``, when given) must not be ``src``
+    or any of ``inputs`` (calibration data, ``--custom-objects`` file), nor each
+    other, nor a directory, FIFO or device, nor exist without ``force``, and
+    their folders must exist and be writable (:func:`bnrewrite.outputs.check_outputs`).
+    """
+    from .outputs import check_outputs
+
+    src, dst = Path(src), Path(dst)
     output_format(dst)
     if not src.exists():
         raise InputError(f"{src}: no such file")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: output is the input file; refusing to overwrite it")
-    if dst.is_dir():
-        raise InputError(f"{dst}: is a directory")
-    if dst.exists() and not force:
-        raise InputError(f"{dst}: already exists (use --force to overwrite)")
-    if not dst.parent.exists():
-        raise InputError(f"{dst.parent}: output folder does not exist")
+    check_outputs([(dst, "output"), (report, "--report")], inputs=[src, *inputs], force=force)
 
 
 def atomic_write(dst: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a temporary path beside ``dst``; return the temp path.
 
-    The caller renames it into place (``os.replace``) once it is verified, or
-    removes it. Keeping the suffix lets Keras pick the format from the name.
+    The caller places it (:func:`bnrewrite.outputs.place`, no-clobber unless
+    ``force``) once it is verified, or removes it (:func:`bnrewrite.outputs.discard`).
+    The temporary file (``.NAME.bnrewrite-tmp-XXXXXXXX.suffix``: Keras picks the
+    format from the suffix) is registered, so a stop signal removes it too.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".tmp{dst.suffix}", dir=dst.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        tmp_path.unlink()  # Keras refuses to save over an existing file in some versions
-        write(tmp_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return tmp_path
+    from .outputs import write_temp
+
+    return write_temp(dst, write)
 
 
-def write_text_atomic(dst: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_text_atomic(dst: Path, text: str, force: bool = False) -> None:
+    """Write ``text`` to ``dst`` through a temporary file; an existing ``dst`` only with ``force``."""
+    from .outputs import write_text
+
+    write_text(dst, text, force=force)
 
 
 def check_finite(mg: ModelGraph, *, skip_bn_stats: bool = False) -> None:
@@ -141,7 +141,10 @@ def check_finite(mg: ModelGraph, *, skip_bn_stats: bool = False) -> None:
 
 def run_passes(mg: ModelGraph, passes: Iterable[Pass] | None, ctx: PassContext, options: dict) -> list[dict]:
     chosen = default_passes(**options) if passes is None else list(passes)
-    return [r.to_dict() for r in PassManager(chosen).run(mg, ctx)]
+    results = [r.to_dict() for r in PassManager(chosen).run(mg, ctx)]
+    ctx.artifacts["changes_function"] = [p.name for p, r in zip(chosen, results)
+                                         if getattr(p, "changes_function", False) and r["changed"]]
+    return results
 
 
 def convert(
@@ -165,6 +168,8 @@ def convert(
     variance: str = "unbiased",
     cache_mb: float = 1024,
     report: str | os.PathLike | None = None,
+    input_shapes: dict | None = None,
+    verify_data=None,
     progress: Callable[[str], None] | None = None,
     calibration_progress: Callable[[int, int | None], None] | None = None,
     **extra,
@@ -182,6 +187,9 @@ def convert(
     ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
     cached activations use up to ``cache_mb`` of RAM, then spill to disk.
     ``calibration_progress(done, total)`` is called per batch.
+    ``input_shapes`` (``{"input": [64, 64, 3]}``, sample dims) sets the sizes of open
+    dimensions for verification; ``verify_data`` verifies on real samples instead of
+    seeded random ones (same sources as ``calibration``).
     Returns a :class:`ConvertReport`; raises :class:`~bnrewrite.errors.InputError`
     (exit 2) for bad input and :class:`~bnrewrite.errors.VerificationError`
     (exit 3) when the written output does not match. ``report`` also writes the
@@ -198,7 +206,7 @@ def convert(
         say(f"reading {src}")
         mg = read_model(src, unsafe=unsafe, custom_objects=custom_objects)
         check_finite(mg, skip_bn_stats=calibration is not None)
-        from .io.keras_writer import rebuild_options
+        from .build import rebuild_options
 
         # custom layers and (with unsafe) Lambda bytecode for every rebuild: passes, writer, verification
         scope.enter_context(rebuild_options(custom_objects, unsafe))
@@ -226,24 +234,31 @@ def convert(
         rep.findings = compare(before, audit(mg), calibrated=calibrated)
 
         t = time.perf_counter()
-        say("rebuilding the Keras 3 model")
-        from .io.keras_writer import build_keras
+        target = mg
+        if fmt == "keras" and mg.framework == "tf_keras":
+            from .build.migrate import migrate
 
-        model = build_keras(mg, custom_objects)
+            say("migrating the Keras 2 model to Keras 3")
+            target, rep.migration = migrate(mg)
+        from .build import build_model, builder
+
+        say(f"rebuilding the model in {builder(target).label}")
+        model = build_model(target, custom_objects)
         rep.timings["rebuild_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         say(f"writing {fmt}")
         tmp = _write(model, dst, fmt, opset, rep)
+        rep.output["framework"] = target.framework
         rep.timings["write_s"] = time.perf_counter() - t
         try:
             if verify:
                 t = time.perf_counter()
-                say("verifying")
-                from .verify import verify_keras_file, verify_onnx
-
-                check = verify_onnx if fmt == "onnx" else verify_keras_file
-                v = check(model, tmp, atol=atol, rtol=rtol)
+                say("verifying against the original model")
+                v = _verify(mg, model, tmp, fmt, target.framework, atol=atol, rtol=rtol,
+                            custom_objects=custom_objects, unsafe=unsafe, input_shapes=input_shapes,
+                            verify_data=verify_data, stats=ctx.artifacts.get("calibrated_stats"),
+                            changed_by=ctx.artifacts.get("changes_function"))
                 rep.verification = v.to_dict()
                 rep.timings["verify_s"] = time.perf_counter() - t
                 if not v.ok:
@@ -262,8 +277,46 @@ def convert(
         scope.close()
         rep.timings["total_s"] = time.perf_counter() - t0
         # Bad input (exit 2) writes nothing; success and failed verification write the report.
-        if report is not None and (rep.ok or rep.verification is not None):
-            write_text_atomic(Path(report), rep.to_json())
+        # Nothing more is written once a stop signal (SIGINT/SIGTERM/SIGHUP) arrived.
+        from .outputs import interrupted
+
+        if report is not None and (rep.ok or rep.verification is not None) and interrupted() is None:
+            write_text_atomic(Path(report), rep.to_json(), force=force)
+
+
+def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol, rtol, custom_objects, unsafe,
+            input_shapes, verify_data, stats, changed_by=None):
+    """Verify the written temp file against the original model (and the rewritten one)."""
+    from .build.base import root_cause
+    from .verify import Verification, keras_runner, onnx_runner, verify
+
+    reference, label, why = _reference(mg, custom_objects, unsafe, stats, changed_by)
+    runtime = "onnxruntime" if fmt == "onnx" else ("tf_keras" if framework == "tf_keras" else "keras")
+    try:
+        run, names = onnx_runner(tmp) if fmt == "onnx" else keras_runner(
+            tmp, framework, custom_objects=custom_objects, unsafe=unsafe)
+    except Exception as e:
+        v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=4, seed=0, reference=label, no_reference=why)
+        v.error = f"{runtime} could not load the written model: {root_cause(e)}"
+        return v
+    return verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
+                  verify_data=verify_data, reference_label=label, no_reference=why, names=names)
+
+
+def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
+    """``(reference model or None, what it is, why there is none)``."""
+    from .reference import NoReference, build_reference, set_statistics
+
+    if changed_by:
+        return None, "", f"pass {', '.join(changed_by)} changes the model's function on purpose (changes_function)"
+    try:
+        reference = build_reference(mg.original, custom_objects=custom_objects, unsafe=unsafe)
+    except NoReference as e:
+        return None, "", str(e)
+    if stats:
+        set_statistics(reference, stats)
+    who = "tf_keras" if mg.original.framework == "tf_keras" else "Keras 3"
+    return reference, f"{who} reading of the original file", None
 
 
 def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:

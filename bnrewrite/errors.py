@@ -7,15 +7,45 @@ Exit codes (stable, documented in the README):
 2     usage error or bad input (missing/corrupt file, unsupported layer, ...)
 3     verification failed (written output differs from Keras beyond tolerance)
 4     ``inspect --strict`` found warnings or errors
+129   stopped by SIGHUP (128 + 1)
+130   stopped by SIGINT / Ctrl-C (128 + 2)
+143   stopped by SIGTERM, e.g. a CI timeout or ``docker stop`` (128 + 15)
 ====  ==========================================================
+
+On 129, 130 and 143 every temporary file and folder bnrewrite made (the
+temporary output beside ``OUT``, the calibration spill folder) has been
+removed and ``OUT`` was not placed (unless the signal came after it was).
 """
 
 from __future__ import annotations
+
+import signal as _signal
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_VERIFY = 3
 EXIT_STRICT = 4
+EXIT_SIGHUP = 128 + 1
+EXIT_SIGINT = 128 + 2
+EXIT_SIGTERM = 128 + 15
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stopping signal (SIGINT, SIGTERM, SIGHUP) arrived; raised in the main thread.
+
+    A ``KeyboardInterrupt`` (not an ``Exception``) so that ``except Exception``
+    in bnrewrite or a framework cannot swallow it. ``exit_code`` is 128 + the
+    signal number (:mod:`bnrewrite.outputs` installs the handlers).
+    """
+
+    def __init__(self, signum: int = _signal.SIGINT):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        try:
+            self.signal_name = _signal.Signals(self.signum).name
+        except ValueError:
+            self.signal_name = f"signal {self.signum}"
+        super().__init__(self.signal_name)
 
 
 class BnrewriteError(Exception):

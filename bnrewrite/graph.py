@@ -7,7 +7,8 @@ A Keras model becomes a :class:`ModelGraph`, whose ``.graph`` is a
 later calls of the same (shared) layer are ``"conv#1"``, ``"conv#2"``, ... Node
 attributes:
 
-``layer``   :class:`Layer` -- class name, normalized Keras 3 config and weights
+``layer``   :class:`Layer` -- class name, config in the dialect of the framework
+            that wrote the file (:attr:`ModelGraph.framework`) and weights
             (numpy arrays by variable key, e.g. ``"kernel"``, ``"gamma"``,
             ``"moving_variance"``). All calls of a shared layer hold the *same*
             ``Layer`` object, so a weight change applies to every call.
@@ -25,6 +26,12 @@ attributes:
 and ``port`` (which ``TensorRef`` slot of ``v`` it fills). A tensor used twice
 by one call (``Add()([x, x])``) is two parallel edges, hence the multigraph.
 
+**The framework.** :attr:`ModelGraph.framework` is ``"tf_keras"`` for files
+written by Keras 2.x / tf.keras (configs stay in their own dialect and are
+rebuilt by tf_keras) and ``"keras"`` for Keras 3 files. Passes write what they
+create in a form both builders understand: framework-neutral ops such as
+:func:`reshape_op`, kernels and biases, statistics.
+
 Inputs are ``InputLayer`` nodes, listed in model order in
 :attr:`ModelGraph.inputs`; the model outputs are ``(node, out)`` pairs in
 :attr:`ModelGraph.outputs`. Nested models are flattened in by the readers, so a
@@ -40,8 +47,11 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-BN_CLASSES = ("BatchNormalization",)
+BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 INPUT_CLASS = "InputLayer"
+FRAMEWORKS = ("tf_keras", "keras")
+#: ``module`` of the framework-neutral ops passes create (each builder renders them natively)
+OPS_MODULE = "bnrewrite.ops"
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,11 @@ class Layer:
     #: Keras 3 serialization ``module``/``registered_name`` when the file had them.
     module: str | None = None
     registered_name: str | None = None
+    #: ``(enclosing models, name)`` of this layer in the original file, for the reference model
+    origin: tuple | None = None
+    #: a subclass of BatchNormalization (a custom class the user provided) -- or, for a wrapper,
+    #: wrapping one: BN math, BN weights
+    bn_subclass: bool = False
 
     @property
     def inner(self) -> dict | None:
@@ -79,11 +94,36 @@ class Layer:
         return chain
 
     def is_bn(self) -> bool:
-        return self.class_name in BN_CLASSES
+        return self.class_name in BN_CLASSES or (self.bn_subclass and self.inner is None)
 
     def wraps_bn(self) -> bool:
         inner = self.inner
-        return inner is not None and inner.get("class_name") in BN_CLASSES
+        return inner is not None and (inner.get("class_name") in BN_CLASSES or self.bn_subclass)
+
+    def bn_config(self) -> dict:
+        """The BN's own config (the innermost wrapped one for a wrapper around a BN)."""
+        return self.config if self.is_bn() else (self.inner or {}).get("config", {})
+
+
+def bn_axis(config: dict) -> int | list:
+    """A BN config's axis as an int; tf.keras saves it as a one-element list (``[3]``).
+    Several axes are returned as a list."""
+    axis = config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        return int(axis[0]) if len(axis) == 1 else [int(a) for a in axis]
+    return int(axis)
+
+
+def reshape_op(name: str, newshape: list) -> Layer:
+    """A framework-neutral reshape of the whole tensor, batch axis included (``-1`` once):
+    Keras 3 builds it as ``keras.ops.reshape``, tf_keras as ``tf.reshape`` (a TFOpLambda);
+    both save and reload without custom code."""
+    return Layer(name, "Reshape", {"name": name, "newshape": [int(d) for d in newshape]},
+                 module=OPS_MODULE, registered_name="Reshape")
+
+
+def is_op(layer: Layer) -> bool:
+    return layer.module == OPS_MODULE
 
 
 def node_id(layer_name: str, call: int) -> str:
@@ -117,14 +157,21 @@ def iter_refs(struct: Any) -> Iterator[TensorRef]:
 class ModelGraph:
     """A Keras model as a networkx graph of layer calls (see the module docstring)."""
 
-    def __init__(self, name: str = "model", source: dict | None = None):
+    def __init__(self, name: str = "model", source: dict | None = None, framework: str = "keras"):
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}")
         self.graph = nx.MultiDiGraph()
+        #: which framework rebuilds this graph: ``"tf_keras"`` or ``"keras"`` (Keras 3)
+        self.framework = framework
+        #: how to rebuild the original model for verification (set by the readers)
+        self.original = None
         self.inputs: list[str] = []
         self.outputs: list[tuple[str, int]] = []
         self.name = name
         #: what was read: path, format, keras_version, backend
         self.source: dict = dict(source or {})
         self._order = 0.0
+        self._ncalls: dict[str, int] = {}  # calls per layer name, so adding a call is O(1)
 
     # ----------------------------------------------------------- building
     def add_call(
@@ -145,7 +192,8 @@ class ModelGraph:
         if args is None:
             refs = [TensorRef(i) for i in range(len(inputs))]
             args = [] if not refs else [refs[0]] if len(refs) == 1 else [refs]
-        call = sum(1 for _ in self.calls(layer.name))
+        call = self._ncalls.get(layer.name, 0)
+        self._ncalls[layer.name] = call + 1
         nid = node or node_id(layer.name, call)
         if nid in self.graph:
             raise ValueError(f"duplicate node id {nid!r}")
@@ -178,6 +226,14 @@ class ModelGraph:
         """``(producer, out)`` feeding each port of ``node``, in port order."""
         edges = sorted(self.graph.in_edges(node, data=True), key=lambda e: e[2]["port"])
         return [(u, d["out"]) for u, _, d in edges]
+
+    def main_input(self, node: str) -> tuple[str, int] | None:
+        """``(producer, out)`` of the call's first positional tensor (``x`` in ``bn(x, mask=m)``)."""
+        refs = list(iter_refs(self.graph.nodes[node]["args"]))
+        inbound = self.inbound(node)
+        if refs and refs[0].port < len(inbound):
+            return inbound[refs[0].port]
+        return inbound[0] if inbound else None
 
     def consumers(self, node: str, out: int | None = None) -> list[tuple[str, int]]:
         """``(consumer, port)`` pairs reading ``node`` (output ``out`` if given)."""
@@ -250,8 +306,15 @@ class ModelGraph:
         return new
 
     def copy(self) -> "ModelGraph":
-        """Deep copy: weights and configs are copied, shared layers stay shared."""
-        return copy.deepcopy(self)
+        """Deep copy: weights and configs are copied, shared layers stay shared; the record of
+        the original file (:attr:`original`, read-only) is shared, not copied."""
+        original, self.original = self.original, None
+        try:
+            new = copy.deepcopy(self)
+        finally:
+            self.original = original
+        new.original = original
+        return new
 
     # ----------------------------------------------------------- reporting
     def summary(self) -> dict:

@@ -1,21 +1,26 @@
-"""Verification of a written model against the rebuilt Keras model.
+"""Verification of a written model against the original model.
 
-Seeded inputs shaped from the model (batch ``batch``, unknown non-batch
-dimensions filled with ``fill``; float inputs ~ N(0, 1), integer inputs in
-{0, 1}) go through the rebuilt Keras model in inference mode and through the
-written file: ONNX in onnxruntime, ``.keras``/``.h5`` reloaded with plain
-``keras.saving.load_model`` (safe mode).
+Two figures per output:
 
-Figures, per output and overall:
+* **vs the original** (what decides): the written file against the *reference*,
+  the framework that wrote the input file reading the original config and
+  weights itself (:mod:`bnrewrite.reference`), in inference mode. A mismatch is
+  exit 3. Where no independent reference can be built, the report says so and
+  why, and only the second figure exists;
+* **vs the rewritten model**: the written file against bnrewrite's own rebuild
+  of the rewritten graph (it locates a fault: export or rewrite).
 
-* ``max_abs`` = max |out - ref|
-* ``max_rel`` = max |out - ref| / max(|ref|, atol)
+Inputs are seeded (float ~ N(0, 1), integer in {0, 1}; batch ``batch``) or the
+first samples of ``--verify-data``. Open dimensions take ``--input-shape`` sizes,
+else the first of :data:`OPEN_SIZES` the reference model accepts (its pooling and
+striding decide, e.g. U-Net++ needs a multiple of 16).
+
+* ``max_abs`` = max |out - ref|; ``max_rel`` = max |out - ref| / max(|ref|, atol)
 * pass iff every element has |out - ref| <= atol + rtol * |ref| (numpy.isclose).
 
-Batch independence: every sample run alone through the written file must give
-what it gave inside the batch (same tolerance). A model that still computes
-batch statistics fails this, since one sample's answer then depends on the
-others in its batch.
+Batch independence: every sample run alone through the written file must give what
+it gave inside the batch (same tolerance): a model that still computes batch
+statistics fails this.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from .build.base import root_cause
+from .errors import InputError
+
+#: sizes tried, in order, for open (None) non-batch dimensions
+OPEN_SIZES = (32, 64, 128, 224, 16, 8)
 
 
 @dataclass
@@ -41,36 +52,49 @@ class Verification:
     rtol: float
     batch: int
     seed: int
+    #: what the output was compared with: the original model as its framework reads it
+    reference: str = ""
+    #: why there is no independent reference, if there is none
+    no_reference: str | None = None
+    input_shapes: dict = field(default_factory=dict)
+    inputs_from: str = "seeded random"
     outputs: list[OutputCheck] = field(default_factory=list)
+    outputs_vs_rewritten: list[OutputCheck] = field(default_factory=list)
     batch_independent: bool | None = None
     batch_independence_max_abs: float | None = None
     error: str | None = None
 
     @property
     def max_abs(self) -> float:
-        return max((o.max_abs for o in self.outputs), default=0.0)
+        return max((o.max_abs for o in self.outputs or self.outputs_vs_rewritten), default=0.0)
 
     @property
     def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=0.0)
+        return max((o.max_rel for o in self.outputs or self.outputs_vs_rewritten), default=0.0)
+
+    @property
+    def max_abs_vs_rewritten(self) -> float:
+        return max((o.max_abs for o in self.outputs_vs_rewritten), default=0.0)
 
     @property
     def ok(self) -> bool:
+        deciding = self.outputs if self.no_reference is None else self.outputs_vs_rewritten
         return (
-            self.error is None and all(o.ok for o in self.outputs)
-            and self.batch_independent is not False
+            self.error is None and bool(deciding) and all(o.ok for o in deciding)
+            and all(o.ok for o in self.outputs_vs_rewritten) and self.batch_independent is not False
         )
 
     def failure(self) -> str:
         if self.error:
             return self.error
-        bad = [o for o in self.outputs if not o.ok]
-        if bad:
-            o = bad[0]
-            return (
-                f"output {o.name!r} differs from Keras: max abs error {o.max_abs:.3g}, max rel error "
-                f"{o.max_rel:.3g} (atol {self.atol:g}, rtol {self.rtol:g})"
-            )
+        for label, checks in (("the original model", self.outputs), ("the rewritten model", self.outputs_vs_rewritten)):
+            bad = [o for o in checks if not o.ok]
+            if bad:
+                o = bad[0]
+                return (
+                    f"output {o.name!r} differs from {label}: max abs error {o.max_abs:.3g}, max rel error "
+                    f"{o.max_rel:.3g} (atol {self.atol:g}, rtol {self.rtol:g})"
+                )
         if self.batch_independent is False:
             return (
                 "outputs depend on the other samples in the batch (max abs difference "
@@ -81,28 +105,9 @@ class Verification:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(ok=self.ok, max_abs=self.max_abs, max_rel=self.max_rel)
+        d.update(ok=self.ok, max_abs=self.max_abs, max_rel=self.max_rel,
+                 max_abs_vs_rewritten=self.max_abs_vs_rewritten)
         return d
-
-
-def sample_inputs(model, batch: int = 4, seed: int = 0, fill: int = 8) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    xs = []
-    for t in model.inputs:
-        shape = [batch] + [fill if d is None else int(d) for d in list(t.shape)[1:]]
-        dtype = np.dtype(str(t.dtype))
-        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-            xs.append(rng.integers(0, 2, size=shape).astype(dtype))
-        else:
-            xs.append(rng.standard_normal(shape).astype(dtype))
-    return xs
-
-
-def keras_outputs(model, xs: list[np.ndarray]) -> list[np.ndarray]:
-    import keras
-
-    ys = model(list(xs), training=False)
-    return [np.asarray(keras.ops.convert_to_numpy(y)) for y in keras.tree.flatten(ys)]
 
 
 def compare(name: str, got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> OutputCheck:
@@ -118,23 +123,132 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, atol: float, rtol: floa
     return OutputCheck(name, list(ref.shape), max_abs, max_rel, ok)
 
 
-def _check(runtime, run, model, atol, rtol, batch, seed, names) -> Verification:
-    v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=batch, seed=seed)
-    xs = sample_inputs(model, batch=batch, seed=seed)
-    ref = keras_outputs(model, xs)
+def run_model(model, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Inference outputs of a live tf_keras or Keras 3 model, flattened, as numpy."""
+    import tensorflow as tf
+
+    ys = model(list(xs), training=False)
+    return [np.asarray(y) for y in tf.nest.flatten(ys)]
+
+
+def input_specs(model) -> list[tuple[str, list, np.dtype]]:
+    specs = []
+    for t in model.inputs:
+        dtype = t.dtype.name if hasattr(t.dtype, "name") and not isinstance(t.dtype, str) else str(t.dtype)
+        specs.append((t.name.split(":")[0], list(t.shape)[1:], np.dtype(dtype)))
+    return specs
+
+
+def make_inputs(specs, sizes: list[list[int]], batch: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs = []
+    for (_, _, dtype), shape in zip(specs, sizes):
+        full = [batch, *shape]
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            xs.append(rng.integers(0, 2, size=full).astype(dtype))
+        else:
+            xs.append(rng.standard_normal(full).astype(dtype))
+    return xs
+
+
+def parse_input_shapes(items) -> dict[str, list[int]]:
+    """``["image:64,64,3", ...]`` -> ``{"image": [64, 64, 3]}`` (sample dims, no batch)."""
+    out: dict[str, list[int]] = {}
+    for item in items or ():
+        name, sep, dims = str(item).rpartition(":")
+        try:
+            shape = [int(d) for d in dims.split(",") if d.strip()]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise InputError(f"--input-shape {item!r}: expected NAME:D1,D2,... with positive sizes")
+        out[name] = shape
+    return out
+
+
+def choose_sizes(specs, given: dict[str, list[int]], probe) -> list[list[int]]:
+    """Sample shapes for each input: ``given`` ones, static ones, and for open dimensions the
+    first size in :data:`OPEN_SIZES` that ``probe(xs)`` runs without error."""
+    names = [n for n, _, _ in specs]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise InputError(f"--input-shape names {sorted(unknown)}, but the model's inputs are {names}")
+    fixed: list[list[int] | None] = []
+    for name, shape, _ in specs:
+        if name in given:
+            g = given[name]
+            if len(g) != len(shape) or any(d is not None and d != s for d, s in zip(shape, g)):
+                raise InputError(
+                    f"--input-shape {name}:{','.join(map(str, g))} does not fit the input's shape "
+                    f"{tuple(shape)} (None = open)"
+                )
+            fixed.append(list(g))
+        else:
+            fixed.append(None if any(d is None for d in shape) else [int(d) for d in shape])
+    if all(f is not None for f in fixed):
+        return fixed  # type: ignore[return-value]
+    last_error = None
+    for size in OPEN_SIZES:
+        sizes = [f if f is not None else [size if d is None else int(d) for d in shape]
+                 for f, (_, shape, _) in zip(fixed, specs)]
+        try:
+            probe(make_inputs(specs, sizes, 1, 0))
+            return sizes
+        except Exception as e:  # the model does not accept this size: try the next
+            last_error = e
+    shown = ", ".join(f"{n}{tuple(s)}" for n, s, _ in specs)
+    raise InputError(
+        f"the model does not run on any tried size for its open dimensions ({shown}; tried "
+        f"{', '.join(map(str, OPEN_SIZES))}): {root_cause(last_error)}; give sizes with --input-shape NAME:D1,D2,..."
+    )
+
+
+def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch=4, seed=0,
+           input_shapes=None, verify_data=None, reference_label: str = "", no_reference: str | None = None,
+           names=None) -> Verification:
+    """Compare ``run(xs)`` (the written file) with ``reference`` and ``rebuilt`` (live models)."""
+    v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=batch, seed=seed,
+                     reference=reference_label, no_reference=no_reference)
+    specs = input_specs(rebuilt)
+    probe_model = reference if reference is not None else rebuilt
+    if verify_data is not None:
+        xs = _data_inputs(verify_data, specs, batch)
+        v.inputs_from = str(verify_data) if isinstance(verify_data, (str, bytes)) or hasattr(verify_data, "__fspath__") \
+            else "given data"
+        v.batch = batch = len(xs[0])
+    else:
+        sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs))
+        xs = make_inputs(specs, sizes, batch, seed)
+    v.input_shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
+    try:
+        ref_rewritten = run_model(rebuilt, xs)
+    except Exception as e:
+        raise InputError(f"the rewritten model cannot run on inputs {v.input_shapes}: {root_cause(e)}") from e
+    ref_original = None
+    if reference is not None:
+        try:
+            ref_original = run_model(reference, xs)
+        except Exception as e:
+            raise InputError(
+                f"the original model ({reference_label}) cannot run on inputs {v.input_shapes}: {root_cause(e)}"
+            ) from e
     try:
         got = run(xs)
-    except Exception as e:  # the written file failed to run at all
-        v.error = f"{runtime} could not run the written model: {str(e).strip().splitlines()[0][:300]}"
+    except Exception as e:
+        v.error = f"{runtime} could not run the written model: {root_cause(e)}"
         return v
-    if len(got) != len(ref):
-        v.error = f"written model has {len(got)} outputs, Keras model has {len(ref)}"
+    if len(got) != len(ref_rewritten):
+        v.error = f"written model has {len(got)} outputs, the model has {len(ref_rewritten)}"
         return v
-    v.outputs = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, ref)]
-    # Batch independence: each sample alone vs. inside the batch.
-    worst = 0.0
-    independent = True
-    for i in range(batch):
+    names = names or [f"output_{i}" for i in range(len(got))]
+    v.outputs_vs_rewritten = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, ref_rewritten)]
+    if ref_original is not None:
+        if len(ref_original) != len(got):
+            v.error = f"written model has {len(got)} outputs, the original model has {len(ref_original)}"
+            return v
+        v.outputs = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, ref_original)]
+    worst, independent = 0.0, True
+    for i in range(len(xs[0])):
         alone = run([x[i:i + 1] for x in xs])
         for a, g in zip(alone, got):
             c = compare("", a, np.asarray(g)[i:i + 1], atol, rtol)
@@ -145,41 +259,41 @@ def _check(runtime, run, model, atol, rtol, batch, seed, names) -> Verification:
     return v
 
 
-def verify_onnx(model, onnx_path, *, atol=1e-4, rtol=1e-4, batch=4, seed=0) -> Verification:
+def _data_inputs(data, specs, batch: int) -> list[np.ndarray]:
+    from .io.data import CalibrationData, InputSpec
+
+    src = CalibrationData(data, [InputSpec(n, (None, *s), str(d)) for n, s, d in specs],
+                          batch_size=max(batch, 8), max_samples=max(batch, 8))
+    return next(iter(src.batches()))
+
+
+# ------------------------------------------------------------------ runners of written files
+def onnx_runner(path):
+    """``(run, output names)`` for an ONNX file in onnxruntime, or raise with the reason."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        v = Verification(runtime="onnxruntime", atol=atol, rtol=rtol, batch=batch, seed=seed)
-        v.error = f"onnxruntime could not load the written model: {str(e).strip().splitlines()[0][:300]}"
-        return v
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     in_names = [i.name for i in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]
-
-    def run(xs):
-        return sess.run(None, dict(zip(in_names, xs)))
-
-    return _check("onnxruntime", run, model, atol, rtol, batch, seed, out_names)
+    return (lambda xs: sess.run(None, dict(zip(in_names, xs)))), out_names
 
 
-def verify_keras_file(model, path, *, atol=1e-4, rtol=1e-4, batch=4, seed=0,
-                      custom_objects=None, safe_mode=None) -> Verification:
-    """Reload ``path`` with Keras and compare. ``custom_objects``/``safe_mode`` default to the
-    :func:`~bnrewrite.io.keras_writer.rebuild_options` in effect (safe mode unless ``unsafe``)."""
-    import keras
+def keras_runner(path, framework: str, *, custom_objects=None, unsafe=False):
+    """``(run, output names)`` for a written ``.keras``/``.h5``, reloaded by its framework."""
+    if framework == "tf_keras":
+        import tf_keras
 
-    from .io.keras_writer import effective_options
+        from .build.tf_keras import lambda_globals
 
-    objects, unsafe = effective_options(custom_objects, None if safe_mode is None else not safe_mode)
-    try:
+        objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
+        loaded = tf_keras.models.load_model(str(path), compile=False, custom_objects=objects or None,
+                                            safe_mode=not unsafe)
+    else:
+        import keras
+
         loaded = keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe,
-                                         custom_objects=objects or None)
-    except Exception as e:
-        v = Verification(runtime="keras", atol=atol, rtol=rtol, batch=batch, seed=seed)
-        v.error = f"keras could not reload the written model: {str(e).strip().splitlines()[0][:300]}"
-        return v
-    names = [getattr(t, "name", str(i)) for i, t in enumerate(model.outputs)]
-    return _check("keras", lambda xs: keras_outputs(loaded, xs), model, atol, rtol, batch, seed, names)
+                                         custom_objects=custom_objects or None)
+    names = [getattr(t, "name", str(i)).split(":")[0] for i, t in enumerate(loaded.outputs)]
+    return (lambda xs: run_model(loaded, xs)), names

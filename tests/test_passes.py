@@ -242,7 +242,8 @@ def test_training_model_tf_keras_predict_depends_on_batch(store):
 # folding into each producer type, for files written by tf_keras and by keras
 
 #: producers after which tf2onnx itself fuses the BN into the Conv when bnrewrite does not
-TF2ONNX_FUSES = {"conv2d", "conv2d_nobias", "conv3d"}
+#: (tf_keras models are exported as TF's own Conv/DepthwiseConv + FusedBatchNorm, which it fuses too)
+TF2ONNX_FUSES = {"conv2d", "conv2d_nobias", "conv3d", "depthwise2d"}
 FOLD_IDS = [(fw, kind) for fw in ("tk", "k3") for kind in pm.FOLD_CASES]
 
 
@@ -494,6 +495,7 @@ class NegateBN(Pass):
     """Negates gamma and beta: the BN's output changes sign."""
 
     name = "negate_bn"
+    changes_function = True  # on purpose: verified against the rewritten model
 
     def candidates(self, mg):
         return [n for n in mg.topo() if mg.layer(n).is_bn()]
@@ -539,6 +541,19 @@ def test_user_defined_passes_run_in_order(store):
     assert "BatchNormalization" not in ops and "Mul" not in ops, dict(ops)
     # y = tanh(BN(x)); negating gamma and beta negates BN(x), and tanh is odd
     assert_all_close(run_onnx(dst, saved.feed()), [-y for y in saved.ys], "negated BN")
+    assert rep.verification["no_reference"] and "negate_bn" in rep.verification["no_reference"]
+
+
+def test_function_changing_pass_without_the_flag_fails_verification(store):
+    """A pass that changes the model's function without saying so is caught: the output is
+    compared with the original model (exit 3), not with bnrewrite's own rewrite."""
+
+    class SilentNegate(NegateBN):
+        changes_function = False
+
+    saved = fold_saved(store, "tk", "dense")
+    with pytest.raises(bnrewrite.VerificationError, match="differs from the original model"):
+        store.convert(saved, ".onnx", tag="silent", passes=[SilentNegate(), InferenceMode(), FoldBN()])
 
 
 def test_user_pass_skip_reason_reported(store):

@@ -12,19 +12,35 @@ WRITE_SUFFIXES = (".onnx", ".keras", ".h5")
 
 
 def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
-    """Read a Keras model file into a graph (format chosen by suffix)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, not a model file (SavedModel folders are not supported)")
-    suffix = p.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        from .h5 import read_h5
+    """Read a Keras model file into a graph.
 
-        return read_h5(p, unsafe=unsafe, custom_classes=frozenset(custom_objects or ()))
-    if suffix == ".keras":
+    The input must be a regular file (a symlink to one is fine; a FIFO, device or socket
+    is refused) with a model suffix (``.h5``, ``.hdf5``, ``.keras``); its *content* picks
+    the reader: HDF5 (also under a ``.keras`` name) or a ``.keras`` zip (also under an
+    ``.h5`` name). A SavedModel folder and unknown content are InputErrors.
+    """
+    from .safe_files import check_regular, describe_content, sniff
+
+    p = Path(path)
+    kind = sniff(p)  # InputError if missing or neither a folder nor a regular file
+    if p.is_dir():
+        if kind == "savedmodel":
+            raise InputError(f"{p}: is a TensorFlow SavedModel folder; SavedModel folders are not supported yet "
+                             "(save the model with model.save('model.keras') or 'model.h5')")
+        raise InputError(f"{p}: is a directory, not a model file (SavedModel folders are not supported)")
+    check_regular(p)
+    suffix = p.suffix.lower()
+    if suffix not in READ_SUFFIXES:
+        raise InputError(f"{p}: unknown model file suffix {p.suffix!r} (expected one of {', '.join(READ_SUFFIXES)})")
+    if kind == "hdf5":
+        from .h5 import read_h5
+        from .original import bn_subclass_names
+
+        return read_h5(p, unsafe=unsafe, custom_classes=frozenset(custom_objects or ()),
+                       bn_classes=bn_subclass_names(custom_objects))
+    if kind == "zip":
         from .keras_zip import read_keras
 
         return read_keras(p, unsafe=unsafe, custom_objects=custom_objects)
-    raise InputError(f"{p}: unknown model file suffix {p.suffix!r} (expected one of {', '.join(READ_SUFFIXES)})")
+    raise InputError(f"{p}: not a Keras model file: {describe_content(p)} "
+                     "(expected an HDF5 file or a .keras zip archive)")

@@ -11,6 +11,13 @@ Both serialization dialects are read here:
   node indices count only the calls listed, except in ``output_layers``, where
   a nested Functional's calls count from 1 (Keras re-indexes only there).
 
+Legacy configs stay in their own dialect (tf_keras rebuilds them); Keras 3
+configs stay Keras 3. Every layer config is checked first
+(:mod:`bnrewrite.io.layercheck`): only allowlisted classes, functions and ops.
+Calls are resolved with a work list (a call waits on the first tensor it lacks
+and is retried when that tensor appears), so expansion is linear in the number
+of calls whatever order the layers are listed in.
+
 Nested models are flattened: their layers become calls in the one graph, with
 ``path`` naming the enclosing models, a model-level ``trainable: false`` carried
 down to the inner layers, and a ``training=`` given to the nested call carried
@@ -19,24 +26,25 @@ down to inner calls that take ``training`` and did not set it themselves.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
 from ..graph import INPUT_CLASS, Layer, ModelGraph, TensorRef
-from .normalize import is_keras_op, normalize_layer
-
-MODEL_CLASSES = ("Functional", "Model", "Sequential")
+from .layercheck import MODEL_CLASSES, check_layer, is_keras_op
 # Layers whose call takes ``training``; a nested call's training flag reaches them.
 TRAINING_AWARE = (
     "BatchNormalization", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
     "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
     "TimeDistributed", "Bidirectional", "LSTM", "GRU", "SimpleRNN",
 )
-# tf.keras wrappers of raw TF ops: they carry Python/TF-op code, not a Keras layer.
-UNSUPPORTED = {
-    "TFOpLambda": "a raw TensorFlow op recorded by tf.keras",
-    "SlicingOpLambda": "a tensor slice recorded by tf.keras",
-}
+# Call keyword arguments a layer call may carry (besides tensors): what the layers document.
+CALL_KWARGS = frozenset((
+    "training", "mask", "initial_state", "constants", "states", "return_attention_scores",
+    "use_causal_mask", "attention_mask", "query_mask", "value_mask", "key_mask", "query", "value", "key",
+))
+# Layers whose call passes its keyword arguments to a function (checked by layercheck)
+FREE_KWARGS = ("TFOpLambda", "SlicingOpLambda", "Lambda")
 
 WeightsLookup = Callable[[tuple, str, str], dict]
 
@@ -49,11 +57,14 @@ def build_graph(
     source: dict | None = None,
     unsafe: bool = False,
     custom_classes: frozenset = frozenset(),
+    bn_classes: frozenset = frozenset(),
 ) -> ModelGraph:
     """Build the graph of a whole model.
 
     ``weights(path, layer_name, class_name)`` returns the numpy weights of the
     layer named ``layer_name`` defined inside the nested models ``path``.
+    ``legacy`` configs (Keras 2.x / tf.keras) make a ``tf_keras`` graph, others a
+    Keras 3 one. ``bn_classes`` are custom class names that subclass BatchNormalization.
     """
     if not isinstance(model_config, dict) or "class_name" not in model_config:
         raise InputError("model config is not a Keras model config (no 'class_name')")
@@ -63,8 +74,9 @@ def build_graph(
             f"the file holds a {cls!r}, not a Functional or Sequential model"
         )
     cfg = model_config.get("config") or {}
-    mg = ModelGraph(name=cfg.get("name", "model"), source=source)
-    builder = _Builder(mg, weights, legacy, unsafe, custom_classes)
+    name = cfg.get("name", "model") if isinstance(cfg, dict) else "sequential"
+    mg = ModelGraph(name=name, source=source, framework="tf_keras" if legacy else "keras")
+    builder = _Builder(mg, weights, legacy, unsafe, custom_classes, bn_classes)
     builder.reserve(model_config)
     mg.outputs = builder.expand(model_config, path=(), inputs=None, training=None, trainable=True)
     builder.mg.source.setdefault("notes", []).extend(builder.notes)
@@ -72,8 +84,9 @@ def build_graph(
 
 
 class _Builder:
-    def __init__(self, mg: ModelGraph, weights: WeightsLookup, legacy: bool, unsafe: bool, custom):
+    def __init__(self, mg: ModelGraph, weights: WeightsLookup, legacy: bool, unsafe: bool, custom, bn_classes):
         self.mg = mg
+        self.bn_classes = frozenset(bn_classes)
         self.weights = weights
         self.legacy = legacy
         self.unsafe = unsafe
@@ -87,7 +100,7 @@ class _Builder:
     def reserve(self, model_config: dict) -> None:
         """Top-level names keep their spelling; nested ones yield on collision."""
         for lc in _layer_list(model_config):
-            self.taken.add(lc.get("name") or lc.get("config", {}).get("name"))
+            self.taken.add(_lname(lc))
 
     def flat_name(self, path: tuple, name: str) -> str:
         key = (path, name)
@@ -108,18 +121,15 @@ class _Builder:
 
     # ------------------------------------------------------------ layers
     def make_layer(self, path: tuple, lc: dict, trainable: bool) -> Layer:
-        name = lc.get("name") or lc["config"]["name"]
+        name = _lname(lc)
         key = (path, name)
         if key in self.layers:
             return self.layers[key]
         cls = lc["class_name"]
-        _refuse_unsupported(lc)
         flat = self.flat_name(path, name)
-        cls, config, notes = normalize_layer(
-            cls, lc.get("config", {}), legacy=self.legacy, layer_name=name,
-            unsafe=self.unsafe, custom_classes=self.custom, module=lc.get("module"),
-        )
-        self.notes.extend(notes)
+        config = copy.deepcopy(lc.get("config") or {})  # the graph owns its configs (frameworks mutate theirs)
+        check_layer(cls, config, layer_name=name, module=lc.get("module"), unsafe=self.unsafe,
+                    custom_classes=self.custom)
         config["name"] = flat
         if not trainable:
             config["trainable"] = False
@@ -128,6 +138,7 @@ class _Builder:
         layer = Layer(
             name=flat, class_name=cls, config=config, weights=weights,
             module=lc.get("module"), registered_name=lc.get("registered_name"),
+            origin=(path, name), bn_subclass=cls in self.bn_classes or _wraps(config, self.bn_classes),
         )
         self.layers[key] = layer
         return layer
@@ -140,7 +151,7 @@ class _Builder:
         level, where InputLayer nodes are created instead.
         """
         cfg = model_config.get("config") or {}
-        trainable = trainable and cfg.get("trainable", True) is not False
+        trainable = trainable and (not isinstance(cfg, dict) or cfg.get("trainable", True) is not False)
         if model_config["class_name"] == "Sequential":
             return self._expand_sequential(model_config, path, inputs, training, trainable)
         return self._expand_functional(model_config, path, inputs, training, trainable)
@@ -152,7 +163,7 @@ class _Builder:
     def _expand_sequential(self, mc, path, inputs, training, trainable):
         layer_cfgs = list(_layer_list(mc))
         if not layer_cfgs:
-            raise InputError(f"Sequential model {mc['config'].get('name')!r} has no layers")
+            raise InputError("a Sequential model has no layers")
         if layer_cfgs[0]["class_name"] == INPUT_CLASS:
             first = layer_cfgs.pop(0)
         else:
@@ -181,8 +192,6 @@ class _Builder:
     def _expand_functional(self, mc, path, inputs, training, trainable):
         cfg = mc["config"]
         layer_cfgs = {(_lname(lc)): lc for lc in _layer_list(mc)}
-        for lc in layer_cfgs.values():  # before parsing their calls (TFOpLambda's differ)
-            _refuse_unsupported(lc)
         in_refs = _ref_list(cfg.get("input_layers"))
         out_refs = _ref_list(cfg.get("output_layers"))
         if self.legacy:
@@ -217,30 +226,31 @@ class _Builder:
             for (name, _, _), t in zip(in_refs, inputs):
                 made[(name, 0)] = [t]
 
-        # Keras lists layers roughly in order, but a shared layer's later calls
-        # may need layers listed after it: sweep until nothing moves.
+        # Work list: each layer's calls are made in order; a call that lacks a tensor
+        # waits on it and is retried once it exists (linear in the number of calls).
         pending = {
             name: list(lc.get("inbound_nodes") or [])
             for name, lc in layer_cfgs.items() if lc["class_name"] != INPUT_CLASS
         }
         done = {name: 0 for name in pending}
-        progress = True
-        while progress and any(pending.values()):
-            progress = False
-            for name, calls in pending.items():
-                lc = layer_cfgs[name]
-                while calls:
-                    parsed = self._parse_call(calls[0], layer_cfgs)
-                    if parsed is None:
-                        break
-                    refs, args, kwargs = parsed
-                    ins = [tensor(r) for r in refs]
-                    if any(t is None for t in ins):
-                        break
-                    calls.pop(0)
-                    made[(name, done[name])] = self._call(path, lc, ins, args, kwargs, training, trainable)
-                    done[name] += 1
-                    progress = True
+        waiting: dict[tuple[str, int], list[str]] = {}
+        todo = list(reversed(pending))
+        while todo:
+            name = todo.pop()
+            calls = pending[name]
+            while calls:
+                refs, args, kwargs = self._parse_call(calls[0], layer_cfgs, name)
+                ins = [tensor(r) for r in refs]
+                missing = next((r for r, t in zip(refs, ins) if t is None), None)
+                if missing is not None:
+                    if missing[0] not in layer_cfgs:
+                        raise InputError(f"layer {name!r} reads {missing[0]!r}, which is not a layer of the model")
+                    waiting.setdefault(missing[:2], []).append(name)
+                    break
+                calls.pop(0)
+                made[(name, done[name])] = self._call(path, layer_cfgs[name], ins, args, kwargs, training, trainable)
+                todo.extend(waiting.pop((name, done[name]), ()))
+                done[name] += 1
         stuck = [n for n, c in pending.items() if c]
         if stuck:
             raise InputError(f"model config is inconsistent: calls of {stuck[:3]} reference missing tensors")
@@ -255,6 +265,13 @@ class _Builder:
         """Add one call of layer config ``lc``; return its node id, or a nested model's outputs."""
         cls = lc["class_name"]
         kwargs = dict(kwargs)
+        if cls not in FREE_KWARGS:
+            for k, v in kwargs.items():
+                if k not in CALL_KWARGS:
+                    raise UnsupportedModelError(
+                        f"layer {_lname(lc)!r} ({cls}) is called with argument {k}={_short(v)}, which "
+                        "bnrewrite does not pass to that layer"
+                    )
         if training is not None and "training" not in kwargs and (
             cls in TRAINING_AWARE or cls in MODEL_CLASSES
         ):
@@ -265,8 +282,8 @@ class _Builder:
         layer = self.make_layer(path, lc, trainable)
         return self.mg.add_call(layer, in_tensors, args=args, kwargs=kwargs, path=path)
 
-    def _parse_call(self, call, layer_cfgs):
-        """-> (tensor refs by port, args or None, kwargs), or None if unreadable."""
+    def _parse_call(self, call, layer_cfgs, name):
+        """-> (tensor refs by port, args, kwargs) of one serialized call."""
         if isinstance(call, dict):  # Keras 3
             refs: list[tuple[str, int, int]] = []
 
@@ -283,43 +300,102 @@ class _Builder:
 
             args = conv(call.get("args", []))
             kwargs = conv(call.get("kwargs", {}))
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise InputError(f"layer {name!r}: a call's args/kwargs are malformed")
             return refs, args, kwargs
-        if isinstance(call, list):  # legacy: [[name, node_index, tensor_index, kwargs], ...]
-            refs = []
-            kwargs: dict = {}
-            for entry in call:
-                name, ni, ti = entry[0], int(entry[1]), int(entry[2])
-                refs.append((name, ni - _legacy_offset(layer_cfgs.get(name)), ti))
-                if len(entry) > 3 and entry[3]:
-                    kwargs = dict(entry[3])
-            # Tensors inside kwargs were written as [layer, node, tensor] triples.
-            for k, v in list(kwargs.items()):
-                if _is_legacy_tensor(v, layer_cfgs):
-                    refs.append((v[0], int(v[1]) - _legacy_offset(layer_cfgs.get(v[0])), int(v[2])))
-                    kwargs[k] = TensorRef(len(refs) - 1)
-            n = len(call)
-            args = [TensorRef(0)] if n == 1 else [[TensorRef(i) for i in range(n)]]
-            return refs, args, kwargs
-        return None
+        if isinstance(call, list):
+            return self._parse_legacy_call(call, layer_cfgs, name)
+        raise InputError(f"layer {name!r}: an inbound node is neither a list nor a dict")
+
+    def _parse_legacy_call(self, node_data, layer_cfgs, name):
+        """A Keras 2 / tf.keras call, read as tf_keras's ``process_node`` reads it: the node
+        is a structure whose leaves are ``[layer, node_index, tensor_index(, kwargs)]``
+        (``["_CONSTANT_VALUE", -1, value(, kwargs)]`` for a constant); the kwargs are the
+        last leaf's; tensors inside kwargs are ``[layer, node, tensor]`` lists; the
+        structure is unnested when it holds one tensor, except for tf.keras op layers,
+        which keep it."""
+        refs: list[tuple[str, int, int]] = []
+        kwargs: dict = {}
+
+        def ref(entry) -> TensorRef:
+            lname, ni, ti = entry[0], int(entry[1]), int(entry[2])
+            refs.append((lname, ni - _legacy_offset(layer_cfgs.get(lname)), ti))
+            return TensorRef(len(refs) - 1)
+
+        def leaf(entry):
+            nonlocal kwargs
+            if len(entry) == 4:
+                kwargs = entry[3] if isinstance(entry[3], dict) else {}
+            if entry[0] == _CONSTANT:
+                return entry[2]
+            return ref(entry)
+
+        def walk(obj):
+            if _is_node_data(obj):
+                return leaf(obj)
+            if isinstance(obj, list):
+                return [walk(o) for o in obj]
+            if isinstance(obj, dict):
+                return {k: walk(v) for k, v in obj.items()}
+            return obj
+
+        structure = walk(node_data)
+        kwargs = _legacy_kwarg_tensors(dict(kwargs), ref)
+        cls = (layer_cfgs.get(name) or {}).get("class_name")
+        if cls not in ("TFOpLambda", "SlicingOpLambda") and isinstance(structure, list):
+            flat = _flatten(structure)
+            if len(flat) == 1:
+                structure = flat[0]
+        return refs, [structure], kwargs
 
 
-def _refuse_unsupported(lc: dict) -> None:
-    cls = lc.get("class_name")
-    if cls in UNSUPPORTED:
-        raise UnsupportedModelError(
-            f"layer {_lname(lc)!r} is {cls} ({UNSUPPORTED[cls]}); bnrewrite rebuilds only Keras layers"
-        )
+_CONSTANT = "_CONSTANT_VALUE"
+
+
+def _is_node_data(obj) -> bool:
+    return isinstance(obj, list) and len(obj) in (3, 4) and isinstance(obj[0], str)
+
+
+def _legacy_kwarg_tensors(kwargs: dict, ref) -> dict:
+    """Tensors inside legacy call kwargs are ``[layer, node, tensor]`` lists, at any depth."""
+    def conv(v):
+        if _is_node_data(v) and len(v) == 3 and isinstance(v[1], int) and isinstance(v[2], int):
+            return ref(v)
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return {k: conv(v) for k, v in kwargs.items()}
+
+
+def _flatten(struct) -> list:
+    if isinstance(struct, list):
+        return [x for s in struct for x in _flatten(s)]
+    if isinstance(struct, dict):
+        return [x for k in sorted(struct) for x in _flatten(struct[k])]
+    return [struct]
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _layer_list(model_config: dict):
-    layers = (model_config.get("config") or {}).get("layers")
+    cfg = model_config.get("config")
+    # Keras 2.0/2.1 saved a Sequential's config as the plain list of its layers
+    layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers")
     if not isinstance(layers, list):
         raise InputError(f"model {model_config.get('class_name')} config has no 'layers' list")
     return layers
 
 
 def _lname(lc: dict) -> str:
-    return lc.get("name") or lc["config"]["name"]
+    name = (lc.get("name") or (lc.get("config") or {}).get("name")) if isinstance(lc, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InputError("a layer in the model config has no name")
+    return name
 
 
 def _ref_list(refs: Any) -> list[tuple[str, int, int]]:
@@ -338,7 +414,7 @@ def _legacy_offset(lc: dict | None) -> int:
     if not lc or lc["class_name"] not in MODEL_CLASSES:
         return 0
     if lc["class_name"] == "Sequential":
-        layers = lc.get("config", {}).get("layers") or []
+        layers = _layer_list(lc)
         has_input = bool(layers) and (
             layers[0]["class_name"] == INPUT_CLASS
             or "batch_input_shape" in layers[0].get("config", {})
@@ -347,11 +423,14 @@ def _legacy_offset(lc: dict | None) -> int:
     return 1
 
 
-def _is_legacy_tensor(v, layer_cfgs) -> bool:
-    return (
-        isinstance(v, list) and len(v) == 3 and isinstance(v[0], str) and v[0] in layer_cfgs
-        and isinstance(v[1], int) and isinstance(v[2], int)
-    )
+def _wraps(config: dict, classes: frozenset) -> bool:
+    """Whether a wrapper config wraps (at any depth) a layer of one of ``classes``."""
+    inner = config.get("layer")
+    while isinstance(inner, dict) and "class_name" in inner:
+        if inner["class_name"] in classes:
+            return True
+        inner = (inner.get("config") or {}).get("layer")
+    return False
 
 
 def _dtype_name(dtype) -> str | None:

@@ -97,8 +97,7 @@ class CalibrationData:
         )
 
     def _open_path(self, p: Path):
-        if not p.exists():
-            raise InputError(f"{p}: calibration data not found")
+        check_data_path(p)
         if p.is_dir():
             shards = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SHARD_SUFFIXES)
             if not shards:
@@ -248,6 +247,25 @@ class CalibrationData:
                 batch.append(np.ascontiguousarray(a, dtype=spec.dtype))
             self.samples += stop - start
             yield batch
+
+
+def check_data_path(p) -> None:
+    """A calibration data path must be a regular file or a folder (whose shards must be
+    regular files: anything else in it is skipped). A FIFO or a device would block or
+    never end, so it is refused -- before TensorFlow is imported, by the CLI."""
+    import stat
+
+    p = Path(p)
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{p}: calibration data not found") from None
+    except OSError as e:
+        raise InputError(f"{p}: calibration data cannot be read ({e.strerror or e})") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise InputError(f"{p}: calibration data is {kind}; give a .npy/.npz file or a folder of them")
 
 
 def _fits(shape, expect) -> bool:

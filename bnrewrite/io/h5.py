@@ -17,13 +17,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from ..errors import InputError, with_path
 from ..graph import ModelGraph
 from .config import build_graph
+from .safe_files import GiB, config_limit, fmt_bytes, weights_limit
 from .weights import key_weights, relative_name
 
 
@@ -33,11 +38,19 @@ def _text(v) -> str:
 
 #: seconds the child process may take to read a ``.h5`` (env ``BNREWRITE_READ_TIMEOUT``)
 READ_TIMEOUT = 60.0
+#: address space the child may use beyond the data it reads (Python, numpy, h5py, HDF5 caches)
+CHILD_HEADROOM = 1 * GiB
+# one BLAS thread and few malloc arenas: the child's address space stays close to what it holds;
+# HDF5 loads no filter plugins ("::" disables them)
+_CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "MALLOC_ARENA_MAX": "2", "HDF5_PLUGIN_PRELOAD": "::"}
+#: the last child's exit status and peak resident memory (KiB), for tests and diagnostics
+last_child: dict = {}
 # Run h5_extract.py by path, without the script's folder or the cwd on sys.path.
 _RUN = "import runpy, sys; sys.path.pop(0); sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
-def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset()) -> ModelGraph:
+def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_classes=frozenset()) -> ModelGraph:
     raw = _extract_isolated(path)
     if raw["error"]:
         kind, _, msg = raw["error"].partition(": ")
@@ -79,41 +92,150 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset()) -> 
             if isinstance(value, str):
                 raise InputError(f"{path}: weight {top}/{n} is unreadable ({value[len('error: '):]})")
             items.append((relative_name(n, name), value))
-        return key_weights(class_name, items)
+        return key_weights(items)
 
+    legacy = not version.startswith("3")
     try:
-        return build_graph(
-            config, lookup, legacy=not version.startswith("3"), source=source,
-            unsafe=unsafe, custom_classes=custom_classes,
+        mg = build_graph(
+            config, lookup, legacy=legacy, source=source,
+            unsafe=unsafe, custom_classes=custom_classes, bn_classes=bn_classes,
         )
+        from .original import Original
+
+        mg.original = Original(framework=mg.framework, format="h5", config=config, weights=raw,
+                               path=str(path))
+        return mg
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
         raise InputError(f"{path}: malformed model_config ({type(e).__name__}: {_short(e)})") from None
     except InputError as e:
         raise with_path(e, path) from None
 
 
-def _extract_isolated(path: Path) -> dict:
-    """:func:`h5_extract.extract` in a child process, so a hang or crash of HDF5 on a damaged
-    file is a clear error here, not a stuck or dead bnrewrite."""
+def _extract_isolated(path: Path, mode: str = "model", *, data: bytes | None = None,
+                      limit: int | None = None, member: str | None = None) -> dict:
+    """:mod:`h5_extract` in a child process, so a hang or crash of HDF5 on a damaged or
+    hostile file is a clear error here, not a stuck or dead bnrewrite.
+
+    ``mode`` ``"model"`` reads the file ``path``; ``"weights"`` reads the HDF5 image ``data``
+    (a ``.keras`` archive's ``model.weights.h5``, named ``member`` in messages) sent on the
+    child's stdin. ``limit`` (default :func:`weights_limit` of the input's size) bounds the
+    bytes the datasets read may declare. The child runs with ``RLIMIT_AS`` = limit + input
+    + 1 GiB, dies with this process (``PR_SET_PDEATHSIG``; fallbacks: EOF on its stdin, and
+    an alarm after the timeout) and is killed after ``BNREWRITE_READ_TIMEOUT`` s (default 60).
+    A refusal by the child (links, external storage, virtual datasets, sizes), a child out
+    of memory, killed or crashed are InputErrors; ``"open: ..."``/``"damaged: ..."`` errors are
+    returned in ``result["error"]`` for the caller to word.
+    """
+    label = f"{path}: {member}" if member else f"{path}"
     timeout = float(os.environ.get("BNREWRITE_READ_TIMEOUT", READ_TIMEOUT))
+    size = len(data) if data is not None else os.stat(path).st_size
+    if limit is None:
+        limit = weights_limit(size)
+    as_bytes = int(os.environ.get("_BNREWRITE_CHILD_AS_BYTES", 0)) or \
+        limit + 2 * (len(data) if data is not None else 0) + CHILD_HEADROOM
     script = Path(__file__).with_name("h5_extract.py")
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _RUN, str(script), str(path)],
-            capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise InputError(
-            f"{path}: reading the HDF5 file did not finish within {timeout:g} s (damaged file?)"
-        ) from None
-    if proc.returncode != 0:
-        if proc.returncode < 0:
-            why = f"the HDF5 library crashed on it, signal {-proc.returncode}"
-        else:
-            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    source = "-" if data is not None else os.fspath(path)
+    cmd = [sys.executable, "-c", _RUN, str(script), mode, source, str(limit), str(as_bytes),
+           str(os.getpid()), f"{timeout:g}", str(config_limit())]
+    env = dict(os.environ, **_CHILD_ENV)
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
+                                close_fds=True)
+
+        def stop():
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, stop)
+        timer.daemon = True
+        timer.start()
+        result, usage = None, None
+        try:
+            try:
+                proc.stdin.write(struct.pack("<Q", len(data) if data is not None else 0))
+                if data is not None:
+                    view = memoryview(data)
+                    for i in range(0, len(view), 1 << 20):
+                        proc.stdin.write(view[i:i + (1 << 20)])
+                proc.stdin.flush()
+            except OSError:  # the child died early: reported below
+                pass
+            try:
+                result = _ChildUnpickler(proc.stdout).load()
+            except Exception:  # noqa: BLE001 - no (complete) result: the exit status says why
+                result = None
+            usage = _reap(proc)
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        last_child.clear()
+        last_child.update(returncode=proc.returncode, maxrss_kib=getattr(usage, "ru_maxrss", None),
+                          limit=limit, as_bytes=as_bytes)
+        if timed_out.is_set():
+            what = "model.weights.h5" if member else "the HDF5 file"
+            raise InputError(f"{label}: reading {what} did not finish within {timeout:g} s (damaged file?)")
+        if result is None or proc.returncode != 0:
+            err.seek(0)
+            tail = err.read()[-4000:].decode("utf-8", "replace").strip().splitlines()
+            if proc.returncode < 0:
+                sig = -proc.returncode
+                if sig == signal.SIGKILL:
+                    raise InputError(f"{label}: the HDF5 reader was killed (signal 9; out of memory? "
+                                     f"it may use {fmt_bytes(as_bytes)})")
+                raise InputError(f"{label}: damaged HDF5 file (the HDF5 library crashed on it, signal {sig})")
+            if tail and "MemoryError" in tail[-1]:
+                raise InputError(_memory_message(label, "", as_bytes))
             why = tail[-1][:200] if tail else f"exit code {proc.returncode}"
-        raise InputError(f"{path}: damaged HDF5 file ({why})")
-    return pickle.loads(proc.stdout)  # our own child's output
+            raise InputError(f"{label}: damaged HDF5 file ({why})")
+    error = result.get("error") or ""
+    if error.startswith("refused: "):
+        raise InputError(f"{label}: refusing to read it: {error[len('refused: '):]}")
+    if error.startswith("memory: "):
+        raise InputError(_memory_message(label, error[len("memory: "):], as_bytes))
+    return result
+
+
+def _memory_message(label: str, what: str, as_bytes: int) -> str:
+    at = f": {what}" if what else ""
+    return (f"{label}: declares more data than the reader may hold in memory ({fmt_bytes(as_bytes)}){at}; "
+            "set BNREWRITE_MAX_WEIGHT_BYTES to raise the limit")
+
+
+def _reap(proc: subprocess.Popen):
+    """Wait for the child; its resource usage (``ru_maxrss`` in KiB on Linux) if available."""
+    if hasattr(os, "wait4"):
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage
+        except ChildProcessError:
+            pass
+    proc.wait()
+    return None
+
+
+class _ChildUnpickler(pickle.Unpickler):
+    """Unpickles only what the child sends: containers, strings, numbers and numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} from the HDF5 reader")
 
 
 def _short(e: BaseException) -> str:

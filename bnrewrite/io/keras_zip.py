@@ -1,70 +1,86 @@
 """Reader for Keras 3 ``.keras`` archives.
 
 An archive is a zip with ``config.json`` (the model config, Keras 3 dialect),
-``metadata.json`` (``keras_version``) and ``model.weights.h5``. The graph comes
-from ``config.json``; the weights are taken from the variables of the model
-Keras itself rebuilds from the archive (in ``safe_mode`` unless ``unsafe``),
-because ``model.weights.h5`` stores them by position only.
+``metadata.json`` (``keras_version``) and ``model.weights.h5``. The archive is
+untrusted data, so it is never handed to ``keras.saving.load_model``:
+
+1. the three members are read with :func:`~bnrewrite.io.safe_files.read_zip_members`
+   (caps: ``config.json`` 16 MiB, ``metadata.json`` 1 MiB, ``model.weights.h5`` the
+   weights limit of the archive's size; enforced while decompressing; nothing is
+   extracted to disk);
+2. the graph is built from ``config.json`` (Lambda bytecode and unknown classes are
+   refused there, before Keras sees anything);
+3. ``model.weights.h5`` is read by the HDF5 child process in mode ``weights``
+   (:mod:`bnrewrite.io.h5_extract`: no links, no external storage, no virtual
+   datasets, declared sizes bounded) into a vetted tree;
+4. :func:`build_original` rebuilds the model with Keras 3's own deserializer in safe
+   mode and loads the vetted tree with Keras's own state loader from an in-memory
+   HDF5 file; the graph's weights are taken from that model's variables, because
+   ``model.weights.h5`` stores them by position only.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
-import zipfile
-import zlib
 from pathlib import Path
 
 from ..errors import InputError, with_path
 from ..graph import ModelGraph
 from .config import build_graph
+from .safe_files import METADATA_CAP, check_regular, config_limit, memory_h5, read_zip_members, weights_limit
 from .weights import live_weights
+
+CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
 
 
 def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            if "config.json" not in names:
-                raise InputError(f"{path}: not a Keras 3 archive (no config.json inside)")
-            if "model.weights.h5" not in names:
-                raise InputError(f"{path}: Keras archive has no model.weights.h5")
-            raw = z.read("config.json")
-            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
-        raise InputError(f"{path}: not a readable .keras archive ({str(e)[:200]})") from None
-    except ValueError as e:
-        raise InputError(f"{path}: metadata.json is not valid JSON ({str(e)[:200]})") from None
-    try:
-        config = json.loads(raw)
-    except ValueError as e:
-        raise InputError(f"{path}: config.json is not valid JSON ({str(e)[:200]})") from None
+    limit = weights_limit(check_regular(path).st_size)
+    members = read_zip_members(
+        path, {CONFIG: config_limit(), METADATA: METADATA_CAP, WEIGHTS: limit}, what=".keras archive")
+    if CONFIG not in members:
+        raise InputError(f"{path}: not a Keras 3 archive (no config.json inside)")
+    if WEIGHTS not in members:
+        raise InputError(f"{path}: Keras archive has no model.weights.h5")
+    meta = _json(path, METADATA, members.get(METADATA, b"{}"))
+    config = _json(path, CONFIG, members.pop(CONFIG))
+    if not isinstance(meta, dict):
+        meta = {}
 
     source = {"path": str(path), "format": "keras", "keras_version": str(meta.get("keras_version", "3"))}
     requests: list[tuple[tuple, str, dict]] = []
 
     def lookup(nest: tuple, name: str, class_name: str) -> dict:
         d: dict = {}
-        requests.append((nest, name, d))  # filled once Keras has loaded the archive
+        requests.append((nest, name, d))  # filled once Keras has loaded the weights
         return d
+
+    from .original import Original, bn_subclass_names
 
     try:
         mg = build_graph(
             config, lookup, legacy=False, source=source, unsafe=unsafe,
-            custom_classes=frozenset(custom_objects or ()),
+            custom_classes=frozenset(custom_objects or ()), bn_classes=bn_subclass_names(custom_objects),
         )
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-        raise InputError(f"{path}: malformed config.json ({type(e).__name__}: {str(e)[:200]})") from None
+        raise InputError(f"{path}: malformed config.json ({type(e).__name__}: {_first_line(e)})") from None
     except InputError as e:
         raise with_path(e, path) from None
 
-    import keras
+    from .h5 import _extract_isolated
 
+    raw = _extract_isolated(path, "weights", data=members.pop(WEIGHTS), limit=limit, member=WEIGHTS)
+    if raw["error"]:
+        kind, _, msg = raw["error"].partition(": ")
+        if kind == "open":
+            raise InputError(f"{path}: {WEIGHTS} is not a readable HDF5 file ({msg})")
+        raise InputError(f"{path}: damaged {WEIGHTS} ({msg})")
+    tree = raw["tree"]
     try:
-        model = keras.saving.load_model(
-            path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects
-        )
-    except Exception as e:  # Keras raises many types for a bad archive
-        raise InputError(f"{path}: Keras could not load the archive's weights ({_first_line(e)})") from None
+        model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects)
+    except InputError as e:
+        raise with_path(e, path) from None
     for nest, name, d in requests:
         layer = model
         try:
@@ -73,7 +89,83 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
         except ValueError:
             raise InputError(f"{path}: layer {'/'.join((*nest, name))} not found in the archive") from None
         d.update(live_weights(layer))
+    mg.original = Original(framework=getattr(mg, "framework", "keras"), format="keras", config=config,
+                           weights=tree, path=str(path))
     return mg
+
+
+def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_objects: dict | None = None):
+    """Keras 3's own model for a ``.keras`` archive's ``config`` and vetted weights ``tree``.
+
+    The model is deserialized by ``keras.saving.deserialize_keras_object`` inside
+    ``SafeModeScope(not unsafe)`` and an ``ObjectSharingScope`` (as ``load_model`` does,
+    without compiling), then its state is loaded by Keras's own ``saving_lib._load_state``
+    from an ``H5IOStore`` over :func:`~bnrewrite.io.safe_files.memory_h5` ``(tree)`` -- the
+    same ``layers/<name>/vars/<i>`` walk as ``load_model``, over data that can hold no link
+    and no external storage. Assets (``assets/`` members) are not read.
+
+    ``tree`` is the weights tree of :mod:`bnrewrite.io.h5_extract` (mode ``weights``).
+    Raises InputError when Keras cannot rebuild the model or load the weights (one line).
+    """
+    import keras  # noqa: F401 - registers Keras's objects
+    from keras.src.saving import saving_lib, serialization_lib
+
+    cfg = dict(config)
+    cfg["compile_config"] = None  # load_model(compile=False)
+    try:
+        with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
+            model = serialization_lib.deserialize_keras_object(
+                cfg, custom_objects=custom_objects, safe_mode=not unsafe)
+    except InputError:
+        raise
+    except Exception as e:  # Keras raises many types for a bad config
+        raise InputError(f"Keras could not rebuild the model from config.json ({_first_line(e)})") from None
+
+    failed: set = set()
+    errors: dict = {}
+    f = memory_h5(tree)
+    store = _store_class()(f)
+    try:
+        saving_lib._load_state(
+            model, weights_store=store, assets_store=None, inner_path="",
+            visited_saveables=set(), failed_saveables=failed, error_msgs=errors,
+        )
+    except Exception as e:  # noqa: BLE001 - a structure _load_state does not expect
+        raise InputError(f"Keras could not load the archive's weights ({_first_line(e)})") from None
+    finally:
+        store.close()
+    if failed:
+        # saving_lib._raise_loading_failure's message, on one line
+        saveable, err = next(iter(errors.values()))
+        what = getattr(saveable, "name", type(saveable).__name__)
+        raise InputError(f"Keras could not load the archive's weights ({len(errors)} object(s) could not be "
+                         f"loaded; {what!r}: {_first_line(err)})")
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _store_class():
+    """Defined on first use: Keras is imported lazily."""
+    from keras.src.saving.saving_lib import H5IOStore
+
+    class VettedStore(H5IOStore):
+        """Keras's ``H5IOStore`` in read mode over an already open (in-memory) ``h5py.File``."""
+
+        def __init__(self, h5_file):
+            self._vetted = h5_file
+            super().__init__(io.BytesIO(), mode="r")
+
+        def _get_h5_file(self, path_or_io, mode=None):
+            return self._vetted
+
+    return VettedStore
+
+
+def _json(path, member: str, raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: {member} is not valid JSON ({_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -4,15 +4,15 @@ A weight's key is its variable path relative to the layer, without the
 TensorFlow ``:0`` suffix, shortened to the last component when that is unique
 within the layer: ``"kernel"``, ``"gamma"``, ``"moving_variance"`` for nearly
 every layer; ``"forward_lstm/lstm_cell/kernel"`` where two share a last name.
-The readers (from file names) and the Keras writer (from live variables) both
-key through :func:`key_weights`, so they always agree.
+Keys are the writing framework's own names (tf_keras's ``DepthwiseConv2D`` has
+``depthwise_kernel``, Keras 3's ``kernel``; :mod:`bnrewrite.build.migrate`
+renames). The readers (from file names) and the builders (from live variables)
+both key through :func:`key_weights`, so they always agree.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .normalize import weight_key
 
 
 def relative_name(full: str, layer_name: str) -> str:
@@ -24,23 +24,25 @@ def relative_name(full: str, layer_name: str) -> str:
     return "/".join(parts)
 
 
-def key_weights(class_name: str, items: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def weight_keys(names: list[str]) -> list[str]:
+    """Keys for a layer's relative variable names, in the same order."""
+    last = [n.rsplit("/", 1)[-1] for n in names]
+    return last if len(set(last)) == len(last) else list(names)
+
+
+def key_weights(items: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Key ``(relative name, value)`` pairs; order is kept (dicts are ordered)."""
-    last = [n.rsplit("/", 1)[-1] for n, _ in items]
-    unique = len(set(last)) == len(last)
-    out: dict[str, np.ndarray] = {}
-    for (name, value), short in zip(items, last):
-        key = weight_key(class_name, short if unique else name)
-        out[key] = np.asarray(value)
-    return out
+    keys = weight_keys([n for n, _ in items])
+    return {k: np.asarray(v) for k, (_, v) in zip(keys, items)}
 
 
 def live_weights(layer) -> dict[str, np.ndarray]:
-    """Weights of a live Keras 3 layer, keyed as in the graph."""
+    """Weights of a live Keras 3 layer, keyed as in the graph (the ``.keras`` reader takes a
+    file's weights from the model Keras builds from it, since the archive stores them by position)."""
     base = layer.path if getattr(layer, "path", None) else layer.name
     items = []
     for v in layer.weights:
         path = v.path
         rel = path[len(base) + 1:] if path.startswith(base + "/") else relative_name(path, layer.name)
         items.append((rel, np.asarray(v.numpy())))
-    return key_weights(layer.__class__.__name__, items)
+    return key_weights(items)

@@ -54,6 +54,10 @@ class PassError(BnrewriteError):
 class Pass:
     name: str = "pass"
     description: str = ""
+    #: True for a pass that changes what the model computes on purpose (a user's own
+    #: rewrite): the output is then verified against the rewritten model, not the original,
+    #: and the report says so. Every built-in pass preserves the inference function.
+    changes_function: bool = False
 
     @classmethod
     def enabled(cls, options: dict) -> bool:

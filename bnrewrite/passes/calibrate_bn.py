@@ -46,6 +46,12 @@ class CalibrateBN(Pass):
             progress=o.get("calibration_progress"),
         )
         ctx.artifacts["calibration"] = report
+        # the new statistics by the layer's place in the original file, for the verification reference
+        done = {r["layer"] for r in report["layers"]}
+        ctx.artifacts["calibrated_stats"] = {
+            lay.origin: {k: lay.weights[k] for k in ("moving_mean", "moving_variance")}
+            for lay in mg.layers().values() if lay.name in done and lay.origin is not None
+        }
         return PassResult(self.name, changed=[r["layer"] for r in report["layers"]],
                           skipped=[{"layer": s["layer"], "node": None, "reason": s["reason"]}
                                    for s in report["skipped"]])

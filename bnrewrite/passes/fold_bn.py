@@ -20,7 +20,13 @@ Dense                  (in, out)            last axis
 Conv1D/2D/3D           (*k, in/groups, out) last axis
 DepthwiseConv1D/2D     (*k, in, mult)       c = i * mult + m  (last two)
 Conv1D/2D/3DTranspose  (*k, out, in)        second to last axis
+SeparableConv1D/2D     pointwise (1.., out)  last axis of the pointwise kernel
 =====================  ===================  ===============================
+
+A separable convolution is depthwise then pointwise, both linear: the BN folds
+into the pointwise kernel and the bias exactly as for Conv. Kernel names are
+the writing framework's (tf_keras ``DepthwiseConv2D.depthwise_kernel`` is Keras
+3's ``kernel``).
 
 It is safe only when the producer's activation is linear, its output feeds the
 BN alone (no other consumer, not a model output), neither layer is shared, the
@@ -37,21 +43,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import ModelGraph
+from ..graph import ModelGraph, bn_axis
 from .base import Pass, PassContext
 
 FOLDABLE = {
     "Dense": "last",
     "Conv1D": "last", "Conv2D": "last", "Conv3D": "last",
+    "SeparableConv1D": "last", "SeparableConv2D": "last",
     "DepthwiseConv1D": "depthwise", "DepthwiseConv2D": "depthwise",
     "Conv1DTranspose": "transpose", "Conv2DTranspose": "transpose", "Conv3DTranspose": "transpose",
 }
+#: the weight that holds the output channels, by class (default ``kernel``)
+KERNEL_KEYS = {"SeparableConv1D": ("pointwise_kernel",), "SeparableConv2D": ("pointwise_kernel",),
+               "DepthwiseConv1D": ("depthwise_kernel", "kernel"), "DepthwiseConv2D": ("depthwise_kernel", "kernel")}
+
+
+def kernel_key(layer) -> str | None:
+    for key in KERNEL_KEYS.get(layer.class_name, ("kernel",)):
+        if key in layer.weights:
+            return key
+    return None
 
 
 # Output rank fixed by the class (Conv{k}D, DepthwiseConv{k}D, Conv{k}DTranspose: k + 2).
 FIXED_RANK = {
     "Conv1D": 3, "Conv2D": 4, "Conv3D": 5, "DepthwiseConv1D": 3, "DepthwiseConv2D": 4,
-    "Conv1DTranspose": 3, "Conv2DTranspose": 4, "Conv3DTranspose": 5,
+    "Conv1DTranspose": 3, "Conv2DTranspose": 4, "Conv3DTranspose": 5, "SeparableConv1D": 3, "SeparableConv2D": 4,
 }
 
 
@@ -84,9 +101,9 @@ class FoldBN(Pass):
             return "the BN layer is shared by several calls"
         if mg.graph.nodes[node]["kwargs"].get("training") not in (False, None):
             return "the BN is called in training mode"
-        (prod, out), = mg.inbound(node) or [(None, None)]
+        prod, out = mg.main_input(node) or (None, None)
         if prod is None:
-            return "the BN has no single input"
+            return "the BN has no input tensor"
         player = mg.layer(prod)
         through = self._through_reshape(mg, prod)
         if through is not None:  # layer -> Reshape -> BN (e.g. an unwrapped TimeDistributed)
@@ -103,12 +120,15 @@ class FoldBN(Pass):
             return f"{player.name!r} is shared by several calls"
         if mg.uses(prod, out) > 1:
             return f"the output of {player.name!r} is also used elsewhere"
-        if not np.issubdtype(np.asarray(player.weights.get("kernel", np.zeros(0))).dtype, np.floating):
+        key = kernel_key(player)
+        if key is None or not np.issubdtype(np.asarray(player.weights[key]).dtype, np.floating):
             return f"{player.name!r} has no float kernel"
         if any(k not in bn.weights for k in ("moving_mean", "moving_variance")):
             return "the BN has no moving statistics"
         channel = 1 if player.config.get("data_format") == "channels_first" else -1
-        axis = bn.config.get("axis", -1)
+        axis = bn_axis(bn.config)
+        if isinstance(axis, list):
+            return f"the BN normalizes several axes {axis}"
         if axis == channel:  # the same axis whatever the rank: no shapes needed
             return None
         rank = self._rank(mg, node)
@@ -119,7 +139,7 @@ class FoldBN(Pass):
         return None
 
     def run(self, mg, ctx):
-        from ..io.keras_writer import infer_shapes
+        from ..build import infer_shapes
 
         self._shapes = None
         self._infer = lambda: infer_shapes(mg)
@@ -132,10 +152,11 @@ class FoldBN(Pass):
         return self._shapes
 
     def _rank(self, mg, node):
-        fixed = FIXED_RANK.get(mg.layer(mg.inbound(node)[0][0]).class_name)
+        src = mg.main_input(node)
+        fixed = FIXED_RANK.get(mg.layer(src[0]).class_name)
         if fixed is not None:  # conv layers accept and return exactly this rank
             return fixed
-        shape = self._get_shapes().get(mg.inbound(node)[0])
+        shape = self._get_shapes().get(src)
         return None if shape is None else len(shape)
 
     @staticmethod
@@ -166,13 +187,13 @@ class FoldBN(Pass):
 
     def rewrite(self, mg: ModelGraph, node: str, ctx: PassContext) -> list[str]:
         bn = mg.layer(node)
-        (prod, out), = mg.inbound(node)
+        prod, out = mg.main_input(node)
         read = (prod, out)  # what the BN reads: the layer's output, or a Reshape of it
         prod, out = self._through_reshape(mg, prod) or read
         player = mg.layer(prod)
         s, t = bn_scale_shift(bn.weights, bn.config)
-        kernel_key = "kernel"
-        kernel = np.asarray(player.weights[kernel_key])
+        key = kernel_key(player)
+        kernel = np.asarray(player.weights[key])
         w = kernel.astype(np.float64)
         kind = FOLDABLE[player.class_name]
         if kind == "last":
@@ -184,12 +205,13 @@ class FoldBN(Pass):
         bias = player.weights.get("bias")
         b = np.zeros_like(s) if bias is None or not player.config.get("use_bias", True) else np.asarray(bias, np.float64)
         new_bias = b * s + t
-        player.weights[kernel_key] = w.astype(kernel.dtype)
+        player.weights[key] = w.astype(kernel.dtype)
         player.weights["bias"] = new_bias.astype(kernel.dtype)
         if not player.config.get("use_bias", True):
             player.config["use_bias"] = True
-            # keep weight order kernel, bias as Keras creates them
-            player.weights = {kernel_key: player.weights[kernel_key], "bias": player.weights["bias"]}
+            # keep the weight order the framework creates: kernel(s), then bias
+            player.weights = {**{k: v for k, v in player.weights.items() if k != "bias"},
+                              "bias": player.weights["bias"]}
         mg.rewire((node, 0), read)
         mg.remove(node)
         return [bn.name]

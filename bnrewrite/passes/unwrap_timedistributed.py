@@ -17,8 +17,12 @@ identity on the result and are left out:
   (elementwise), Softmax / LayerNormalization (axis shifted like BN).
 
 Other per-sample layers (Conv*, pooling, Flatten, Reshape, padding, ...) get
-the explicit reshapes (Keras ``ops.reshape`` nodes that ``.keras`` files keep
-and reload without custom code); they need the step shape to be static.
+the explicit reshapes (framework-neutral reshape ops: ``keras.ops.reshape`` in
+Keras 3, ``tf.reshape`` in tf_keras, both saved and reloaded without custom
+code); they need the step shape to be static, and the time length to be known
+for the reshape back (tf_keras's own TimeDistributed already reshapes instead of
+unrolling, so a wrapper left in place costs nothing there). The shape table is
+updated after each rewrite, so consecutive wrappers unwrap too.
 Anything else (recurrent layers, nested models, masks) is left wrapped, with
 the reason in the report.
 """
@@ -29,7 +33,7 @@ import copy
 
 import networkx as nx
 
-from ..graph import Layer, ModelGraph
+from ..graph import Layer, ModelGraph, bn_axis, reshape_op
 from .base import Pass, PassContext
 
 # Act on the last axis or elementwise: no reshape needed.
@@ -53,7 +57,6 @@ RESHAPED = {
 # Layers that accept any rank only along these constraints.
 _LAST_AXIS_ONLY = {"Softmax", "LayerNormalization", "UnitNormalization"}
 
-_RESHAPE_MODULE = "keras.src.ops.numpy"
 
 
 def _strip(layer: Layer) -> tuple[dict, int]:
@@ -76,7 +79,7 @@ class UnwrapTimeDistributed(Pass):
         return [n for n in mg.topo() if mg.layer(n).class_name == "TimeDistributed"]
 
     def run(self, mg, ctx):
-        from ..io.keras_writer import infer_shapes
+        from ..build import infer_shapes
 
         # one symbolic trace of the whole model, only when there is something to unwrap
         self._shapes = infer_shapes(mg) if self.candidates(mg) else {}
@@ -93,18 +96,21 @@ class UnwrapTimeDistributed(Pass):
         if len(mg.inbound(node)) != 1:
             return "the call has more than one input tensor"
         if cls in AXIS:
-            axis = inner["config"].get("axis", -1)
-            if isinstance(axis, (list, tuple)):
-                if len(axis) != 1:
-                    return f"{cls} over several axes {axis}"
+            axis = bn_axis(inner["config"])
+            if isinstance(axis, list):
+                return f"{cls} over several axes {axis}"
             return None
         if cls in DIRECT:
             return None
         if cls in RESHAPED:
+            if _mask_upstream(mg, node):
+                return "a Keras mask reaches it (Masking / Embedding(mask_zero)); reshapes would drop the mask"
             shape = self._shapes.get(mg.inbound(node)[0])
             out = self._shapes.get((node, 0))
-            if shape is None or out is None or any(d is None for d in (*shape[1:], *out[1:])):
+            if shape is None or out is None or any(d is None for d in (*shape[depth + 1:], *out[depth + 1:])):
                 return f"the step shape {shape} -> {out} is not static, needed to reshape around {cls}"
+            if any(d is None for d in out[1:depth + 1]):
+                return f"the time length of {out} is unknown, needed to reshape back after {cls}"
             return None
         if cls in ("Functional", "Sequential", "Model"):
             return "a nested model inside TimeDistributed is left wrapped"
@@ -122,13 +128,13 @@ class UnwrapTimeDistributed(Pass):
         kwargs = {k: v for k, v in data["kwargs"].items() if k == "training"}
         src = mg.inbound(node)[0]
         if cls in AXIS:
-            axis = config.get("axis", -1)
-            axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+            axis = bn_axis(config)
             # An axis counted from the front of one step moves back by the merged time axes.
             config["axis"] = axis + depth if axis >= 0 else axis
         new_layer = self._made.get(td.name) or Layer(
             td.name, cls, config, td.weights, module=inner.get("module"),
-            registered_name=inner.get("registered_name"))
+            registered_name=inner.get("registered_name"), origin=td.origin,
+            bn_subclass=td.bn_subclass)
         self._made[td.name] = new_layer
         if cls in AXIS or cls in DIRECT:
             self._replace(mg, node, new_layer, [src], kwargs)
@@ -136,12 +142,17 @@ class UnwrapTimeDistributed(Pass):
 
         shape = self._shapes[src]
         out_shape = self._shapes[(node, 0)]
-        merge = _op(mg, f"{td.name}_merge_time", [-1, *shape[depth + 1:]])
-        split = _op(mg, f"{td.name}_split_time", [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
+        merge = reshape_op(mg.unique_name(f"{td.name}_merge_time"), [-1, *shape[depth + 1:]])
+        split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
+                           [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
         m = mg.add_call(merge, [src], path=data["path"])
         mg.graph.nodes[m]["order"] = data["order"] - 0.5
         inner_node = self._replace(mg, node, new_layer, [(m, 0)], kwargs)
-        mg.insert_after((inner_node, 0), split, path=data["path"])
+        sp = mg.insert_after((inner_node, 0), split, path=data["path"])
+        # keep the shape table true for later wrappers that read these tensors
+        self._shapes[(m, 0)] = (None, *shape[depth + 1:])
+        self._shapes[(inner_node, 0)] = (None, *out_shape[depth + 1:])
+        self._shapes[(sp, 0)] = out_shape
         return [td.name]
 
     @staticmethod
@@ -158,7 +169,10 @@ class UnwrapTimeDistributed(Pass):
         return node
 
 
-def _op(mg: ModelGraph, name: str, newshape: list) -> Layer:
-    name = mg.unique_name(name)
-    return Layer(name, "Reshape", {"name": name, "newshape": [int(d) for d in newshape]},
-                 module=_RESHAPE_MODULE, registered_name="Reshape")
+def _mask_upstream(mg: ModelGraph, node: str) -> bool:
+    """Whether a layer that creates a Keras mask feeds ``node`` (masks propagate implicitly)."""
+    for a in nx.ancestors(mg.graph, node):
+        lay = mg.layer(a)
+        if lay.class_name == "Masking" or (lay.class_name == "Embedding" and lay.config.get("mask_zero")):
+            return True
+    return False

@@ -1,0 +1,173 @@
+"""Check one layer config before anything is built from it: data only, nothing runs.
+
+A config is accepted only if every class and function it names is on the allowlist
+(:mod:`bnrewrite.io.allowlist`) or was handed over by the user (``custom_objects``):
+
+* the layer class itself; ``TFSMLayer`` and the other layers that read files or
+  load models are refused with the reason; a vocabulary layer whose vocabulary is
+  a path is refused;
+* nested objects (initializers, regularizers, constraints, dtype policies, RNN
+  cells, wrapped layers) at any depth, by ``class_name``; a Keras 3 ``module`` must
+  be one of Keras's own;
+* functions named in the config (activations, a ``Lambda``'s function), which
+  must be functions -- never a class where a function is expected;
+* serialized Python bytecode (Keras 3 ``__lambda__``, tf.keras ``Lambda`` with
+  ``function_type: "lambda"``) anywhere in the config: loading it means running
+  it (CVE-2024-3660), so only with ``unsafe``;
+* tf.keras ``TFOpLambda``/``SlicingOpLambda`` (``tf.*`` calls recorded in a
+  functional graph): the TensorFlow function must be on the allowlist of pure ops.
+"""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from .allowlist import FUNCTIONS, LAYERS, NESTED, REFUSED, tf_op_allowed
+
+MODEL_CLASSES = ("Functional", "Model", "Sequential")
+_KERAS_MODULES = ("keras", "keras.", "tf_keras", "tf_keras.")
+
+
+def is_keras_op(module: str | None) -> bool:
+    """Whether a config's ``module`` names one of Keras 3's own ops (not a layer)."""
+    return (module or "").startswith("keras.src.ops.")
+
+
+def check_layer(class_name: str, config: dict, *, layer_name: str, module: str | None = None,
+                unsafe: bool = False, custom_classes=frozenset()) -> None:
+    """Raise :class:`UnsupportedModelError` naming the layer if its config is not data only."""
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"layer {layer_name!r}: config is not a JSON object")
+    code = bytecode_keys(config)
+    if code and not unsafe:
+        what = "a Lambda carrying Python code" if class_name == "Lambda" else f"a {class_name} carrying Python code"
+        raise UnsupportedModelError(
+            f"layer {layer_name!r} is {what} (serialized bytecode in {', '.join(code)}); refusing to "
+            "run code from a model file (pass --unsafe / unsafe=True only for files you trust)"
+        )
+    custom = set(custom_classes)
+    if class_name in REFUSED and class_name not in custom:
+        raise UnsupportedModelError(
+            f"layer {layer_name!r} is {class_name} ({REFUSED[class_name]}); bnrewrite does not rebuild it"
+        )
+    if is_keras_op(module):
+        if not class_name.isidentifier():
+            raise UnsupportedModelError(f"layer {layer_name!r}: bad Keras op name {class_name!r}")
+    elif class_name not in LAYERS and class_name not in MODEL_CLASSES and class_name not in custom:
+        raise UnsupportedModelError(
+            f"layer {layer_name!r} has unknown class {class_name!r}; provide it with "
+            "--custom-objects module.py (API: custom_objects={...})"
+        )
+    if module is not None and not is_keras_op(module) and class_name not in custom \
+            and not str(module).startswith(_KERAS_MODULES):
+        raise UnsupportedModelError(
+            f"layer {layer_name!r}: class {class_name!r} from module {module!r} is not a Keras layer"
+        )
+    if class_name in ("TFOpLambda", "SlicingOpLambda"):
+        fn = config.get("function")
+        if not isinstance(fn, str) or not tf_op_allowed(fn):
+            raise UnsupportedModelError(
+                f"layer {layer_name!r} calls TensorFlow function tf.{fn} (TFOpLambda), which is not on "
+                "bnrewrite's allowlist of pure tensor ops"
+            )
+    if class_name == "Lambda":
+        for key in ("function", "output_shape", "mask"):
+            fn = _named_function(config.get(key), key, config)
+            if fn is not None and not (set(fn) & custom):
+                raise UnsupportedModelError(
+                    f"layer {layer_name!r} is a Lambda calling the Python function {fn[0]!r} ({key}); "
+                    "provide it with --custom-objects module.py (a module-level custom_objects dict; "
+                    "API: custom_objects={...})"
+                )
+    for key in ("vocabulary", "vocabulary_file"):
+        if isinstance(config.get(key), str):
+            raise UnsupportedModelError(
+                f"layer {layer_name!r} ({class_name}) reads its vocabulary from the file {config[key][:100]!r}"
+            )
+    _check_nested(config, layer_name, custom, top=True)
+
+
+def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
+    """Every ``{"class_name": ...}`` object inside a layer config must be allowlisted."""
+    if isinstance(obj, list):
+        for v in obj:
+            _check_nested(v, layer_name, custom)
+        return
+    if not isinstance(obj, dict):
+        return
+    if not top and "class_name" in obj:
+        cls = obj["class_name"]
+        module = obj.get("module")
+        if cls == "__lambda__":
+            return  # bytecode: checked above (unsafe only)
+        if cls == "function":
+            name = obj.get("config")
+            ok = isinstance(name, str) and (name in FUNCTIONS or name in custom)
+            if module is not None and not str(module).startswith(_KERAS_MODULES + ("builtins",)):
+                ok = name in custom
+            if not ok:
+                raise UnsupportedModelError(
+                    f"layer {layer_name!r} names the function {module}.{name} that is not on bnrewrite's "
+                    "allowlist; provide it with --custom-objects if you trust it"
+                )
+            return
+        if cls in REFUSED and cls not in custom:
+            raise UnsupportedModelError(f"layer {layer_name!r} holds a {cls} ({REFUSED[cls]})")
+        if isinstance(cls, str) and cls not in NESTED and cls not in LAYERS and cls not in MODEL_CLASSES \
+                and cls not in custom and not is_keras_op(module):
+            raise UnsupportedModelError(
+                f"layer {layer_name!r} holds an object of class {cls!r} that is not on bnrewrite's allowlist"
+            )
+        if module is not None and cls not in custom and not str(module).startswith(_KERAS_MODULES) \
+                and not is_keras_op(module):
+            raise UnsupportedModelError(
+                f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras"
+            )
+        if cls in LAYERS or cls in MODEL_CLASSES:
+            check_layer(cls, obj.get("config") or {}, layer_name=f"{layer_name}/{(obj.get('config') or {}).get('name', cls)}",
+                        module=module, unsafe=True, custom_classes=frozenset(custom))  # bytecode checked at top
+            return
+    for k, v in obj.items():
+        if k == "class_name":
+            continue
+        _check_nested(v, layer_name, custom)
+
+
+def bytecode_keys(config, where: str = "") -> list[str]:
+    """Config keys (dotted) holding serialized Python bytecode."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "__lambda__":
+            return [where or "config"]
+        for k, v in config.items():
+            path = f"{where}.{k}" if where else str(k)
+            if k.endswith("_type") and v == "lambda" and k[:-5] in ("function", "output_shape", "mask"):
+                found.append(path[:-5])  # tf.keras Lambda: function_type "lambda" = bytecode
+            found += bytecode_keys(v, path)
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            found += bytecode_keys(v, f"{where}[{i}]")
+    return found
+
+
+def _named_function(value, key: str, config: dict) -> tuple[str, ...] | None:
+    """Names a Lambda's ``function``/``output_shape``/``mask`` is looked up by, unless it is a
+    pure function on the allowlist (or bytecode, checked separately)."""
+    if value is None:
+        return None
+    kind = config.get(f"{key}_type")
+    if kind == "lambda" or (isinstance(value, dict) and value.get("class_name") == "__lambda__"):
+        return None
+    if key == "output_shape" and isinstance(value, (list, tuple)) and kind != "function":
+        return None  # a shape, not a function
+    if isinstance(value, str):
+        return None if value in FUNCTIONS else (value,)
+    if isinstance(value, dict) and value.get("class_name") == "function":
+        module = str(value.get("module") or "")
+        name = value.get("config")
+        if isinstance(name, str) and name in FUNCTIONS and (module.startswith(_KERAS_MODULES) or module == "builtins"):
+            return None
+        names = tuple(n for n in (name, value.get("registered_name")) if isinstance(n, str) and n != "function")
+        return names or ("?",)
+    if isinstance(value, dict):  # a class or anything else where a function is expected
+        return (str(value.get("class_name", "?")),)
+    return None

@@ -1,0 +1,178 @@
+"""The verification reference: the original model, as the framework that wrote the file reads it.
+
+A check that compares bnrewrite's output with bnrewrite's own rebuild cannot find
+bnrewrite's bugs. So the reference is rebuilt from the *original* config and
+weights (:class:`bnrewrite.io.original.Original`) by the writing framework's own
+deserializer and weight loader:
+
+* tf.keras / Keras 2 ``.h5``: ``tf_keras`` ``model_from_config`` and its
+  order-based ``load_weights_from_hdf5_group`` (which also applies Keras's own
+  conversions of old weight layouts);
+* Keras 3 ``.h5``: Keras 3's legacy-H5 ``model_from_config`` and loader;
+* Keras 3 ``.keras``: Keras 3's own deserialization of ``config.json`` and its
+  state loader (:func:`bnrewrite.io.keras_zip.build_original`).
+
+The weights come from the vetted extraction (rebuilt as an in-memory HDF5 file),
+never from the original file handed to a framework loader, and everything is
+deserialized in the framework's safe mode unless ``unsafe``. Two edits are made,
+both the point of the conversion: call-site ``training`` arguments are removed
+(:func:`strip_training`, so the reference is the model's inference function), and
+with calibration the re-estimated statistics are put into its BN layers
+(:func:`set_statistics`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import numpy as np
+
+from .build.base import root_cause
+from .errors import UnsupportedModelError
+from .io.original import Original
+
+
+class NoReference(Exception):
+    """No independent reference can be built; the message says why."""
+
+
+def strip_training(config: dict) -> dict:
+    """A copy of a model config with every call-site ``training`` argument removed, at any depth."""
+    config = copy.deepcopy(config)
+
+    def legacy_leaves(node):
+        if isinstance(node, list) and len(node) == 4 and isinstance(node[0], str) and isinstance(node[3], dict):
+            node[3].pop("training", None)
+        elif isinstance(node, list):
+            for n in node:
+                legacy_leaves(n)
+        elif isinstance(node, dict):
+            for n in node.values():
+                legacy_leaves(n)
+
+    def walk(mc):
+        if not isinstance(mc, dict):
+            return
+        cfg = mc.get("config")
+        layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") if isinstance(cfg, dict) else None
+        for lc in layers or []:
+            if not isinstance(lc, dict):
+                continue
+            for node in lc.get("inbound_nodes") or []:
+                if isinstance(node, dict):
+                    (node.get("kwargs") or {}).pop("training", None)
+                else:
+                    legacy_leaves(node)
+            walk(lc)  # nested models
+
+    walk(config)
+    return config
+
+
+def build_reference(original: Original, *, custom_objects: dict | None = None, unsafe: bool = False):
+    """The writing framework's own model of the original file (training flags removed)."""
+    if original is None:
+        raise NoReference("the model was not read from a file")
+    config = strip_training(original.config)
+    try:
+        if original.format == "keras":
+            from .io.keras_zip import build_original
+
+            return build_original(config, original.weights, unsafe=unsafe, custom_objects=custom_objects)
+        weights = _model_weights_h5(original)
+        if original.framework == "tf_keras":
+            return _tf_keras_h5(config, weights, custom_objects, unsafe)
+        return _keras3_h5(config, weights, custom_objects, unsafe)
+    except NoReference:
+        raise
+    except Exception as e:
+        raise NoReference(f"{_label(original)} could not rebuild the original model: {root_cause(e)}") from e
+
+
+def _label(original: Original) -> str:
+    return "tf_keras" if original.framework == "tf_keras" else "Keras 3"
+
+
+def _tf_keras_h5(config, weights, custom_objects, unsafe):
+    import tf_keras
+    from tf_keras.src.saving.legacy import hdf5_format
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    from .build.tf_keras import lambda_globals
+
+    objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
+    with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
+        if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":
+            model = tf_keras.Sequential.from_config(config["config"], custom_objects=objects)
+        else:
+            model = tf_keras.models.model_from_config(config, custom_objects=objects)
+        with weights as f:
+            hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    return model
+
+
+def _keras3_h5(config, weights, custom_objects, unsafe):
+    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+    from keras.src.utils import json_utils
+
+    config = json_utils.decode(json.dumps(config))
+    with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(not unsafe):
+        model = saving_utils.model_from_config(config, custom_objects=custom_objects)
+        with weights as f:
+            legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    return model
+
+
+def _model_weights_h5(original: Original):
+    """An in-memory HDF5 file holding the vetted ``model_weights`` group, laid out as in
+    the original file, for the framework's own loader."""
+    import h5py
+
+    raw = original.weights
+    attrs = raw.get("attrs", {})
+    groups = raw.get("groups", {})
+    cfg = original.config.get("config")
+    config_layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers", [])
+    names = raw.get("layer_names") or attrs.get("layer_names") or [
+        lc.get("name") or (lc.get("config") or {}).get("name") for lc in config_layers
+    ]
+    f = h5py.File(io.BytesIO(), "w")
+    mw = f.create_group("model_weights")
+    mw.attrs["layer_names"] = [_b(n) for n in names]
+    for key in ("keras_version", "backend"):
+        if key in attrs:
+            mw.attrs[key] = _b(attrs[key])
+    for name in names:
+        g = mw.create_group(name)
+        grp = groups.get(name) or {}
+        wn = grp.get("weight_names", [])
+        g.attrs["weight_names"] = [_b(n) for n in wn]
+        for n in wn:
+            value = grp["data"][n]
+            if isinstance(value, str):
+                raise NoReference(f"weight {name}/{n} is unreadable")
+            g.create_dataset(n, data=np.asarray(value))
+    return f
+
+
+def _b(s) -> bytes:
+    return s if isinstance(s, bytes) else str(s).encode("utf-8")
+
+
+def set_statistics(model, stats: dict) -> None:
+    """Put re-estimated BN statistics into the reference: ``stats`` maps a layer's origin
+    ``(enclosing models, name)`` to ``{"moving_mean": ..., "moving_variance": ...}``."""
+    for (path, name), values in stats.items():
+        layer = model
+        try:
+            for p in (*path, name):
+                layer = layer.get_layer(p)
+        except (ValueError, AttributeError) as e:
+            raise UnsupportedModelError(f"reference model has no layer {'/'.join((*path, name))}") from e
+        for v in layer.weights:
+            vname = (getattr(v, "path", None) or v.name).split(":")[0].rsplit("/", 1)[-1]
+            if vname in values:
+                v.assign(np.asarray(values[vname]).astype(v.dtype.as_numpy_dtype if hasattr(v.dtype, "as_numpy_dtype") else str(v.dtype)))

@@ -1,0 +1,1220 @@
+"""Small ports of real public Keras architectures (written here, not copied).
+
+Every ``arch_*`` function takes ``K`` (``tf_keras`` or ``keras``) and returns an
+unbuilt-weights model; sizes (filters, units, input sizes, block counts) are
+shrunk so that each model builds and converts in seconds, while the layer
+types, their order, the wiring (skips, shared layers, nested models, wrappers,
+call-time ``training=`` arguments, raw TensorFlow ops) and the non-default
+layer arguments follow the original. Where a port adds a BatchNormalization
+that the original does not have (so that every model has one), the builder's
+docstring says so. Sources and licences: ``PROVENANCE.md``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def is_tfk(K) -> bool:
+    return K.__name__.startswith("tf_keras")
+
+
+def ops(K):
+    """Raw-op helpers: ``tf.*`` on tf_keras tensors (recorded as TFOpLambda/SlicingOpLambda),
+    ``keras.ops.*`` on Keras 3 tensors (recorded as operation nodes)."""
+    if is_tfk(K):
+        import tensorflow as tf
+
+        return SimpleNamespace(
+            expand_dims=lambda x, axis: tf.expand_dims(x, axis),
+            relu6=tf.nn.relu6,
+            concat=lambda xs, axis: tf.concat(xs, axis=axis),
+            mean=lambda x, axis: tf.reduce_mean(x, axis=axis),
+            sum=lambda x, axis, keepdims=False: tf.reduce_sum(x, axis=axis, keepdims=keepdims),
+            l2norm=lambda x, axis: tf.math.l2_normalize(x, axis=axis),
+            minimum=tf.minimum, maximum=tf.maximum, sqrt=tf.sqrt, square=tf.square,
+            sigmoid=tf.math.sigmoid, abs=tf.abs,
+            not_equal=tf.math.not_equal,
+        )
+    import keras
+
+    o = keras.ops
+    return SimpleNamespace(
+        expand_dims=lambda x, axis: o.expand_dims(x, axis),
+        relu6=o.relu6,
+        concat=lambda xs, axis: o.concatenate(xs, axis=axis),
+        mean=lambda x, axis: o.mean(x, axis=axis),
+        sum=lambda x, axis, keepdims=False: o.sum(x, axis=axis, keepdims=keepdims),
+        l2norm=lambda x, axis: o.normalize(x, axis=axis, order=2),
+        minimum=o.minimum, maximum=o.maximum, sqrt=o.sqrt, square=o.square,
+        sigmoid=o.sigmoid, abs=o.abs,
+        not_equal=o.not_equal,
+    )
+
+
+def leaky(K, alpha, name=None):
+    if is_tfk(K):
+        return K.layers.LeakyReLU(alpha=alpha, name=name)
+    return K.layers.LeakyReLU(negative_slope=alpha, name=name)
+
+
+def l2(K, v):
+    return K.regularizers.l2(v)
+
+
+def app_module(K, name):
+    """``<framework>.src.applications.<name>`` (for the generic constructors the public API hides)."""
+    import importlib
+
+    root = "tf_keras.src" if is_tfk(K) else "keras.src"
+    return importlib.import_module(f"{root}.applications.{name}")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _dbl(K, x, filters, size, strides=1, name=None):
+    """keras-yolo3 DarknetConv2D_BN_Leaky: Conv2D (no bias, L2 5e-4; 'valid' after the
+    explicit top-left ZeroPadding when strided) -> BN -> LeakyReLU(alpha=0.1)."""
+    L = K.layers
+    x = L.Conv2D(filters, size, strides=strides, padding="valid" if strides == 2 else "same",
+                 use_bias=False, kernel_regularizer=l2(K, 5e-4))(x)
+    x = L.BatchNormalization()(x)
+    return leaky(K, 0.1)(x)
+
+
+def _dconv(K, x, filters, size):
+    return K.layers.Conv2D(filters, size, padding="same", kernel_regularizer=l2(K, 5e-4))(x)
+
+
+def arch_yolov3_tiny(K):
+    """qqwweee/keras-yolo3 ``tiny_yolo_body`` (filters / 8, 3 anchors x (2 classes + 5)); open spatial input."""
+    L = K.layers
+    out = 3 * (2 + 5)
+    inp = L.Input((None, None, 3), name="input_1")
+    x1 = _dbl(K, inp, 2, 3)
+    for f in (4, 8, 16):
+        x1 = L.MaxPooling2D(2, 2, padding="same")(x1)
+        x1 = _dbl(K, x1, f, 3)
+    x1 = L.MaxPooling2D(2, 2, padding="same")(x1)
+    x1 = _dbl(K, x1, 32, 3)
+    x2 = L.MaxPooling2D(2, 2, padding="same")(x1)
+    x2 = _dbl(K, x2, 64, 3)
+    x2 = L.MaxPooling2D(2, 1, padding="same")(x2)
+    x2 = _dbl(K, x2, 128, 3)
+    x2 = _dbl(K, x2, 32, 1)
+    y1 = _dconv(K, _dbl(K, x2, 64, 3), out, 1)
+    x2 = _dbl(K, x2, 16, 1)
+    x2 = L.UpSampling2D(2)(x2)
+    y2 = L.Concatenate()([x2, x1])
+    y2 = _dconv(K, _dbl(K, y2, 32, 3), out, 1)
+    return K.Model(inp, [y1, y2], name="tiny_yolo")
+
+
+def arch_yolov3(K):
+    """qqwweee/keras-yolo3 ``yolo_body`` on ``darknet_body`` (filters / 8, one residual block per
+    stage), three heads; ZeroPadding2D(((1, 0), (1, 0))) before each strided conv."""
+    L = K.layers
+    out = 3 * (2 + 5)
+
+    def resblock(x, nf):
+        x = L.ZeroPadding2D(((1, 0), (1, 0)))(x)
+        x = _dbl(K, x, nf, 3, strides=2)
+        y = _dbl(K, x, nf // 2, 1)
+        y = _dbl(K, y, nf, 3)
+        return L.Add()([x, y])
+
+    def last_layers(x, nf):
+        for _ in range(2):
+            x = _dbl(K, x, nf, 1)
+            x = _dbl(K, x, nf * 2, 3)
+        x = _dbl(K, x, nf, 1)
+        y = _dconv(K, _dbl(K, x, nf * 2, 3), out, 1)
+        return x, y
+
+    inp = L.Input((None, None, 3), name="input_1")
+    x = _dbl(K, inp, 4, 3)
+    feats = []
+    for nf in (8, 16, 32, 64, 128):
+        x = resblock(x, nf)
+        feats.append(x)
+    x, y1 = last_layers(feats[4], 32)
+    x = L.UpSampling2D(2)(_dbl(K, x, 16, 1))
+    x = L.Concatenate()([x, feats[3]])
+    x, y2 = last_layers(x, 16)
+    x = L.UpSampling2D(2)(_dbl(K, x, 8, 1))
+    x = L.Concatenate()([x, feats[2]])
+    x, y3 = last_layers(x, 8)
+    return K.Model(inp, [y1, y2, y3], name="yolov3")
+
+
+class _MaskRCNNBatchNorm:
+    """Factory for matterport/Mask_RCNN ``BatchNorm`` (a BatchNormalization subclass whose call
+    passes ``training`` through; the model calls it with ``training=config.TRAIN_BN``)."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, K):
+        key = K.__name__
+        if key not in cls._cache:
+            base = K.layers.BatchNormalization
+
+            if is_tfk(K):
+                class BatchNorm(base):
+                    def call(self, inputs, training=None):
+                        return super().call(inputs, training=training)
+            else:
+                import keras
+
+                @keras.saving.register_keras_serializable(package="mrcnn")
+                class BatchNorm(base):
+                    def call(self, inputs, training=None, mask=None):
+                        return super().call(inputs, training=training, mask=mask)
+
+            cls._cache[key] = BatchNorm
+        return cls._cache[key]
+
+
+def custom_objects(K) -> dict:
+    """What load_model (and bnrewrite) need for the Mask R-CNN ports."""
+    bn = _MaskRCNNBatchNorm.get(K)
+    name = "BatchNorm" if is_tfk(K) else "mrcnn>BatchNorm"
+    return {name: bn, "BatchNorm": bn}
+
+
+def arch_mask_rcnn_fpn(K, train_bn=False):
+    """matterport/Mask_RCNN ``resnet_graph`` (stage 5 on, one block per stage, filters / 16) with
+    ``BatchNorm(...)(x, training=train_bn)``, the FPN top-down path, and the RPN built once as a
+    nested model (``build_rpn_model``) and called on P2..P6 (shared weights); open spatial input."""
+    L = K.layers
+    BN = _MaskRCNNBatchNorm.get(K)
+
+    def conv_block(x, k, filters, stage, block, strides=2):
+        f1, f2, f3 = filters
+        cb, bb = f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
+        y = L.Conv2D(f1, 1, strides=strides, name=cb + "2a")(x)
+        y = BN(name=bb + "2a")(y, training=train_bn)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f2, k, padding="same", name=cb + "2b")(y)
+        y = BN(name=bb + "2b")(y, training=train_bn)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f3, 1, name=cb + "2c")(y)
+        y = BN(name=bb + "2c")(y, training=train_bn)
+        s = L.Conv2D(f3, 1, strides=strides, name=cb + "1")(x)
+        s = BN(name=bb + "1")(s, training=train_bn)
+        y = L.Add()([y, s])
+        return L.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+    inp = L.Input((None, None, 3), name="input_image")
+    x = L.ZeroPadding2D(3)(inp)
+    x = L.Conv2D(4, 7, strides=2, name="conv1")(x)
+    x = BN(name="bn_conv1")(x, training=train_bn)
+    x = L.Activation("relu")(x)
+    c1 = x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+    c2 = conv_block(c1, 3, [4, 4, 16], 2, "a", strides=1)
+    c3 = conv_block(c2, 3, [8, 8, 32], 3, "a")
+    c4 = conv_block(c3, 3, [16, 16, 64], 4, "a")
+    c5 = conv_block(c4, 3, [32, 32, 128], 5, "a")
+    d = 16  # TOP_DOWN_PYRAMID_SIZE / 16
+    p5 = L.Conv2D(d, 1, name="fpn_c5p5")(c5)
+    p4 = L.Add(name="fpn_p4add")([L.UpSampling2D(2, name="fpn_p5upsampled")(p5), L.Conv2D(d, 1, name="fpn_c4p4")(c4)])
+    p3 = L.Add(name="fpn_p3add")([L.UpSampling2D(2, name="fpn_p4upsampled")(p4), L.Conv2D(d, 1, name="fpn_c3p3")(c3)])
+    p2 = L.Add(name="fpn_p2add")([L.UpSampling2D(2, name="fpn_p3upsampled")(p3), L.Conv2D(d, 1, name="fpn_c2p2")(c2)])
+    p2 = L.Conv2D(d, 3, padding="same", name="fpn_p2")(p2)
+    p3 = L.Conv2D(d, 3, padding="same", name="fpn_p3")(p3)
+    p4 = L.Conv2D(d, 3, padding="same", name="fpn_p4")(p4)
+    p5 = L.Conv2D(d, 3, padding="same", name="fpn_p5")(p5)
+    p6 = L.MaxPooling2D(1, strides=2, name="fpn_p6")(p5)
+
+    a = 3  # anchors per location
+    fm = L.Input((None, None, d), name="input_rpn_feature_map")
+    shared = L.Conv2D(16, 3, padding="same", activation="relu", name="rpn_conv_shared")(fm)
+    logits = L.Conv2D(2 * a, 1, name="rpn_class_raw")(shared)
+    logits = L.Reshape((-1, 2))(logits)
+    probs = L.Activation("softmax", name="rpn_class_xxx")(logits)
+    bbox = L.Conv2D(4 * a, 1, name="rpn_bbox_pred")(shared)
+    bbox = L.Reshape((-1, 4))(bbox)
+    rpn = K.Model(fm, [logits, probs, bbox], name="rpn_model")
+    outs = [rpn(p) for p in (p2, p3, p4, p5, p6)]
+    names = ["rpn_class_logits", "rpn_class", "rpn_bbox"]
+    merged = [L.Concatenate(axis=1, name=n)([o[i] for o in outs]) for i, n in enumerate(names)]
+    return K.Model(inp, merged, name="mask_rcnn")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def _vanilla_encoder(K, inp, filters=(8, 16, 32, 32)):
+    """divamgupta/image-segmentation-keras ``vanilla_encoder``: ZeroPadding(1) -> Conv 3x3 valid -> BN
+    -> ReLU -> MaxPool per level (filters / 8)."""
+    L = K.layers
+    x, levels = inp, []
+    for i, f in enumerate(filters):
+        x = L.ZeroPadding2D(1)(x)
+        x = L.Conv2D(f, 3, padding="valid")(x)
+        x = L.BatchNormalization()(x)
+        x = L.Activation("relu")(x)
+        if i < 3:
+            x = L.MaxPooling2D(2)(x)
+        levels.append(x)
+    return levels
+
+
+def _seg_head(K, x, n_classes, h, w):
+    """``get_segmentation_model``: Reshape((h*w, n)) -> softmax."""
+    L = K.layers
+    x = L.Reshape((h * w, n_classes))(x)
+    return L.Activation("softmax")(x)
+
+
+def arch_unet(K):
+    """divamgupta/image-segmentation-keras ``_unet`` on ``vanilla_encoder`` (filters / 8, 64x64 input)."""
+    L = K.layers
+    inp = L.Input((64, 64, 3), name="input_1")
+    f1, f2, f3, f4 = _vanilla_encoder(K, inp)
+    o = f3
+    o = L.ZeroPadding2D(1)(o)
+    o = L.Conv2D(32, 3, padding="valid")(o)
+    o = L.BatchNormalization()(o)
+    for skip, f in ((f2, 16), (f1, 8)):
+        o = L.UpSampling2D(2)(o)
+        o = L.concatenate([o, skip], axis=-1)
+        o = L.ZeroPadding2D(1)(o)
+        o = L.Conv2D(f, 3, padding="valid")(o)
+        o = L.BatchNormalization()(o)
+    o = L.Conv2D(4, 3, padding="same")(o)
+    return K.Model(inp, _seg_head(K, o, 4, 32, 32), name="unet")
+
+
+def arch_segnet(K):
+    """divamgupta/image-segmentation-keras ``segnet_decoder`` on ``vanilla_encoder`` (filters / 8)."""
+    L = K.layers
+    inp = L.Input((64, 64, 3), name="input_1")
+    levels = _vanilla_encoder(K, inp)
+    o = levels[3]
+    o = L.ZeroPadding2D(1)(o)
+    o = L.Conv2D(32, 3, padding="valid")(o)
+    o = L.BatchNormalization()(o)
+    for f in (16, 8):
+        o = L.UpSampling2D(2)(o)
+        o = L.ZeroPadding2D(1)(o)
+        o = L.Conv2D(f, 3, padding="valid")(o)
+        o = L.BatchNormalization()(o)
+    o = L.UpSampling2D(2)(o)
+    o = L.ZeroPadding2D(1)(o)
+    o = L.Conv2D(8, 3, padding="valid")(o)
+    o = L.BatchNormalization()(o)
+    o = L.Conv2D(4, 3, padding="same")(o)
+    return K.Model(inp, _seg_head(K, o, 4, 64, 64), name="segnet")
+
+
+def arch_pspnet(K):
+    """divamgupta/image-segmentation-keras ``_pspnet``: pyramid pooling (factors 1, 2, 3, 6:
+    AveragePooling -> 1x1 Conv (no bias) -> BN -> ReLU -> bilinear resize) on the encoder's
+    last level, concatenated, 1x1 Conv -> BN -> ReLU -> Conv -> x8 bilinear resize. The original's
+    ``resize_image`` is a Lambda around ``K.resize_images(..., interpolation='bilinear')``; here it
+    is the equivalent UpSampling2D(interpolation='bilinear')."""
+    L = K.layers
+    inp = L.Input((96, 96, 3), name="input_1")
+    o = _vanilla_encoder(K, inp)[3]  # 12 x 12
+    pools = [o]
+    for p in (1, 2, 3, 6):
+        size = 12 // p
+        y = L.AveragePooling2D(size, strides=size, padding="same")(o)
+        y = L.Conv2D(16, 1, padding="same", use_bias=False)(y)
+        y = L.BatchNormalization()(y)
+        y = L.Activation("relu")(y)
+        y = L.UpSampling2D(size, interpolation="bilinear")(y)
+        pools.append(y)
+    o = L.Concatenate(axis=-1)(pools)
+    o = L.Conv2D(16, 1, use_bias=False)(o)
+    o = L.BatchNormalization()(o)
+    o = L.Activation("relu")(o)
+    o = L.Conv2D(4, 3, padding="same")(o)
+    o = L.UpSampling2D(8, interpolation="bilinear")(o)
+    return K.Model(inp, _seg_head(K, o, 4, 96, 96), name="pspnet")
+
+
+def arch_unet_plus_plus(K):
+    """MrGiovanni/UNetPlusPlus (keras ``xnet``): nested dense skip pathways X(i, j) built from
+    Conv3x3 -> BN -> ReLU units, UpSampling2D decoder, depth 3, filters / 16; open spatial input
+    (the xnet builder's default ``input_shape=(None, None, 3)``)."""
+    L = K.layers
+
+    def unit(x, f, name):
+        for k in ("a", "b"):
+            x = L.Conv2D(f, 3, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
+            x = L.BatchNormalization(name=f"{name}_bn{k}")(x)
+            x = L.Activation("relu", name=f"{name}_relu{k}")(x)
+        return x
+
+    nb = [4, 8, 16, 32]
+    inp = L.Input((None, None, 3), name="data")
+    X = {}
+    x = inp
+    for i in range(4):
+        if i:
+            x = L.MaxPooling2D(2, name=f"pool{i}")(X[(i - 1, 0)])
+        X[(i, 0)] = unit(x, nb[i], f"x{i}0")
+    for j in range(1, 4):
+        for i in range(0, 4 - j):
+            up = L.UpSampling2D(2, name=f"up{i}{j}")(X[(i + 1, j - 1)])
+            cat = L.Concatenate(name=f"merge{i}{j}")([up] + [X[(i, k)] for k in range(j)])
+            X[(i, j)] = unit(cat, nb[i], f"x{i}{j}")
+    out = L.Conv2D(1, 1, activation="sigmoid", name="output")(X[(0, 3)])
+    return K.Model(inp, out, name="xnet")
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _grouped(K, x, grouped, cardinality, strides, act, lambda_code=False):
+    """ResNeXt grouped 3x3 conv: slice channels per group (``x[:, :, :, a:b]``), conv each, concat."""
+    L = K.layers
+    outs = []
+    for c in range(cardinality):
+        a, b = c * grouped, (c + 1) * grouped
+        if lambda_code:
+            z = L.Lambda(lambda t, a=a, b=b: t[:, :, :, a:b])(x)
+        else:
+            z = x[:, :, :, a:b]
+        outs.append(L.Conv2D(grouped, 3, padding="same", use_bias=False, strides=strides,
+                             kernel_initializer="he_normal", kernel_regularizer=l2(K, 5e-4))(z))
+    x = L.concatenate(outs, axis=-1)
+    x = L.BatchNormalization(axis=-1)(x)
+    return act()(x)
+
+
+def _resnext(K, se=False, lambda_code=False):
+    L = K.layers
+    act = (lambda: L.LeakyReLU()) if se else (lambda: L.Activation("relu"))
+    cardinality, width = 4, 2
+
+    def conv(f, k=1, s=1):
+        return L.Conv2D(f, k, padding="same", strides=s, use_bias=False,
+                        kernel_initializer="he_normal", kernel_regularizer=l2(K, 5e-4))
+
+    def block(x, filters, strides):
+        init = x
+        if x.shape[-1] != 2 * filters:
+            init = conv(filters * 2, 1, strides)(x)
+            init = L.BatchNormalization(axis=-1)(init)
+        y = conv(filters)(x)
+        y = L.BatchNormalization(axis=-1)(y)
+        y = act()(y)
+        y = _grouped(K, y, filters // cardinality, cardinality, strides, act, lambda_code)
+        y = conv(filters * 2)(y)
+        y = L.BatchNormalization(axis=-1)(y)
+        if se:
+            f = y.shape[-1]
+            s = L.GlobalAveragePooling2D()(y)
+            s = L.Reshape((1, 1, f))(s)
+            s = L.Dense(max(f // 16, 1), activation="relu", kernel_initializer="he_normal", use_bias=False)(s)
+            s = L.Dense(f, activation="sigmoid", kernel_initializer="he_normal", use_bias=False)(s)
+            y = L.multiply([y, s])
+        y = L.add([init, y])
+        return act()(y)
+
+    inp = L.Input((32, 32, 3), name="input_1")
+    if se:  # initial_conv_block_inception
+        x = L.Conv2D(8, 7, padding="same", use_bias=False, strides=2, kernel_initializer="he_normal",
+                     kernel_regularizer=l2(K, 5e-4))(inp)
+        x = L.BatchNormalization(axis=-1)(x)
+        x = L.LeakyReLU()(x)
+        x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+    else:
+        x = conv(8, 3)(inp)
+        x = L.BatchNormalization(axis=-1)(x)
+        x = L.Activation("relu")(x)
+    filters = cardinality * width
+    for i in range(3):
+        x = block(x, filters, 1 if i == 0 else 2)
+        filters *= 2
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(10, use_bias=False, kernel_regularizer=l2(K, 5e-4), kernel_initializer="he_normal",
+                activation="softmax")(x)
+    return K.Model(inp, x, name="se_resnext" if se else "resnext")
+
+
+def arch_resnext(K):
+    """titu1994/Keras-ResNeXt (via tf2onnx's test_resnext): grouped convolutions by channel slicing
+    (recorded as SlicingOpLambda / GetItem nodes), depth [1, 1, 1], cardinality 4, width 2."""
+    return _resnext(K)
+
+
+def arch_resnext_lambda(K):
+    """Same as ``resnext`` but with the original's ``Lambda(lambda z: z[:, :, :, a:b])`` layers
+    (Python bytecode in the file: bnrewrite needs ``unsafe=True``)."""
+    return _resnext(K, lambda_code=True)
+
+
+def arch_se_resnext(K):
+    """titu1994/keras-squeeze-excite-network SE-ResNeXt (via tf2onnx's test_resnext): inception-style
+    stem, LeakyReLU() with the default alpha, squeeze-excite (GAP -> Reshape -> Dense -> Dense -> multiply)."""
+    return _resnext(K, se=True)
+
+
+def arch_resnet50(K):
+    """keras-team/keras-applications ``resnet50.py`` (the Keras 2.2.4-era ResNet50: conv1_pad,
+    conv1, bn_conv1, conv_block/identity_block with BN axis 3), filters / 16, one conv block per
+    stage plus one identity block in stage 2, 64x64 input."""
+    L = K.layers
+
+    def names(stage, block):
+        return f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
+
+    def identity(x, k, filters, stage, block):
+        f1, f2, f3 = filters
+        cb, bb = names(stage, block)
+        y = L.Conv2D(f1, 1, kernel_initializer="he_normal", name=cb + "2a")(x)
+        y = L.BatchNormalization(axis=3, name=bb + "2a")(y)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", name=cb + "2b")(y)
+        y = L.BatchNormalization(axis=3, name=bb + "2b")(y)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", name=cb + "2c")(y)
+        y = L.BatchNormalization(axis=3, name=bb + "2c")(y)
+        y = L.add([y, x])
+        return L.Activation("relu")(y)
+
+    def conv_block(x, k, filters, stage, block, strides=2):
+        f1, f2, f3 = filters
+        cb, bb = names(stage, block)
+        y = L.Conv2D(f1, 1, strides=strides, kernel_initializer="he_normal", name=cb + "2a")(x)
+        y = L.BatchNormalization(axis=3, name=bb + "2a")(y)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", name=cb + "2b")(y)
+        y = L.BatchNormalization(axis=3, name=bb + "2b")(y)
+        y = L.Activation("relu")(y)
+        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", name=cb + "2c")(y)
+        y = L.BatchNormalization(axis=3, name=bb + "2c")(y)
+        s = L.Conv2D(f3, 1, strides=strides, kernel_initializer="he_normal", name=cb + "1")(x)
+        s = L.BatchNormalization(axis=3, name=bb + "1")(s)
+        y = L.add([y, s])
+        return L.Activation("relu")(y)
+
+    inp = L.Input((64, 64, 3), name="input_1")
+    x = L.ZeroPadding2D(3, name="conv1_pad")(inp)
+    x = L.Conv2D(4, 7, strides=2, padding="valid", kernel_initializer="he_normal", name="conv1")(x)
+    x = L.BatchNormalization(axis=3, name="bn_conv1")(x)
+    x = L.Activation("relu")(x)
+    x = L.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = L.MaxPooling2D(3, strides=2)(x)
+    x = conv_block(x, 3, [4, 4, 16], 2, "a", strides=1)
+    x = identity(x, 3, [4, 4, 16], 2, "b")
+    x = conv_block(x, 3, [8, 8, 32], 3, "a")
+    x = conv_block(x, 3, [16, 16, 64], 4, "a")
+    x = conv_block(x, 3, [32, 32, 128], 5, "a")
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = L.Dense(10, activation="softmax", name="fc1000")(x)
+    return K.Model(inp, x, name="resnet50")
+
+
+def arch_xception(K):
+    """keras-team/keras ``applications/xception.py``: entry flow (strided 1x1 residuals around
+    SeparableConv2D -> BN pairs), one middle-flow block, exit flow; filters / 8 (/ 16 at the end)."""
+    L = K.layers
+    inp = L.Input((64, 64, 3), name="input_1")
+    x = L.Conv2D(4, 3, strides=2, use_bias=False, name="block1_conv1")(inp)
+    x = L.BatchNormalization(name="block1_conv1_bn")(x)
+    x = L.Activation("relu", name="block1_conv1_act")(x)
+    x = L.Conv2D(8, 3, use_bias=False, name="block1_conv2")(x)
+    x = L.BatchNormalization(name="block1_conv2_bn")(x)
+    x = L.Activation("relu", name="block1_conv2_act")(x)
+    for b, f, first_act in ((2, 16, False), (3, 32, True), (4, 91, True)):
+        res = L.Conv2D(f, 1, strides=2, padding="same", use_bias=False)(x)
+        res = L.BatchNormalization()(res)
+        if first_act:
+            x = L.Activation("relu", name=f"block{b}_sepconv1_act")(x)
+        x = L.SeparableConv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_sepconv1")(x)
+        x = L.BatchNormalization(name=f"block{b}_sepconv1_bn")(x)
+        x = L.Activation("relu", name=f"block{b}_sepconv2_act")(x)
+        x = L.SeparableConv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_sepconv2")(x)
+        x = L.BatchNormalization(name=f"block{b}_sepconv2_bn")(x)
+        x = L.MaxPooling2D(3, strides=2, padding="same", name=f"block{b}_pool")(x)
+        x = L.add([x, res])
+    res = x
+    for i in (1, 2, 3):
+        x = L.Activation("relu", name=f"block5_sepconv{i}_act")(x)
+        x = L.SeparableConv2D(91, 3, padding="same", use_bias=False, name=f"block5_sepconv{i}")(x)
+        x = L.BatchNormalization(name=f"block5_sepconv{i}_bn")(x)
+    x = L.add([x, res])
+    res = L.Conv2D(128, 1, strides=2, padding="same", use_bias=False)(x)
+    res = L.BatchNormalization()(res)
+    x = L.Activation("relu", name="block13_sepconv1_act")(x)
+    x = L.SeparableConv2D(91, 3, padding="same", use_bias=False, name="block13_sepconv1")(x)
+    x = L.BatchNormalization(name="block13_sepconv1_bn")(x)
+    x = L.Activation("relu", name="block13_sepconv2_act")(x)
+    x = L.SeparableConv2D(128, 3, padding="same", use_bias=False, name="block13_sepconv2")(x)
+    x = L.BatchNormalization(name="block13_sepconv2_bn")(x)
+    x = L.MaxPooling2D(3, strides=2, padding="same", name="block13_pool")(x)
+    x = L.add([x, res])
+    x = L.SeparableConv2D(96, 3, padding="same", use_bias=False, name="block14_sepconv1")(x)
+    x = L.BatchNormalization(name="block14_sepconv1_bn")(x)
+    x = L.Activation("relu", name="block14_sepconv1_act")(x)
+    x = L.SeparableConv2D(128, 3, padding="same", use_bias=False, name="block14_sepconv2")(x)
+    x = L.BatchNormalization(name="block14_sepconv2_bn")(x)
+    x = L.Activation("relu", name="block14_sepconv2_act")(x)
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = L.Dense(10, activation="softmax", name="predictions")(x)
+    return K.Model(inp, x, name="xception")
+
+
+def arch_inception_v3(K):
+    """keras-team/keras ``applications/inception_v3.py``: ``conv2d_bn`` = Conv2D (no bias) ->
+    BN(axis=3, **scale=False**) -> ReLU; stem, mixed0 (35x35 block), mixed3 (reduction), mixed4
+    (factorized 7x7), mixed8 (reduction), mixed9 (expanded 3x3 splits); filters / 8; 75x75 input."""
+    L = K.layers
+    n = [0]
+
+    def cbn(x, f, r, c, padding="same", strides=1):
+        n[0] += 1
+        x = L.Conv2D(f, (r, c), strides=strides, padding=padding, use_bias=False, name=f"conv2d_{n[0]}")(x)
+        x = L.BatchNormalization(axis=3, scale=False, name=f"batch_normalization_{n[0]}")(x)
+        return L.Activation("relu", name=f"activation_{n[0]}")(x)
+
+    inp = L.Input((75, 75, 3), name="input_1")
+    x = cbn(inp, 4, 3, 3, strides=2, padding="valid")
+    x = cbn(x, 4, 3, 3, padding="valid")
+    x = cbn(x, 8, 3, 3)
+    x = L.MaxPooling2D(3, strides=2)(x)
+    x = cbn(x, 10, 1, 1, padding="valid")
+    x = cbn(x, 24, 3, 3, padding="valid")
+    x = L.MaxPooling2D(3, strides=2)(x)
+    # mixed0
+    b1 = cbn(x, 8, 1, 1)
+    b5 = cbn(cbn(x, 6, 1, 1), 8, 5, 5)
+    bd = cbn(cbn(cbn(x, 8, 1, 1), 12, 3, 3), 12, 3, 3)
+    bp = cbn(L.AveragePooling2D(3, strides=1, padding="same")(x), 4, 1, 1)
+    x = L.concatenate([b1, b5, bd, bp], axis=3, name="mixed0")
+    # mixed3
+    b3 = cbn(x, 48, 3, 3, strides=2, padding="valid")
+    bd = cbn(cbn(cbn(x, 8, 1, 1), 12, 3, 3), 12, 3, 3, strides=2, padding="valid")
+    bp = L.MaxPooling2D(3, strides=2)(x)
+    x = L.concatenate([b3, bd, bp], axis=3, name="mixed3")
+    # mixed4
+    b1 = cbn(x, 24, 1, 1)
+    b7 = cbn(cbn(cbn(x, 16, 1, 1), 16, 1, 7), 24, 7, 1)
+    bd = cbn(x, 16, 1, 1)
+    for r, c in ((7, 1), (1, 7), (7, 1)):
+        bd = cbn(bd, 16, r, c)
+    bd = cbn(bd, 24, 1, 7)
+    bp = cbn(L.AveragePooling2D(3, strides=1, padding="same")(x), 24, 1, 1)
+    x = L.concatenate([b1, b7, bd, bp], axis=3, name="mixed4")
+    # mixed8
+    b3 = cbn(cbn(x, 24, 1, 1), 40, 3, 3, strides=2, padding="valid")
+    b7 = cbn(cbn(cbn(cbn(x, 24, 1, 1), 24, 1, 7), 24, 7, 1), 24, 3, 3, strides=2, padding="valid")
+    bp = L.MaxPooling2D(3, strides=2)(x)
+    x = L.concatenate([b3, b7, bp], axis=3, name="mixed8")
+    # mixed9
+    b1 = cbn(x, 40, 1, 1)
+    b3 = cbn(x, 48, 1, 1)
+    b3 = L.concatenate([cbn(b3, 48, 1, 3), cbn(b3, 48, 3, 1)], axis=3, name="mixed9_0")
+    bd = cbn(cbn(x, 56, 1, 1), 48, 3, 3)
+    bd = L.concatenate([cbn(bd, 48, 1, 3), cbn(bd, 48, 3, 1)], axis=3)
+    bp = cbn(L.AveragePooling2D(3, strides=1, padding="same")(x), 24, 1, 1)
+    x = L.concatenate([b1, b3, bd, bp], axis=3, name="mixed9")
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = L.Dense(10, activation="softmax", name="predictions")(x)
+    return K.Model(inp, x, name="inception_v3")
+
+
+def arch_mobilenet_v1(K):
+    """``applications.MobileNet(alpha=0.25, weights=None)`` at 32x32 (ReLU(6.), DepthwiseConv2D, BN)."""
+    return K.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10)
+
+
+def arch_mobilenet_v2(K):
+    """``applications.MobileNetV2(alpha=0.35, weights=None)`` at 32x32."""
+    return K.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+
+
+def arch_mobilenet_v3_small(K):
+    """``applications.MobileNetV3Small(alpha=0.75, weights=None)`` at 32x32: in tf_keras its
+    hard-sigmoid/hard-swish are raw ops on Keras tensors (``x + 3.0``, ``* (1.0 / 6.0)``: TFOpLambda)."""
+    return K.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10)
+
+
+def arch_nasnet(K):
+    """``applications.nasnet.NASNet`` (the generic constructor behind NASNetMobile/Large) with
+    penultimate_filters=96, num_blocks=1, stem_block_filters=8, at 32x32."""
+    return app_module(K, "nasnet").NASNet(input_shape=(32, 32, 3), penultimate_filters=96, num_blocks=1,
+                                          stem_block_filters=8, skip_reduction=False, weights=None,
+                                          classes=10, default_size=32)
+
+
+def arch_densenet(K):
+    """``applications.densenet.DenseNet(blocks=[1, 1, 1, 1])`` at 32x32 (pre-activation BN-ReLU-Conv)."""
+    return app_module(K, "densenet").DenseNet([1, 1, 1, 1], input_shape=(32, 32, 3), weights=None, classes=10)
+
+
+def arch_efficientnet(K):
+    """``applications.efficientnet.EfficientNet(width 0.1, depth 0.1)`` at 32x32 (Rescaling,
+    Normalization, swish, depthwise convs, squeeze-excite with Reshape/multiply)."""
+    return app_module(K, "efficientnet").EfficientNet(0.1, 0.1, 32, input_shape=(32, 32, 3), weights=None,
+                                                      classes=10)
+
+
+def arch_teachable_machine(K):
+    """Teachable Machine image-project export (googlecreativelab/teachablemachine-community,
+    ``keras_model.h5``): Sequential[ Sequential[ MobileNetV2 body (alpha 0.35, up to out_relu,
+    a nested Functional 'model1'), GlobalAveragePooling2D ], Sequential[ Dense(100, relu),
+    Dense(n, softmax, use_bias=False) ] ]; 32x32 input, 100 -> 16 units."""
+    L = K.layers
+    base = K.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    body = K.Model(base.inputs, base.get_layer("out_relu").output, name="model1")
+    feat = K.Sequential([body, L.GlobalAveragePooling2D(name="global_average_pooling2d_GlobalAveragePooling2D1")],
+                        name="sequential_1")
+    head = K.Sequential([L.Dense(16, activation="relu", name="dense_Dense1"),
+                         L.Dense(3, activation="softmax", use_bias=False, name="dense_Dense2")], name="sequential_3")
+    return K.Sequential([K.Input((32, 32, 3)), feat, head], name="sequential_4")
+
+
+# --------------------------------------------------------------------------- sequences / speech / text
+
+
+def arch_mlstm_fcn(K):
+    """titu1994/MLSTM-FCN (via tf2onnx's test_mlstm_fcn): Masking -> LSTM(8) -> Dropout(0.8) in
+    parallel with Permute -> 3 x (Conv1D -> BN -> ReLU) with squeeze-excite, concat, softmax;
+    filters / 8."""
+    L = K.layers
+
+    def se(x):
+        f = x.shape[-1]
+        s = L.GlobalAveragePooling1D()(x)
+        s = L.Reshape((1, f))(s)
+        s = L.Dense(f // 16, activation="relu", kernel_initializer="he_normal", use_bias=False)(s)
+        s = L.Dense(f, activation="sigmoid", kernel_initializer="he_normal", use_bias=False)(s)
+        return L.multiply([x, s])
+
+    ip = L.Input((20, 5), name="input_1")
+    x = L.Masking()(ip)
+    x = L.LSTM(8)(x)
+    x = L.Dropout(0.8)(x)
+    y = L.Permute((2, 1))(ip)
+    for f, k, use_se in ((16, 8, True), (32, 5, True), (16, 3, False)):
+        y = L.Conv1D(f, k, padding="same", kernel_initializer="he_uniform")(y)
+        y = L.BatchNormalization()(y)
+        y = L.Activation("relu")(y)
+        if use_se:
+            y = se(y)
+    y = L.GlobalAveragePooling1D()(y)
+    x = L.concatenate([x, y])
+    out = L.Dense(10, activation="softmax")(x)
+    return K.Model(ip, out, name="mlstm_fcn")
+
+
+def arch_deep_speech2(K):
+    """rolczynski/Automatic-Speech-Recognition ``deepspeech2`` (via tf2onnx's test_deep_speech):
+    open time axis, expand_dims (the original's ``Lambda(K.expand_dims)``; here a raw op node), two
+    Conv2D (no bias) -> BN -> ReLU, Reshape, 2 x Bidirectional(GRU(reset_after=True)), TimeDistributed
+    Dense; units / 50."""
+    L = K.layers
+    o = ops(K)
+    inp = L.Input((None, 20), name="X")
+    x = o.expand_dims(inp, -1)
+    x = L.Conv2D(8, (11, 41), strides=(2, 2), padding="same", use_bias=False, name="conv_1")(x)
+    x = L.BatchNormalization(name="conv_1_bn")(x)
+    x = L.ReLU(name="conv_1_relu")(x)
+    x = L.Conv2D(8, (11, 21), strides=(1, 2), padding="same", use_bias=False, name="conv_2")(x)
+    x = L.BatchNormalization(name="conv_2_bn")(x)
+    x = L.ReLU(name="conv_2_relu")(x)
+    x = L.Reshape((-1, 20 // 4 * 8))(x)
+    for i in (1, 2):
+        rnn = L.GRU(16, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                    return_sequences=True, reset_after=True, name=f"gru_{i}")
+        x = L.Bidirectional(rnn, name=f"bidirectional{i}", merge_mode="concat")(x)
+        if i < 2:
+            x = L.Dropout(0.5)(x)
+    x = L.TimeDistributed(L.Dense(32), name="dense_1")(x)
+    x = L.ReLU(name="dense_1_relu")(x)
+    x = L.Dropout(0.5)(x)
+    out = L.TimeDistributed(L.Dense(10), name="dense_2")(x)
+    return K.Model(inp, out, name="DeepSpeech2")
+
+
+def arch_deep_speaker(K):
+    """philipperemy/deep-speaker ``DeepSpeakerModel`` (via tf2onnx's test_deep_speaker): conv(5x5, s2)
+    -> BN -> clipped ReLU + identity blocks per stage, Reshape((-1, C)), temporal mean, Dense
+    'affine', L2 normalisation. The original's clipped ReLU / mean / l2_normalize are Lambdas; here
+    they are raw op nodes (tf.minimum(tf.maximum(x, 0), 20), reduce_mean, l2_normalize). Open time
+    axis, 16 filterbanks, filters / 8, one identity block per stage."""
+    L = K.layers
+    o = ops(K)
+
+    def crelu(x):
+        return o.minimum(o.maximum(x, 0.0), 20.0)
+
+    def identity(x, f, stage, block):
+        base = f"res{stage}_{block}_branch"
+        y = L.Conv2D(f, 3, padding="same", kernel_regularizer=l2(K, 1e-4), name=base + "_2a")(x)
+        y = L.BatchNormalization(name=base + "_2a_bn")(y)
+        y = crelu(y)
+        y = L.Conv2D(f, 3, padding="same", kernel_regularizer=l2(K, 1e-4), name=base + "_2b")(y)
+        y = L.BatchNormalization(name=base + "_2b_bn")(y)
+        y = crelu(y)
+        return crelu(L.add([y, x]))
+
+    inp = L.Input((None, 16, 1), name="input")
+    x = inp
+    for stage, f in enumerate((8, 16, 32, 64), start=1):
+        x = L.Conv2D(f, 5, strides=2, padding="same", kernel_regularizer=l2(K, 1e-4), name=f"conv{f}-s")(x)
+        x = L.BatchNormalization(name=f"conv{f}-s_bn")(x)
+        x = crelu(x)
+        x = identity(x, f, stage, 0)
+    x = L.Reshape((-1, 64))(x)
+    x = o.mean(x, 1)
+    x = L.Dense(32, name="affine")(x)
+    x = o.l2norm(x, 1)
+    return K.Model(inp, x, name="ResCNN")
+
+
+def arch_crnn_ocr(K):
+    """faustomorales/keras-ocr ``build_model`` backbone (via tf2onnx's test_ocr, without the spatial
+    transformer): Permute((2, 1, 3)), width reversal ``x[:, :, ::-1]``, Conv -> BN blocks, Reshape,
+    forward/backward LSTM pairs (go_backwards) merged by Add and Concatenate, softmax, and
+    ``x[:, rnn_steps_to_discard:]``; 16x64 grey input, filters / 16."""
+    L = K.layers
+    inp = L.Input((16, 64, 1), name="input_1")
+    x = L.Permute((2, 1, 3))(inp)
+    x = x[:, :, ::-1]
+    x = L.Conv2D(4, 3, activation="relu", padding="same", name="conv_1")(x)
+    x = L.Conv2D(8, 3, activation="relu", padding="same", name="conv_2")(x)
+    x = L.Conv2D(8, 3, activation="relu", padding="same", name="conv_3")(x)
+    x = L.BatchNormalization(name="bn_3")(x)
+    x = L.MaxPooling2D(2, name="maxpool_3")(x)
+    x = L.Conv2D(8, 3, activation="relu", padding="same", name="conv_4")(x)
+    x = L.Conv2D(16, 3, activation="relu", padding="same", name="conv_5")(x)
+    x = L.BatchNormalization(name="bn_5")(x)
+    x = L.MaxPooling2D(2, name="maxpool_5")(x)
+    x = L.Conv2D(16, 3, activation="relu", padding="same", name="conv_6")(x)
+    x = L.Conv2D(16, 3, activation="relu", padding="same", name="conv_7")(x)
+    x = L.BatchNormalization(name="bn_7")(x)
+    x = L.Reshape((64 // 4, (16 // 4) * 16), name="reshape")(x)
+    x = L.Dense(16, activation="relu", name="fc_9")(x)
+    f1 = L.LSTM(8, kernel_initializer="he_normal", return_sequences=True, name="lstm_10")(x)
+    b1 = L.LSTM(8, kernel_initializer="he_normal", go_backwards=True, return_sequences=True, name="lstm_10_back")(x)
+    x = L.Add()([f1, b1])
+    f2 = L.LSTM(8, kernel_initializer="he_normal", return_sequences=True, name="lstm_11")(x)
+    b2 = L.LSTM(8, kernel_initializer="he_normal", go_backwards=True, return_sequences=True, name="lstm_11_back")(x)
+    x = L.Concatenate()([f2, b2])
+    x = L.Dropout(0.25, name="dropout")(x)
+    x = L.Dense(12, kernel_initializer="he_normal", activation="softmax", name="fc_12")(x)
+    x = x[:, 2:]
+    return K.Model(inp, x, name="crnn")
+
+
+def arch_lipnet(K):
+    """rizkiarm/LipNet ``LipNet.build``: 3 x (ZeroPadding3D -> Conv3D -> BN -> ReLU ->
+    SpatialDropout3D -> MaxPooling3D), TimeDistributed(Flatten), 2 x Bidirectional(GRU, Orthogonal
+    init, reset_after=False as in the Keras 2.0 original), Dense -> softmax; 8 frames of 16x32x3,
+    filters / 8, GRU 256 -> 8."""
+    L = K.layers
+    inp = L.Input((8, 16, 32, 3), name="the_input")
+    x = inp
+    for i, (f, k, s) in enumerate(((4, (3, 5, 5), (1, 2, 2)), (8, (3, 5, 5), (1, 1, 1)), (8, (3, 3, 3), (1, 1, 1))),
+                                  start=1):
+        pad = (1, 2, 2) if k[1] == 5 else (1, 1, 1)
+        x = L.ZeroPadding3D(padding=pad, name=f"zero{i}")(x)
+        x = L.Conv3D(f, k, strides=s, kernel_initializer="he_normal", name=f"conv{i}")(x)
+        x = L.BatchNormalization(name=f"batc{i}")(x)
+        x = L.Activation("relu", name=f"actv{i}")(x)
+        x = L.SpatialDropout3D(0.5)(x)
+        x = L.MaxPooling3D(pool_size=(1, 2, 2), strides=(1, 2, 2), name=f"max{i}")(x)
+    x = L.TimeDistributed(L.Flatten())(x)
+    for i in (1, 2):
+        x = L.Bidirectional(L.GRU(8, return_sequences=True, kernel_initializer="Orthogonal", reset_after=False,
+                                  name=f"gru{i}"), merge_mode="concat")(x)
+    x = L.Dense(12, kernel_initializer="he_normal", name="dense1")(x)
+    x = L.Activation("softmax", name="softmax")(x)
+    return K.Model(inp, x, name="lipnet")
+
+
+def arch_cnn_lstm_td(K):
+    """CNN-LSTM video classifier in the LRCN style of harvitronix/five-video-classification-methods
+    (``lrcn``: a Sequential of TimeDistributed Conv2D/MaxPooling2D, TimeDistributed(Flatten), LSTM)
+    with the TimeDistributed(BatchNormalization) after each TimeDistributed(Conv2D) that
+    maelfabien/Multimodal-Emotion-Recognition's time-distributed ConvNet uses; 6 frames of 32x32x3."""
+    L = K.layers
+    TD = L.TimeDistributed
+    return K.Sequential([
+        K.Input((6, 32, 32, 3)),
+        TD(L.Conv2D(8, (7, 7), strides=(2, 2), padding="same")),
+        TD(L.BatchNormalization()),
+        TD(L.Activation("relu")),
+        TD(L.Conv2D(8, (3, 3), kernel_initializer="he_normal")),
+        TD(L.BatchNormalization()),
+        TD(L.Activation("relu")),
+        TD(L.MaxPooling2D((2, 2), strides=(2, 2))),
+        TD(L.Conv2D(16, (3, 3), padding="same")),
+        TD(L.BatchNormalization()),
+        TD(L.Activation("relu")),
+        TD(L.MaxPooling2D((2, 2), strides=(2, 2))),
+        TD(L.Flatten()),
+        L.Dropout(0.5),
+        L.LSTM(16, return_sequences=False, dropout=0.5),
+        L.Dense(5, activation="softmax"),
+    ], name="lrcn")
+
+
+def arch_td_speech_emotion(K):
+    """maelfabien/Multimodal-Emotion-Recognition time-distributed ConvNet for speech emotion
+    (log-mel spectrogram windows): per window TimeDistributed Conv2D -> BN -> ELU -> MaxPooling2D
+    -> Dropout ("LFLB" blocks, named Conv_i/BatchNorm_i/...), TimeDistributed(Flatten), LSTM,
+    softmax. The number of windows is open (None); 16x16 windows, 2 blocks, filters / 8."""
+    L = K.layers
+    TD = L.TimeDistributed
+    inp = L.Input((None, 16, 16, 1), name="Input_MELSPECT")
+    y = inp
+    for i, f in ((1, 8), (2, 16)):
+        y = TD(L.Conv2D(f, (3, 3), strides=(1, 1), padding="same"), name=f"Conv_{i}")(y)
+        y = TD(L.BatchNormalization(), name=f"BatchNorm_{i}")(y)
+        y = TD(L.Activation("elu"), name=f"Activ_{i}")(y)
+        y = TD(L.MaxPooling2D(pool_size=(2, 2), strides=(2, 2), padding="same"), name=f"MaxPool_{i}")(y)
+        y = TD(L.Dropout(0.2), name=f"Drop_{i}")(y)
+    y = TD(L.Flatten(), name="Flat")(y)
+    y = L.LSTM(16, return_sequences=False, dropout=0.2, name="LSTM1")(y)
+    y = L.Dense(7, activation="softmax", name="FC")(y)
+    return K.Model(inp, y, name="td_speech_emotion")
+
+
+def arch_convlstm(K):
+    """keras-team/keras ``examples/conv_lstm.py`` (Keras 2): ConvLSTM2D -> BN stacks on an open
+    number of frames, Conv3D(sigmoid) head; ``recurrent_activation='hard_sigmoid'`` (the Keras 2
+    default, written explicitly so that the Keras 3 port keeps it); 40 -> 8 filters, 16x16 frames."""
+    L = K.layers
+    layers = [K.Input((None, 16, 16, 1))]
+    for _ in range(3):
+        layers += [L.ConvLSTM2D(filters=8, kernel_size=(3, 3), padding="same", return_sequences=True,
+                                recurrent_activation="hard_sigmoid"),
+                   L.BatchNormalization()]
+    layers.append(L.Conv3D(filters=1, kernel_size=(3, 3, 3), activation="sigmoid", padding="same",
+                           data_format="channels_last"))
+    return K.Sequential(layers, name="conv_lstm")
+
+
+def arch_bilstm_imdb(K):
+    """keras-team/keras ``examples/imdb_bidirectional_lstm.py``: Embedding -> Bidirectional(LSTM)
+    -> Dropout(0.5) -> Dense(sigmoid), with a BatchNormalization after the Bidirectional (added:
+    the example has none); vocabulary 2000, 16 dims, LSTM 8, sequences of 24."""
+    L = K.layers
+    return K.Sequential([
+        K.Input((24,), dtype="int32"),
+        L.Embedding(2000, 16),
+        L.Bidirectional(L.LSTM(8)),
+        L.BatchNormalization(),
+        L.Dropout(0.5),
+        L.Dense(1, activation="sigmoid"),
+    ], name="imdb_bilstm")
+
+
+def arch_embedding_cnn(K):
+    """keras-team/keras ``examples/imdb_cnn.py``: Embedding -> Dropout -> Conv1D(relu) ->
+    GlobalMaxPooling1D -> Dense -> Dropout -> ReLU -> Dense(sigmoid), with BatchNormalization after
+    the Conv1D and after the hidden Dense (added); vocabulary 2000, 16 dims, sequences of 40."""
+    L = K.layers
+    return K.Sequential([
+        K.Input((40,), dtype="int32"),
+        L.Embedding(2000, 16),
+        L.Dropout(0.2),
+        L.Conv1D(16, 3, padding="valid", activation="relu", strides=1),
+        L.BatchNormalization(),
+        L.GlobalMaxPooling1D(),
+        L.Dense(16),
+        L.BatchNormalization(),
+        L.Dropout(0.2),
+        L.Activation("relu"),
+        L.Dense(1),
+        L.Activation("sigmoid"),
+    ], name="imdb_cnn")
+
+
+def arch_masking_bn_seq(K):
+    """A masked sequence tagger in the style of MLSTM-FCN's Masking input and the Keras masking
+    guide: Masking(0.) -> LSTM(return_sequences) -> BatchNormalization called with the mask
+    (``mask=``, computed from the input with raw ops) -> TimeDistributed(Dense); 10 steps of 6
+    features, the last steps of each sample zeroed."""
+    L = K.layers
+    o = ops(K)
+    inp = L.Input((10, 6), name="features")
+    m = o.not_equal(o.sum(o.abs(inp), -1), 0.0)
+    x = L.Masking(0.0)(inp)
+    x = L.LSTM(8, return_sequences=True)(x)
+    x = L.BatchNormalization(name="bn_masked")(x, mask=m)
+    x = L.TimeDistributed(L.Dense(4))(x)
+    return K.Model(inp, x, name="masked_tagger")
+
+
+def arch_multi_io(K):
+    """The Keras functional-API guide's multi-input/multi-output ticket model (keras-io
+    ``guides/functional_api.py``): title/body token sequences (open length) -> Embedding -> LSTM,
+    tags vector; concatenated -> BatchNormalization (added) -> priority (Dense 1) and department
+    (Dense 4) heads."""
+    L = K.layers
+    title = L.Input((None,), name="title", dtype="int32")
+    body = L.Input((None,), name="body", dtype="int32")
+    tags = L.Input((12,), name="tags")
+    t = L.LSTM(16)(L.Embedding(1000, 16)(title))
+    b = L.LSTM(8)(L.Embedding(1000, 16)(body))
+    x = L.concatenate([t, b, tags])
+    x = L.BatchNormalization()(x)
+    priority = L.Dense(1, name="priority")(x)
+    department = L.Dense(4, name="department")(x)
+    return K.Model([title, body, tags], [priority, department], name="ticket_classifier")
+
+
+def arch_siamese(K):
+    """keras-io ``examples/vision/siamese_contrastive.py``: a shared embedding network (BN -> Conv
+    tanh -> AvgPool -> Conv tanh -> AvgPool -> Flatten -> BN -> Dense tanh) called on both inputs,
+    euclidean distance (the original's Lambda; here raw op nodes), BatchNormalization, Dense(sigmoid)."""
+    L = K.layers
+    o = ops(K)
+    e_in = L.Input((28, 28, 1))
+    x = L.BatchNormalization()(e_in)
+    x = L.Conv2D(4, (5, 5), activation="tanh")(x)
+    x = L.AveragePooling2D(pool_size=(2, 2))(x)
+    x = L.Conv2D(16, (5, 5), activation="tanh")(x)
+    x = L.AveragePooling2D(pool_size=(2, 2))(x)
+    x = L.Flatten()(x)
+    x = L.BatchNormalization()(x)
+    x = L.Dense(10, activation="tanh")(x)
+    embedding = K.Model(e_in, x, name="embedding")
+    in1 = L.Input((28, 28, 1), name="left")
+    in2 = L.Input((28, 28, 1), name="right")
+    t1, t2 = embedding(in1), embedding(in2)
+    d = o.sqrt(o.maximum(o.sum(o.square(t1 - t2), 1, keepdims=True), 1e-7))
+    d = L.BatchNormalization()(d)
+    out = L.Dense(1, activation="sigmoid")(d)
+    return K.Model([in1, in2], out, name="siamese")
+
+
+def arch_tfop_mix(K):
+    """Raw TensorFlow ops on Keras tensors, as tf.keras users write them (and as tf_keras records
+    them: TFOpLambda / SlicingOpLambda): ``x * 2.0``, ``tf.nn.relu6``, ``x + 3.0``, slicing
+    ``x[:, 1:]``, ``tf.concat``, ``tf.reduce_mean`` around Conv -> BN blocks; patterns from tf_keras
+    MobileNetV3 (hard-swish), keras-ocr (slicing) and deep-speaker (reductions)."""
+    L = K.layers
+    o = ops(K)
+    inp = L.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same")(inp)
+    x = L.BatchNormalization()(x)
+    x = x * 2.0
+    x = o.relu6(x + 3.0) * (1.0 / 6.0)
+    y = L.Conv2D(8, 3, padding="same")(x)
+    y = L.BatchNormalization()(y)
+    y = o.relu6(y)
+    z = o.concat([x[:, 1:], y[:, 1:]], axis=-1)
+    z = L.Conv2D(8, 1)(z)
+    z = L.BatchNormalization()(z)
+    z = o.mean(z, [1, 2])
+    out = L.Dense(4)(z)
+    return K.Model(inp, out, name="tfop_mix")
+
+
+# --------------------------------------------------------------------------- generative
+
+
+def arch_dcgan(K):
+    """eriklindernoren/Keras-GAN ``dcgan``: generator (Dense -> Reshape -> UpSampling2D -> Conv ->
+    BN(momentum=0.8) -> ReLU ...) and discriminator (Conv s2 -> LeakyReLU(alpha=0.2) -> Dropout ->
+    ZeroPadding2D -> BN(0.8) ...), each a Sequential wrapped in a Model, stacked as the frozen-
+    discriminator ``combined`` model that the script trains; filters / 8, latent 16, 28x28x1."""
+    L = K.layers
+    latent, shape = 16, (28, 28, 1)
+    g = K.Sequential([
+        K.Input((latent,)),
+        L.Dense(16 * 7 * 7, activation="relu"),
+        L.Reshape((7, 7, 16)),
+        L.UpSampling2D(),
+        L.Conv2D(16, kernel_size=3, padding="same"),
+        L.BatchNormalization(momentum=0.8),
+        L.Activation("relu"),
+        L.UpSampling2D(),
+        L.Conv2D(8, kernel_size=3, padding="same"),
+        L.BatchNormalization(momentum=0.8),
+        L.Activation("relu"),
+        L.Conv2D(1, kernel_size=3, padding="same"),
+        L.Activation("tanh"),
+    ], name="generator_seq")
+    noise = L.Input((latent,), name="noise")
+    generator = K.Model(noise, g(noise), name="generator")
+    d = K.Sequential([
+        K.Input(shape),
+        L.Conv2D(4, kernel_size=3, strides=2, padding="same"),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Conv2D(8, kernel_size=3, strides=2, padding="same"),
+        L.ZeroPadding2D(padding=((0, 1), (0, 1))),
+        L.BatchNormalization(momentum=0.8),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Conv2D(16, kernel_size=3, strides=2, padding="same"),
+        L.BatchNormalization(momentum=0.8),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Conv2D(32, kernel_size=3, strides=1, padding="same"),
+        L.BatchNormalization(momentum=0.8),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Flatten(),
+        L.Dense(1, activation="sigmoid"),
+    ], name="discriminator_seq")
+    img = L.Input(shape, name="img")
+    discriminator = K.Model(img, d(img), name="discriminator")
+    discriminator.trainable = False
+    z = L.Input((latent,), name="z")
+    return K.Model(z, discriminator(generator(z)), name="combined")
+
+
+def arch_acgan(K):
+    """eriklindernoren/Keras-GAN ``acgan``: generator conditioned by ``multiply([noise,
+    Flatten(Embedding(num_classes, latent)(label))])`` (BN(0.8) after Reshape and after each conv),
+    discriminator with two heads (validity, class softmax); combined model with two inputs (float
+    noise, int label) and two outputs; filters / 8, latent 16, 28x28x1, 10 classes."""
+    L = K.layers
+    latent, ncls, shape = 16, 10, (28, 28, 1)
+    gs = K.Sequential([
+        K.Input((latent,)),
+        L.Dense(16 * 7 * 7, activation="relu"),
+        L.Reshape((7, 7, 16)),
+        L.BatchNormalization(momentum=0.8),
+        L.UpSampling2D(),
+        L.Conv2D(16, kernel_size=3, padding="same"),
+        L.Activation("relu"),
+        L.BatchNormalization(momentum=0.8),
+        L.UpSampling2D(),
+        L.Conv2D(8, kernel_size=3, padding="same"),
+        L.Activation("relu"),
+        L.BatchNormalization(momentum=0.8),
+        L.Conv2D(1, kernel_size=3, padding="same"),
+        L.Activation("tanh"),
+    ], name="gen_seq")
+    noise = L.Input((latent,), name="noise")
+    label = L.Input((1,), dtype="int32", name="label")
+    emb = L.Flatten()(L.Embedding(ncls, latent)(label))
+    generator = K.Model([noise, label], gs(L.multiply([noise, emb])), name="generator")
+    ds = K.Sequential([
+        K.Input(shape),
+        L.Conv2D(2, kernel_size=3, strides=2, padding="same"),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Conv2D(4, kernel_size=3, strides=2, padding="same"),
+        L.ZeroPadding2D(padding=((0, 1), (0, 1))),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.BatchNormalization(momentum=0.8),
+        L.Conv2D(8, kernel_size=3, strides=2, padding="same"),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.BatchNormalization(momentum=0.8),
+        L.Conv2D(16, kernel_size=3, strides=1, padding="same"),
+        leaky(K, 0.2),
+        L.Dropout(0.25),
+        L.Flatten(),
+    ], name="disc_seq")
+    img = L.Input(shape, name="img")
+    feats = ds(img)
+    validity = L.Dense(1, activation="sigmoid")(feats)
+    cls = L.Dense(ncls, activation="softmax")(feats)
+    discriminator = K.Model(img, [validity, cls], name="discriminator")
+    discriminator.trainable = False
+    n2 = L.Input((latent,), name="z")
+    l2_ = L.Input((1,), dtype="int32", name="target_label")
+    valid, target = discriminator(generator([n2, l2_]))
+    return K.Model([n2, l2_], [valid, target], name="acgan_combined")
+
+
+def arch_pix2pix(K):
+    """eriklindernoren/Keras-GAN ``pix2pix`` U-Net generator: ``conv2d`` = Conv(4, s2) ->
+    LeakyReLU(alpha=0.2) -> BN(0.8) (no BN on the first), ``deconv2d`` = UpSampling2D -> Conv(4,
+    relu) -> [Dropout] -> BN(0.8) -> Concatenate(skip); 32x32x3, 5 levels, gf 64 -> 4."""
+    L = K.layers
+
+    def down(x, f, bn=True):
+        d = L.Conv2D(f, kernel_size=4, strides=2, padding="same")(x)
+        d = leaky(K, 0.2)(d)
+        if bn:
+            d = L.BatchNormalization(momentum=0.8)(d)
+        return d
+
+    def up(x, skip, f, dropout=0.0):
+        u = L.UpSampling2D(size=2)(x)
+        u = L.Conv2D(f, kernel_size=4, strides=1, padding="same", activation="relu")(u)
+        if dropout:
+            u = L.Dropout(dropout)(u)
+        u = L.BatchNormalization(momentum=0.8)(u)
+        return L.Concatenate()([u, skip])
+
+    d0 = L.Input((32, 32, 3), name="input_A")
+    gf = 4
+    d1 = down(d0, gf, bn=False)
+    d2 = down(d1, gf * 2)
+    d3 = down(d2, gf * 4)
+    d4 = down(d3, gf * 8)
+    d5 = down(d4, gf * 8)
+    u1 = up(d5, d4, gf * 8, 0.5)
+    u2 = up(u1, d3, gf * 4)
+    u3 = up(u2, d2, gf * 2)
+    u4 = up(u3, d1, gf)
+    u5 = L.UpSampling2D(size=2)(u4)
+    out = L.Conv2D(3, kernel_size=4, strides=1, padding="same", activation="tanh")(u5)
+    return K.Model(d0, out, name="pix2pix_generator")
+
+
+def arch_srgan(K):
+    """eriklindernoren/Keras-GAN ``srgan`` generator: Conv 9x9 -> ReLU, residual blocks (Conv ->
+    ReLU -> BN(0.8) -> Conv -> BN(0.8) -> Add), Conv -> BN(0.8) -> Add(long skip), 2 x (UpSampling2D
+    -> Conv -> ReLU), Conv 9x9 tanh; open spatial input (fully convolutional), 16 -> 2 residual
+    blocks, filters 64 -> 8."""
+    L = K.layers
+    gf = 8
+
+    def res(x):
+        d = L.Conv2D(gf, kernel_size=3, strides=1, padding="same")(x)
+        d = L.Activation("relu")(d)
+        d = L.BatchNormalization(momentum=0.8)(d)
+        d = L.Conv2D(gf, kernel_size=3, strides=1, padding="same")(d)
+        d = L.BatchNormalization(momentum=0.8)(d)
+        return L.Add()([d, x])
+
+    img = L.Input((None, None, 3), name="img_lr")
+    c1 = L.Conv2D(gf, kernel_size=9, strides=1, padding="same")(img)
+    c1 = L.Activation("relu")(c1)
+    r = c1
+    for _ in range(2):
+        r = res(r)
+    c2 = L.Conv2D(gf, kernel_size=3, strides=1, padding="same")(r)
+    c2 = L.BatchNormalization(momentum=0.8)(c2)
+    c2 = L.Add()([c2, c1])
+    u = c2
+    for _ in range(2):
+        u = L.UpSampling2D(size=2)(u)
+        u = L.Conv2D(16, kernel_size=3, strides=1, padding="same")(u)
+        u = L.Activation("relu")(u)
+    out = L.Conv2D(3, kernel_size=9, strides=1, padding="same", activation="tanh")(u)
+    return K.Model(img, out, name="srgan_generator")
+
+
+def arch_tf_dcgan_generator(K):
+    """tensorflow/docs ``tutorials/generative/dcgan.ipynb`` ``make_generator_model``: Dense (no bias)
+    -> BN -> LeakyReLU -> Reshape -> Conv2DTranspose (no bias) -> BN -> LeakyReLU ... -> tanh;
+    filters / 8, noise 100 -> 16."""
+    L = K.layers
+    return K.Sequential([
+        K.Input((16,)),
+        L.Dense(7 * 7 * 32, use_bias=False),
+        L.BatchNormalization(),
+        L.LeakyReLU(),
+        L.Reshape((7, 7, 32)),
+        L.Conv2DTranspose(16, (5, 5), strides=(1, 1), padding="same", use_bias=False),
+        L.BatchNormalization(),
+        L.LeakyReLU(),
+        L.Conv2DTranspose(8, (5, 5), strides=(2, 2), padding="same", use_bias=False),
+        L.BatchNormalization(),
+        L.LeakyReLU(),
+        L.Conv2DTranspose(1, (5, 5), strides=(2, 2), padding="same", use_bias=False, activation="tanh"),
+    ], name="tf_dcgan_generator")

@@ -1,0 +1,493 @@
+"""Reading is data only: hostile model files (``docs/hardening.md``, "Reading is data only").
+
+A model file must not make bnrewrite read another file (HDF5 external storage,
+external links, soft links, virtual datasets), take memory the file cannot
+justify (declared shapes, gzip and zip bombs, hard links multiplying one
+dataset), or block (FIFOs, devices). Each hostile file is a small real fixture
+(``fixtures/lone_bn.h5`` / ``.keras``) with the hostile part grafted in by h5py
+(``tests/hostile_files.py``). Every refusal must be an InputError with one clear
+line, no secret bytes anywhere, a bounded peak memory of the real HDF5 child
+process, and no hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hostile_files as hf
+from bnrewrite.errors import InputError
+from bnrewrite.io import h5, read_model
+from bnrewrite.io.safe_files import (
+    GiB, MiB, check_regular, memory_h5, model_weights_tree, read_zip_members, sniff, weights_limit,
+)
+
+#: every case must end well within this (a hang would be far longer)
+CASE_SECONDS = 30
+#: the HDF5 child's peak resident memory on a refused file (it starts at ~50 MiB)
+CHILD_RSS_KIB = 150 * 1024
+SECRET_TEXT = hf.SECRET.decode()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for var in ("BNREWRITE_MAX_WEIGHT_BYTES", "BNREWRITE_MAX_CONFIG_BYTES", "_BNREWRITE_CHILD_AS_BYTES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BNREWRITE_READ_TIMEOUT", "20")
+
+
+def refused(path, *needles, reader=read_model) -> str:
+    """``reader(path)`` raises InputError with one line naming ``path`` and every needle,
+    without the secret, quickly."""
+    t0 = time.perf_counter()
+    with pytest.raises(InputError) as ei:
+        reader(path)
+    msg = str(ei.value)
+    assert msg.strip() and "\n" not in msg.strip(), msg
+    assert str(path) in msg, msg
+    assert SECRET_TEXT not in msg and "Traceback" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+    assert time.perf_counter() - t0 < CASE_SECONDS
+    return msg
+
+
+def child_rss_kib() -> int:
+    return h5.last_child["maxrss_kib"]
+
+
+def raw_child_output(path: Path) -> bytes:
+    """stdout + stderr of the real HDF5 child (mode model) on ``path``, as bytes. Its stdin
+    stays open until it is done (EOF on stdin tells the child that its parent is gone)."""
+    script = Path(h5.__file__).with_name("h5_extract.py")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", h5._RUN, str(script), "model", str(path), str(weights_limit(path.stat().st_size)),
+         str(2 * GiB), str(os.getpid()), "20", str(16 * MiB)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(struct.pack("<Q", 0))
+        proc.stdin.flush()
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(CASE_SECONDS)
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    return out + err
+
+
+# --------------------------------------------------------------------------
+# other files: external storage, links, virtual datasets
+# --------------------------------------------------------------------------
+
+def test_external_storage_refused(tmp_path):
+    p = hf.external_storage(tmp_path)
+    refused(p, "'model_weights/bn/bn/gamma:0'", "external file", "reads no other file")
+
+
+@pytest.mark.parametrize("gen", [hf.external_link, hf.external_link_group], ids=["dataset", "group"])
+def test_external_link_refused(tmp_path, gen):
+    refused(gen(tmp_path), "external link", "reads no other file")
+
+
+@pytest.mark.parametrize("gen", [hf.soft_link, hf.soft_link_group, hf.soft_link_dangling],
+                         ids=["to_dataset_outside", "group", "dangling"])
+def test_soft_link_refused(tmp_path, gen):
+    """Soft links are refused wherever they point (tf.keras and Keras never write them)."""
+    refused(gen(tmp_path), "soft link", "follows no links")
+
+
+def test_virtual_dataset_refused(tmp_path):
+    refused(hf.virtual_dataset(tmp_path), "'model_weights/bn/bn/gamma:0'", "virtual dataset", "secret.h5")
+
+
+def test_absolute_weight_name_refused(tmp_path):
+    refused(hf.absolute_weight_name(tmp_path), "'/stash/secret'", "absolute path")
+
+
+@pytest.mark.parametrize("gen", [hf.external_storage, hf.external_link, hf.external_link_group, hf.soft_link,
+                                 hf.soft_link_group, hf.virtual_dataset, hf.absolute_weight_name,
+                                 hf.unlisted_dataset],
+                         ids=lambda g: g.__name__)
+def test_child_output_has_no_secret(tmp_path, gen):
+    """Whatever the child sends back (result or error) holds none of the other file's bytes."""
+    out = raw_child_output(gen(tmp_path))
+    assert out, "the child wrote nothing"
+    assert hf.SECRET not in out and hf.SECRET[:16] not in out
+
+
+def test_only_named_datasets_read(tmp_path):
+    """Datasets no layer names (another group, an extra member of the BN group) are not read."""
+    raw = h5._extract_isolated(hf.unlisted_dataset(tmp_path))
+    assert raw["error"] is None
+    assert set(raw["groups"]) == {"x", "bn"}
+    assert set(raw["groups"]["bn"]["data"]) == {f"bn/{w}" for w in hf.BN_WEIGHTS}
+    assert hf.SECRET not in pickle.dumps(raw)
+
+
+# --------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------
+
+def test_declared_1gb_refused(tmp_path):
+    """A 14 KB file declaring a 1 GiB dataset is refused from its declared size, not read."""
+    p = hf.declared_1gb(tmp_path)
+    assert p.stat().st_size < 64 * 1024
+    refused(p, "'model_weights/bn/bn/gamma:0'", "declares 1.0 GiB", "more data than", "BNREWRITE_MAX_WEIGHT_BYTES")
+    assert child_rss_kib() < CHILD_RSS_KIB
+
+
+def test_gzip_bomb_refused(tmp_path):
+    """1 GiB of compressed zeros in a ~1 MB file: refused before anything is decompressed."""
+    p = hf.gzip_bomb(tmp_path)
+    assert p.stat().st_size < 2 * MiB
+    refused(p, "declares 1.0 GiB", "more data than")
+    assert child_rss_kib() < CHILD_RSS_KIB
+
+
+def test_inflate_bomb_refused(tmp_path):
+    """A chunk declaring 512 KiB whose deflate stream inflates to 256 MiB (HDF5 would grow its
+    buffer to hold it): refused after inflating at most a few MiB."""
+    refused(hf.inflate_bomb(tmp_path), "chunk (0,)", "inflates to more than", "decompression bomb")
+    assert child_rss_kib() < CHILD_RSS_KIB
+
+
+def test_hard_links_refused(tmp_path):
+    """Four names (hard links) for one 40 MiB dataset: one fits the limit, four do not."""
+    refused(hf.hard_links(tmp_path), "read under 2 names", "more data than")
+    assert child_rss_kib() < CHILD_RSS_KIB  # refused before the first one was read
+
+
+def test_repeated_weight_names_refused(tmp_path):
+    refused(hf.repeated_weight_names(tmp_path), "'model_weights/bn/bn/gamma:0'", "names", "more data than")
+
+
+def test_hard_links_read_once(tmp_path):
+    """Within the limit, a dataset reached through several names is read once and shared."""
+    raw = h5._extract_isolated(hf.hard_links(tmp_path, each=4 * MiB, name="hard_links_small.h5"))
+    data = raw["groups"]["bn"]["data"]
+    assert len(data) == 4 and len({id(v) for v in data.values()}) == 1
+    assert raw["read_bytes"] == 4 * MiB and raw["declared_bytes"] >= 16 * MiB
+
+
+def test_memory_cap_in_child(tmp_path, monkeypatch):
+    """The child's RLIMIT_AS turns an allocation it cannot make into one clear line: here the
+    limit is raised to 2 GiB by env, so the 1 GiB dataset passes the size check, but the
+    child may only map 600 MB."""
+    monkeypatch.setenv("BNREWRITE_MAX_WEIGHT_BYTES", "2G")
+    monkeypatch.setenv("_BNREWRITE_CHILD_AS_BYTES", str(600 * 10**6))
+    refused(hf.declared_1gb(tmp_path), "declares more data than the reader may hold in memory",
+            "'model_weights/bn/bn/gamma:0'")
+    assert h5.last_child["returncode"] == 0 and child_rss_kib() < CHILD_RSS_KIB
+
+
+def test_weights_limit_rule(monkeypatch):
+    assert weights_limit(0) == 64 * MiB
+    assert weights_limit(MiB) == 96 * MiB
+    assert weights_limit(10 * GiB) == 4 * GiB  # hard cap
+    monkeypatch.setenv("BNREWRITE_MAX_WEIGHT_BYTES", "6G")
+    assert weights_limit(0) == 6 * GiB
+    monkeypatch.setenv("BNREWRITE_MAX_WEIGHT_BYTES", "lots")
+    with pytest.raises(InputError, match="BNREWRITE_MAX_WEIGHT_BYTES"):
+        weights_limit(0)
+
+
+def test_env_raises_limit(tmp_path, monkeypatch):
+    """BNREWRITE_MAX_WEIGHT_BYTES lets a legitimately large declaration through (here the
+    40 MiB dataset under four names)."""
+    monkeypatch.setenv("BNREWRITE_MAX_WEIGHT_BYTES", "256M")
+    raw = h5._extract_isolated(hf.hard_links(tmp_path))
+    assert raw["error"] is None and raw["read_bytes"] == 40 * MiB
+
+
+# --------------------------------------------------------------------------
+# .keras: model.weights.h5 under the same rules, zip members
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gen,needle", [
+    (hf.keras_external_storage, "external file"), (hf.keras_external_link, "external link"),
+    (hf.keras_soft_link, "soft link"), (hf.keras_virtual_dataset, "virtual dataset"),
+    (hf.keras_declared_1gb, "declares 1.0 GiB"), (hf.keras_group_loop, "reached twice"),
+], ids=lambda x: getattr(x, "__name__", "")[6:] or None)
+def test_keras_weights_refused(tmp_path, gen, needle):
+    msg = refused(gen(tmp_path), "model.weights.h5", needle)
+    assert "layers/batch_normalization" in msg
+    assert child_rss_kib() < CHILD_RSS_KIB
+
+
+def _self_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_zip_bomb_config_refused(tmp_path):
+    """A ~1 MB config.json that inflates to 1 GiB: refused from its declared size."""
+    p = hf.zip_bomb_config(tmp_path)
+    before = _self_rss_kib()
+    refused(p, "config.json", "declares 1.0 GiB", "BNREWRITE_MAX_CONFIG_BYTES")
+    assert _self_rss_kib() - before < 100 * 1024
+
+
+def test_zip_bomb_lying_header_refused(tmp_path):
+    """config.json declares 2 KiB but inflates to 1 GiB: at most the declared bytes are
+    inflated, and the CRC then fails."""
+    p = hf.zip_bomb_lying(tmp_path)
+    before = _self_rss_kib()
+    refused(p, "not a readable .keras archive", "config.json")
+    assert _self_rss_kib() - before < 100 * 1024
+
+
+def test_zip_bomb_weights_refused(tmp_path):
+    refused(hf.zip_bomb_weights(tmp_path), "model.weights.h5", "declares 1.0 GiB", "BNREWRITE_MAX_WEIGHT_BYTES")
+
+
+@pytest.mark.parametrize("gen,needle", [
+    (hf.zip_encrypted, "encrypted"), (hf.zip_odd_method, "compression method 99"), (hf.zip_duplicate, "twice"),
+], ids=["encrypted", "odd_method", "duplicate"])
+def test_zip_odd_members_refused(tmp_path, gen, needle):
+    refused(gen(tmp_path), "config.json", needle)
+
+
+def test_read_zip_members(tmp_path):
+    """Named members only, caps by declared size, required members, exact bytes back."""
+    p = tmp_path / "a.zip"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("small.json", b"{}")
+        z.writestr("big.txt", b" " * MiB)
+        z.writestr("other", b"not asked for")
+    assert read_zip_members(p, {"small.json": 10, "missing": 10}) == {"small.json": b"{}"}
+    assert read_zip_members(p, {"big.txt": MiB})["big.txt"] == b" " * MiB
+    with pytest.raises(InputError, match="declares 1.0 MiB uncompressed, more than the 64.0 KiB allowed"):
+        read_zip_members(p, {"big.txt": 64 * 1024})
+    with pytest.raises(InputError, match="has no missing"):
+        read_zip_members(p, {"missing": 10}, required=("missing",))
+
+
+# --------------------------------------------------------------------------
+# regular files only; format by content
+# --------------------------------------------------------------------------
+
+def test_dev_zero_symlink_refused(tmp_path):
+    p = hf.dev_zero_symlink(tmp_path)
+    refused(p, "character device", "not a regular file")
+    refused(p, "character device", reader=check_regular)
+
+
+def test_regular_symlink_reads(tmp_path):
+    mg = read_model(hf.regular_symlink(tmp_path))
+    assert mg.layer("bn").weights["gamma"].tolist() == [1.0]
+
+
+@contextmanager
+def fifo_unblocker(path: Path, after: float = 5.0):
+    """If the code under test blocks on the FIFO, open and close its writing end after
+    ``after`` s so the test fails instead of hanging. Yields a list that is non-empty if it had to."""
+    stop, fired = threading.Event(), []
+
+    def run():
+        if stop.wait(after):
+            return
+        while not stop.is_set():
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                fired.append(True)
+            except OSError:
+                pass
+            stop.wait(0.1)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield fired
+    finally:
+        stop.set()
+        t.join(2)
+
+
+def test_fifo_refused(tmp_path):
+    p = hf.fifo(tmp_path)
+    with fifo_unblocker(p) as fired:
+        t0 = time.perf_counter()
+        refused(p, "FIFO", "not a regular file")
+        refused(p, "FIFO", reader=sniff)
+        assert time.perf_counter() - t0 < 2 and not fired
+
+
+def test_h5_named_keras_reads_as_h5(tmp_path):
+    """An HDF5 model saved as ``x.keras`` is read as HDF5 (content, not suffix)."""
+    p = hf.h5_named_keras(tmp_path)
+    assert sniff(p) == "hdf5"
+    mg = read_model(p)
+    assert mg.source["format"] == "h5" and mg.layer("bn").weights["moving_variance"].tolist() == [1.0]
+
+
+def test_keras_named_h5_reads_as_keras(tmp_path):
+    p = hf.keras_named_h5(tmp_path)
+    assert sniff(p) == "zip"
+    mg = read_model(p)
+    assert mg.source["format"] == "keras" and mg.layer("bn").weights["gamma"].tolist() == [1.0]
+
+
+def test_userblock_h5_sniffed(tmp_path):
+    p = hf.userblock_h5(tmp_path)
+    assert p.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n" and sniff(p) == "hdf5"
+    assert read_model(p).layer("bn").weights["gamma"].tolist() == [1.0]
+
+
+def test_saved_model_folder_refused(tmp_path):
+    p = hf.saved_model_dir(tmp_path)
+    assert sniff(p) == "savedmodel"
+    refused(p, "SavedModel folders are not supported yet")
+
+
+def test_unknown_content_refused(tmp_path):
+    refused(hf.unknown_content(tmp_path), "not a Keras model file", "08 01 12 0b", "HDF5")
+
+
+# --------------------------------------------------------------------------
+# the child process
+# --------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+        return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+def test_child_dies_with_parent(tmp_path):
+    """A bnrewrite killed while its HDF5 child hangs (a file on which HDF5 loops forever)
+    does not leave the child behind."""
+    data = bytearray((hf.FIXTURES / "training_true.h5").read_bytes())
+    data[8752] ^= 16  # the fuzzer's known endless loop in HDF5
+    hang = tmp_path / "hang.h5"
+    hang.write_bytes(bytes(data))
+    code = (f"import sys; sys.path.insert(0, {str(hf.ROOT)!r}); from pathlib import Path; "
+            f"from bnrewrite.io import h5; h5._extract_isolated(Path({str(hang)!r}))")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, BNREWRITE_READ_TIMEOUT="300"))
+    try:
+        deadline, kids = time.time() + 15, []
+        while not kids and time.time() < deadline:
+            time.sleep(0.1)
+            kids = _children(parent.pid)
+        assert kids, "the reader started no child"
+        time.sleep(1.0)  # the child is inside HDF5 now
+        assert _alive(kids[0])
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 5
+        while _alive(kids[0]) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(kids[0]), "the HDF5 child outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+# --------------------------------------------------------------------------
+# vetted trees for the frameworks' own loaders
+# --------------------------------------------------------------------------
+
+def test_memory_h5_holds_only_the_tree(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree = {"groups": {"": {"a": "x"}, "g": {"names": ["p", "q"]}},
+            "datasets": {"g/h/d": {"data": np.arange(6, dtype="f4").reshape(2, 3), "attrs": {"dtype": "float32"}}}}
+    with memory_h5(tree) as f:
+        assert f.attrs["a"] == "x" and list(f["g"].attrs["names"]) == ["p", "q"]
+        assert f["g/h/d"][()].tolist() == [[0, 1, 2], [3, 4, 5]] and f["g/h/d"].attrs["dtype"] == "float32"
+        assert not f["g/h/d"].external and not f["g/h/d"].is_virtual
+    assert list(tmp_path.iterdir()) == []  # nothing written to disk
+
+
+def test_model_weights_tree_loads_in_tf_keras():
+    """tf_keras's own order-based loader reads the vetted tree like the original file."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from tf_keras.src.saving.legacy import hdf5_format
+
+    src = hf.FIXTURES / "multi_io.h5"
+    raw = h5._extract_isolated(src)
+    model = tf_keras.models.model_from_config(json.loads(raw["attrs"]["model_config"]))
+    with memory_h5(model_weights_tree(raw)) as f:
+        hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    ref = tf_keras.models.load_model(src, compile=False)
+    assert all(np.array_equal(a, b) for a, b in zip(ref.get_weights(), model.get_weights()))
+
+
+def test_build_original_matches_keras_load_model():
+    """build_original (Keras's deserializer in safe mode + its own state loader over the vetted
+    tree) gives the same weights as keras.saving.load_model on the trusted fixture."""
+    import keras
+
+    from bnrewrite.io.keras_zip import build_original
+
+    src = hf.FIXTURES / "multi_io.keras"
+    members = read_zip_members(src, {"config.json": MiB, "model.weights.h5": 64 * MiB})
+    raw = h5._extract_isolated(src, "weights", data=members["model.weights.h5"], member="model.weights.h5")
+    model = build_original(json.loads(members["config.json"]), raw["tree"])
+    ref = keras.saving.load_model(src, compile=False)
+    assert len(ref.weights) == len(model.weights) == 22
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(ref.weights, model.weights))
+
+
+def test_build_original_safe_mode():
+    """A Lambda with bytecode in the config is refused by Keras's safe mode (InputError)."""
+    from bnrewrite.io.keras_zip import build_original
+
+    with zipfile.ZipFile(hf.LONE_KERAS) as z:
+        config = json.loads(z.read("config.json"))
+    config["config"]["layers"].append({
+        "module": "keras.layers", "class_name": "Lambda", "registered_name": None, "name": "lam",
+        "config": {"name": "lam", "function": {"class_name": "__lambda__", "config": {
+            "code": "4wEAAAAAAAAAAAAAAAEAAAACAAAAQwAAAHMIAAAAfABkARQAUwApAk7pAgAAAKkAKQHaAXhyAgAAAHICAAAA+gE8ZT4B",
+            "defaults": None, "closure": None}}},
+        "inbound_nodes": []})
+    with pytest.raises(InputError, match="could not rebuild the model"):
+        build_original(config, {"groups": {}, "datasets": {}})
+
+
+def test_build_original_weight_mismatch():
+    """Weights Keras cannot load (a missing variable) are one clear line, not Keras's
+    multi-line message."""
+    from bnrewrite.io.keras_zip import build_original
+
+    with zipfile.ZipFile(hf.LONE_KERAS) as z:
+        config = json.loads(z.read("config.json"))
+    tree = {"groups": {"": {}, "layers": {}, "layers/batch_normalization": {}, "layers/batch_normalization/vars": {}},
+            "datasets": {"layers/batch_normalization/vars/0": {"data": np.ones(1, "f4"), "attrs": {}}}}
+    with pytest.raises(InputError, match="could not load the archive's weights") as ei:
+        build_original(config, tree)
+    assert "\n" not in str(ei.value)
