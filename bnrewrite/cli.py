@@ -75,7 +75,7 @@ def _fail(e: BaseException, code: int) -> None:
     # The first line of a framework's multi-line message; only a real newline ends it: a CR or
     # other control character inside a file-controlled name stays, escaped by clean().
     msg = text.split("\n", 1)[0].rstrip("\r") if text else type(e).__name__
-    click.echo(f"bnrewrite: error: {clean(msg, ERROR_LIMIT)}", err=True)
+    click.echo(f"bnrewrite: error: {clean(msg, ERROR_LIMIT, tail=300)}", err=True)
     sys.exit(code)
 
 

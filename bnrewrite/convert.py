@@ -197,6 +197,14 @@ def convert(
     """
     src, dst = Path(src), Path(dst)
     say = progress or (lambda msg: None)
+    if input_shapes is not None:
+        from .verify import parse_input_shapes
+
+        pairs = input_shapes.items() if isinstance(input_shapes, dict) else None
+        if pairs is None and all(isinstance(i, str) for i in input_shapes):  # the CLI's NAME:D1,D2 items
+            input_shapes = parse_input_shapes(input_shapes)
+        else:
+            input_shapes = {str(k): [int(d) for d in v] for k, v in (pairs or input_shapes)}
     rep = ConvertReport()
     t0 = time.perf_counter()
     scope = contextlib.ExitStack()

@@ -24,7 +24,6 @@ with calibration the re-estimated statistics are put into its BN layers
 from __future__ import annotations
 
 import copy
-import io
 import json
 
 import numpy as np
@@ -129,37 +128,9 @@ def _keras3_h5(config, weights, custom_objects, unsafe):
 def _model_weights_h5(original: Original):
     """An in-memory HDF5 file holding the vetted ``model_weights`` group, laid out as in
     the original file, for the framework's own loader."""
-    import h5py
+    from .io.safe_files import memory_h5, model_weights_tree
 
-    raw = original.weights
-    attrs = raw.get("attrs", {})
-    groups = raw.get("groups", {})
-    cfg = original.config.get("config")
-    config_layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers", [])
-    names = raw.get("layer_names") or attrs.get("layer_names") or [
-        lc.get("name") or (lc.get("config") or {}).get("name") for lc in config_layers
-    ]
-    f = h5py.File(io.BytesIO(), "w")
-    mw = f.create_group("model_weights")
-    mw.attrs["layer_names"] = [_b(n) for n in names]
-    for key in ("keras_version", "backend"):
-        if key in attrs:
-            mw.attrs[key] = _b(attrs[key])
-    for name in names:
-        g = mw.create_group(name)
-        grp = groups.get(name) or {}
-        wn = grp.get("weight_names", [])
-        g.attrs["weight_names"] = [_b(n) for n in wn]
-        for n in wn:
-            value = grp["data"][n]
-            if isinstance(value, str):
-                raise NoReference(f"weight {name}/{n} is unreadable")
-            g.create_dataset(n, data=np.asarray(value))
-    return f
-
-
-def _b(s) -> bytes:
-    return s if isinstance(s, bytes) else str(s).encode("utf-8")
+    return memory_h5(model_weights_tree(original.weights, original.path))
 
 
 def set_statistics(model, stats: dict) -> None:

@@ -272,6 +272,7 @@ def onnx_runner(path):
     """``(run, output names)`` for an ONNX file in onnxruntime, or raise with the reason."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # its deprecation warnings are not ours to print
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -329,6 +329,15 @@ def test_fifo_refused(tmp_path):
         assert time.perf_counter() - t0 < 2 and not fired
 
 
+def test_socket_refused(tmp_path):
+    import socket
+
+    p = tmp_path / "model.keras"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(p))
+        refused(p, "is a socket", "not a regular file")
+
+
 def test_h5_named_keras_reads_as_h5(tmp_path):
     """An HDF5 model saved as ``x.keras`` is read as HDF5 (content, not suffix)."""
     p = hf.h5_named_keras(tmp_path)

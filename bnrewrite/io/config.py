@@ -394,7 +394,7 @@ def _layer_list(model_config: dict):
 def _lname(lc: dict) -> str:
     name = (lc.get("name") or (lc.get("config") or {}).get("name")) if isinstance(lc, dict) else None
     if not isinstance(name, str) or not name:
-        raise InputError("a layer in the model config has no name")
+        raise KeyError("a layer has no name")  # the reader reports it as a malformed config
     return name
 
 

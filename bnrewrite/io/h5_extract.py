@@ -589,7 +589,7 @@ def _harden(as_bytes: int, parent: int, timeout: float):
             pass
     if parent and os.getppid() != parent:
         os._exit(70)  # the parent died before PR_SET_PDEATHSIG was in place
-    if timeout > 0 and hasattr(signal, "alarm"):
+    if 0 < timeout < 1e8 and hasattr(signal, "alarm"):
         signal.alarm(int(timeout) + 10)  # SIGALRM's default action ends the process, even inside HDF5
 
 
@@ -622,19 +622,23 @@ def _watch_parent():
 
 
 def main(argv: list[str]) -> dict:
-    if len(argv) == 2:  # python h5_extract.py PATH
-        return extract(argv[1])
+    if len(argv) == 2:  # python h5_extract.py PATH: mode model, no limits (debugging)
+        return _run(lambda: extract(argv[1]))
     mode, source, limit, as_bytes, parent, timeout, config_cap = argv[1:8]
     _harden(int(as_bytes), int(parent), float(timeout))
     n = struct.unpack("<Q", _read_exact(0, 8))[0]
     image = _read_exact(0, n) if n else None
     _watch_parent()
+    if mode == "model":
+        return _run(lambda: extract(source, int(limit), int(config_cap)))
+    if mode == "weights":
+        return _run(lambda: extract_weights(image, int(limit), int(config_cap)))
+    return {"error": f"damaged: unknown mode {mode!r}"}
+
+
+def _run(read) -> dict:
     try:
-        if mode == "model":
-            return extract(source, int(limit), int(config_cap))
-        if mode == "weights":
-            return extract_weights(image, int(limit), int(config_cap))
-        return {"error": f"damaged: unknown mode {mode!r}"}
+        return read()
     except Refused as e:
         return {"error": f"refused: {e}"}
     except OverMemory as e:

@@ -21,6 +21,7 @@ untrusted data, so it is never handed to ``keras.saving.load_model``:
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -110,7 +111,7 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
     import keras  # noqa: F401 - registers Keras's objects
     from keras.src.saving import saving_lib, serialization_lib
 
-    cfg = dict(config)
+    cfg = copy.deepcopy(config)  # Keras's deserializer may edit what it is given
     cfg["compile_config"] = None  # load_model(compile=False)
     try:
         with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():

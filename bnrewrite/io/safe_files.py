@@ -149,6 +149,7 @@ def open_regular(path):
     Opened with ``O_NONBLOCK`` (opening a FIFO does not wait for a writer) and checked
     with ``fstat`` on the open descriptor, so what is read is what was checked.
     """
+    check_regular(path)  # a socket cannot even be opened: say what it is
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)

@@ -61,6 +61,11 @@ _NEW_KEYS = {
 }
 
 
+#: values a newer config key may be dropped with (what older Keras did without the key)
+_IMPLICIT = {"groups": (1,), "keepdims": (False,), "time_major": (False,), "ragged": (False,),
+             "optional": (False,)}
+
+
 class _Rewriter:
     def __init__(self, s: dict, bn_ranks: dict):
         self.s = s
@@ -92,10 +97,13 @@ class _Rewriter:
     def layer(self, entry: dict, first_in_sequential: bool = False) -> dict:
         cls = entry["class_name"]
         cfg = dict(entry.get("config") or {})
-        for k in _NEW_KEYS["*"] + _NEW_KEYS.get(cls, ()):
+        for k in _NEW_KEYS["*"]:
             cfg.pop(k, None)
-        if cls == "Conv2D" or cls == "Conv1D" or cls == "Conv3D":
-            cfg.pop("groups", None)
+        for k in _NEW_KEYS.get(cls, ()):
+            # only drop a newer key while it holds its old implicit value (keepdims=True, groups > 1
+            # have no older spelling: they stay, and the file is then not purely of its era)
+            if k in cfg and cfg[k] in _IMPLICIT.get(k, (None,)):
+                cfg.pop(k)
         for k, v in list(cfg.items()):
             if k.endswith("_initializer"):
                 cfg[k] = self.initializer(v)

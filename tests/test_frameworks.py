@@ -1,0 +1,351 @@
+"""Each model rebuilt by the framework that wrote it, verified against the original file.
+
+Every model here is written by tf_keras (Keras 2) -- some then rewritten into the
+config dialects of older writers (Keras 2.1 list-form Sequential, tf.keras 1.x
+initializers with ``dtype``, wrappers without ``module``) -- with randomized BN
+statistics. The reference is always tf_keras's own ``load_model`` of the file the
+test wrote (a trusted fixture) run in inference mode, never bnrewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import bnrewrite
+from conftest import assert_close
+
+
+# ---------------------------------------------------------------- building test files
+def _rand_bn(model, seed=0):
+    import tf_keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.submodules if hasattr(model, "submodules") else model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization) and layer.weights:
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.5, b.shape),
+                               rng.normal(0, 0.5, m.shape), rng.uniform(0.5, 2.0, v.shape)])
+
+
+def _rewrite_config(path, fn, version=None):
+    """Rewrite a saved ``.h5``'s model_config (older writers' dialects)."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        f.attrs["model_config"] = json.dumps(fn(cfg)).encode()
+        if version:
+            f.attrs["keras_version"] = version.encode()
+
+
+def _strip_modules(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_modules(v) for k, v in obj.items() if k not in ("module", "registered_name")}
+    if isinstance(obj, list):
+        return [_strip_modules(v) for v in obj]
+    return obj
+
+
+def _add_initializer_dtype(obj):
+    if isinstance(obj, dict):
+        out = {k: _add_initializer_dtype(v) for k, v in obj.items()}
+        for k, v in out.items():
+            if k.endswith("_initializer") and isinstance(v, dict) and isinstance(v.get("config"), dict):
+                v["config"]["dtype"] = "float32"
+        return out
+    if isinstance(obj, list):
+        return [_add_initializer_dtype(v) for v in obj]
+    return obj
+
+
+def _build(name, folder):
+    import tensorflow as tf
+    import tf_keras as K
+
+    L = K.layers
+    tf_keras_seed = {"seed": 0}
+    K.utils.set_random_seed(tf_keras_seed["seed"])
+    path = folder / f"{name}.h5"
+    if name == "sequential_k21":  # Keras 2.1: Sequential config is the plain list of layers
+        m = K.Sequential([L.Dense(8, input_shape=(6,)), L.BatchNormalization(), L.Activation("relu"),
+                          L.Dense(3), L.BatchNormalization(axis=[1])])
+        _rand_bn(m)
+        m.save(path)
+        _rewrite_config(path, lambda c: _strip_modules(c["config"]["layers"]) and
+                        {"class_name": "Sequential", "config": _strip_modules(c["config"]["layers"])}, "2.1.6")
+    elif name == "tf1_dtype_init":  # tf.keras 1.x: initializers carry dtype, wrappers no module
+        i = K.Input((4, 10, 10, 3))
+        x = L.TimeDistributed(L.Conv2D(4, 3))(i)
+        x = L.TimeDistributed(L.BatchNormalization())(x)
+        x = L.TimeDistributed(L.GlobalAveragePooling2D())(x)
+        x = L.LSTM(5)(x)
+        m = K.Model(i, x)
+        _rand_bn(m)
+        m.save(path)
+        _rewrite_config(path, lambda c: _add_initializer_dtype(_strip_modules(c)), "2.2.4-tf")
+    elif name == "leaky_separable":  # LeakyReLU(alpha), SeparableConv2D + BN, tf.* op layers
+        i = K.Input((12, 12, 3))
+        x = L.SeparableConv2D(8, 3, padding="same", use_bias=False)(i)
+        x = L.BatchNormalization(name="bn_sep")(x)
+        x = L.LeakyReLU(alpha=0.2)(x)
+        x = x * 2.0 + 1.0
+        x = tf.nn.relu6(x)[:, 1:, :, :]
+        x = L.GlobalAveragePooling2D()(x)
+        m = K.Model(i, x)
+        _rand_bn(m)
+        m.save(path)
+    elif name == "hard_sigmoid_lstm":  # tf.keras hard_sigmoid: no Keras 3 equivalent
+        i = K.Input((6,), dtype="int32")
+        x = L.Embedding(40, 8)(i)
+        x = L.BatchNormalization()(x)
+        x = L.LSTM(5, recurrent_activation="hard_sigmoid")(x)
+        m = K.Model(i, x)
+        _rand_bn(m)
+        m.save(path)
+    elif name == "td_chain_mask":  # consecutive TimeDistributed with reshapes; BN called with a mask
+        i = K.Input((5, 12, 12, 3))
+        x = L.TimeDistributed(L.Conv2D(4, 3))(i)
+        x = L.TimeDistributed(L.BatchNormalization())(x)
+        x = L.TimeDistributed(L.MaxPooling2D())(x)
+        x = L.TimeDistributed(L.Flatten())(x)
+        s = K.Input((7, 3))
+        y = L.Masking()(s)
+        y = L.Dense(4)(y)
+        y = L.BatchNormalization()(y)
+        y = L.LSTM(3)(y)
+        x = L.LSTM(4)(x)
+        m = K.Model([i, s], L.Concatenate()([x, y]))
+        _rand_bn(m)
+        m.save(path)
+    elif name == "unet_open":  # open spatial size that needs a multiple of 4
+        u = K.Input((None, None, 3))
+        a = L.Conv2D(4, 3, padding="same")(u)
+        a = L.BatchNormalization()(a)
+        b = L.MaxPooling2D()(a)
+        b = L.Conv2D(8, 3, padding="same")(b)
+        c = L.MaxPooling2D()(b)
+        c = L.UpSampling2D()(c)
+        c = L.Concatenate()([c, b])
+        c = L.UpSampling2D()(c)
+        c = L.Concatenate()([c, a])
+        m = K.Model(u, L.Conv2D(2, 1)(c))
+        _rand_bn(m)
+        m.save(path)
+    else:  # pragma: no cover
+        raise KeyError(name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def legacy_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("legacy")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _build(name, folder)
+        return cache[name]
+
+    return get
+
+
+def _reference(path, xs):
+    """tf_keras's own reading of the file, in inference mode."""
+    import tf_keras
+
+    model = tf_keras.models.load_model(path, compile=False)
+    ys = model(xs if len(xs) > 1 else xs[0], training=False)
+    return [np.asarray(y) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
+
+
+def _inputs(path, sizes=None, seed=3):
+    import tf_keras
+
+    model = tf_keras.models.load_model(path, compile=False)
+    rng = np.random.default_rng(seed)
+    xs = []
+    for t in model.inputs:
+        shape = [2] + [d if d is not None else (sizes or 16) for d in t.shape[1:]]
+        if t.dtype.is_integer:
+            xs.append(rng.integers(0, 40, size=shape).astype(t.dtype.as_numpy_dtype))
+        else:
+            xs.append(rng.standard_normal(shape).astype("float32"))
+    return xs
+
+
+def _onnx(path, xs):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
+
+
+def _keras3(path, xs):
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    ys = model(xs, training=False)
+    return [np.asarray(y) for y in keras.tree.flatten(ys)]
+
+
+@pytest.fixture(scope="session")
+def converted(legacy_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    cache = {}
+
+    def get(name, fmt, **options):
+        key = (name, fmt, tuple(sorted(options.items())))
+        if key not in cache:
+            dst = out / f"{name}.{len(cache)}.{fmt}"
+            cache[key] = (bnrewrite.convert(legacy_files(name), dst, **options), dst)
+        return cache[key]
+
+    return get
+
+
+# ---------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", ["sequential_k21", "tf1_dtype_init", "leaky_separable", "td_chain_mask"])
+@pytest.mark.parametrize("fmt", ["onnx", "keras"])
+def test_legacy_dialects_match_tf_keras(legacy_files, converted, name, fmt):
+    """Older writers' dialects are read as tf_keras reads them; .onnx (rebuilt by tf_keras)
+    and .keras (migrated to Keras 3) both match tf_keras on the original file."""
+    rep, dst = converted(name, fmt)
+    assert rep.verification["ok"] and rep.verification["no_reference"] is None, rep.verification
+    assert rep.verification["reference"].startswith("tf_keras")
+    assert rep.output["framework"] == ("tf_keras" if fmt == "onnx" else "keras")
+    xs = _inputs(legacy_files(name))
+    got = _onnx(dst, xs) if fmt == "onnx" else _keras3(dst, xs)
+    for g, w in zip(got, _reference(legacy_files(name), xs)):
+        assert_close(g, w, f"{name} {fmt}")
+
+
+def test_leaky_relu_alpha_survives_migration(legacy_files, converted):
+    """LeakyReLU(alpha=0.2) keeps its slope in Keras 3 (it used to become 0.3, silently)."""
+    import keras
+
+    rep, dst = converted("leaky_separable", "keras")
+    model = keras.saving.load_model(dst, compile=False)
+    leaky = [l for l in model.layers if isinstance(l, keras.layers.LeakyReLU)]
+    assert leaky and all(abs(l.negative_slope - 0.2) < 1e-7 for l in leaky)
+    assert any("negative_slope" in n for n in rep.migration)
+
+
+def test_separable_conv_bn_folds_into_pointwise(converted):
+    rep, dst = converted("leaky_separable", "onnx")
+    fold = next(p for p in rep.passes if p["name"] == "fold_bn")
+    assert fold["changed"] == ["bn_sep"], fold
+    assert "BatchNormalization" not in rep.output["ops"]
+
+
+def test_old_hard_sigmoid_refused_for_keras_but_exact_for_onnx(legacy_files, converted, tmp_path):
+    rep, dst = converted("hard_sigmoid_lstm", "onnx")
+    xs = _inputs(legacy_files("hard_sigmoid_lstm"))
+    assert_close(_onnx(dst, xs)[0], _reference(legacy_files("hard_sigmoid_lstm"), xs)[0], "hard_sigmoid onnx")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=r"hard_sigmoid.*write \.onnx or \.h5"):
+        bnrewrite.convert(legacy_files("hard_sigmoid_lstm"), tmp_path / "out.keras")
+    assert not (tmp_path / "out.keras").exists()
+
+
+def test_consecutive_timedistributed_unwrap_and_bn_with_mask(converted):
+    rep, _ = converted("td_chain_mask", "onnx")
+    unwrap = next(p for p in rep.passes if p["name"] == "unwrap_timedistributed")
+    assert len(unwrap["changed"]) == 4 and unwrap["skipped"] == [], unwrap
+    fold = next(p for p in rep.passes if p["name"] == "fold_bn")
+    assert len(fold["changed"]) == 2, fold  # the TD(BN) after TD(Conv2D), and the BN after Dense
+
+
+def test_open_dimensions_take_sizes_the_model_accepts(legacy_files, converted):
+    rep, _ = converted("unet_open", "onnx")
+    ((name, shape),) = rep.verification["input_shapes"].items()
+    assert shape[0] % 4 == 0 and shape[0] >= 16, shape
+    rep, _ = converted("unet_open", "onnx", input_shapes=((name, (40, 48, 3)),))
+    assert rep.verification["input_shapes"] == {name: [40, 48, 3]}
+
+
+def test_bad_input_shape_is_a_clear_error(legacy_files, tmp_path):
+    mg = bnrewrite.load(legacy_files("unet_open"))
+    name = mg.layer(mg.inputs[0]).name
+    with pytest.raises(bnrewrite.InputError, match="does not fit"):
+        bnrewrite.convert(legacy_files("unet_open"), tmp_path / "o.onnx", input_shapes={name: [8, 3]})
+    with pytest.raises(bnrewrite.InputError, match="model's inputs are"):
+        bnrewrite.convert(legacy_files("unet_open"), tmp_path / "o.onnx", input_shapes={"nope": [8, 8, 3]})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_wrong_migration_is_caught_against_the_original(legacy_files, tmp_path, monkeypatch):
+    """If the migration lost LeakyReLU's alpha (as the old translation did), verification
+    against tf_keras's reading of the original fails: exit 3, nothing written."""
+    from bnrewrite.build import migrate as mig
+
+    real = mig.migrate_layer
+
+    def lossy(class_name, config, *a, **k):
+        if class_name == "LeakyReLU":
+            config = {k2: v for k2, v in config.items() if k2 != "alpha"}
+        return real(class_name, config, *a, **k)
+
+    monkeypatch.setattr(mig, "migrate_layer", lossy)
+    with pytest.raises(bnrewrite.VerificationError, match="differs from the original model"):
+        bnrewrite.convert(legacy_files("leaky_separable"), tmp_path / "o.keras")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bn_subclass_counts_as_bn(tmp_path):
+    """A user class subclassing BatchNormalization (Mask R-CNN's ``BatchNorm``) is a BN for
+    every pass: folded, and verified against tf_keras with the same class."""
+    import tf_keras as K
+
+    class BatchNorm(K.layers.BatchNormalization):
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=training)
+
+    i = K.Input((8, 8, 3))
+    x = K.layers.Conv2D(4, 3)(i)
+    x = BatchNorm(axis=[3], name="bn_sub")(x, training=False)
+    m = K.Model(i, K.layers.Activation("relu")(x))
+    _rand_bn(m)
+    path = tmp_path / "sub.h5"
+    m.save(path)
+    objects = {"BatchNorm": BatchNorm}
+    rep = bnrewrite.convert(path, tmp_path / "sub.onnx", custom_objects=objects)
+    fold = next(p for p in rep.passes if p["name"] == "fold_bn")
+    assert fold["changed"] == ["bn_sub"], fold
+    assert rep.verification["ok"] and rep.verification["no_reference"] is None
+    audit = bnrewrite.inspect(path, custom_objects=objects)
+    assert [r["name"] for r in audit.bn_layers] == ["bn_sub"]
+
+
+def test_tf_op_layers_checked_against_the_allowlist(legacy_files, tmp_path):
+    """A tf.keras op layer naming a TF function outside the allowlist (here one that writes
+    files) is refused before anything is built."""
+    bad = tmp_path / "bad.h5"
+    shutil.copy(legacy_files("leaky_separable"), bad)
+
+    def forge(c):
+        for lc in c["config"]["layers"]:
+            if lc["class_name"] == "TFOpLambda":
+                lc["config"]["function"] = "io.write_file"
+                break
+        return c
+
+    _rewrite_config(bad, forge)
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=r"tf\.io\.write_file.*allowlist"):
+        bnrewrite.convert(bad, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_root_cause_is_kept():
+    from bnrewrite.build.base import root_cause
+
+    try:
+        try:
+            raise ValueError("the real reason: kernel shape (3, 3) vs (5, 5)")
+        except ValueError as inner:
+            raise RuntimeError("Exception encountered when calling layer 'x'.\nCould not build") from inner
+    except RuntimeError as e:
+        msg = root_cause(e)
+    assert "Could not build" in msg and "the real reason" in msg
