@@ -121,6 +121,7 @@ def _run(fn):
                 _stopped(outputs.interrupted())
             _fail(RuntimeError(f"unexpected {type(e).__name__}: {e}"), EXIT_BAD_INPUT)
         finally:
+            outputs.exiting()  # a signal from here on is too late to stop anything
             outputs.remove_temps()  # anything left registered is a leftover
 
 

@@ -295,7 +295,7 @@ def convert(
 def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol, rtol, custom_objects, unsafe,
             input_shapes, verify_data, stats, changed_by=None):
     """Verify the written temp file against the original model (and the rewritten one)."""
-    from .build.base import root_cause
+    from .errors import root_cause
     from .verify import Verification, keras_runner, onnx_runner, verify
 
     reference, label, why = _reference(mg, custom_objects, unsafe, stats, changed_by)

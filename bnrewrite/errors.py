@@ -84,3 +84,24 @@ def with_path(e: InputError, path) -> InputError:
     new = type(e)(f"{path}: {msg}")
     new.__cause__ = e.__cause__
     return new
+
+
+def root_cause(e: BaseException, limit: int = 400) -> str:
+    """A framework error on one line, keeping its root cause: Keras wraps the real reason
+    in its own first line ("Exception encountered when calling ...", "Could not
+    deserialize ..."), and chains the original exception."""
+    chain: list[BaseException] = []
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+
+    def text(err: BaseException) -> str:
+        skip = ("Exception encountered", "Call arguments", "Arguments received", "\u2022", "•", "File ",
+                "Traceback")
+        lines = [l.strip() for l in str(err).strip().splitlines() if l.strip() and not l.strip().startswith(skip)]
+        return " ".join(lines[:2]) if lines else type(err).__name__
+
+    outer = text(chain[0])
+    inner = text(chain[-1])
+    msg = outer if len(chain) == 1 or inner in outer else f"{outer} (root cause: {type(chain[-1]).__name__}: {inner})"
+    return msg[:limit]

@@ -28,7 +28,7 @@ import json
 
 import numpy as np
 
-from .build.base import root_cause
+from .errors import root_cause
 from .errors import UnsupportedModelError
 from .io.original import Original
 

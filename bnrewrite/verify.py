@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .build.base import root_cause
+from .errors import root_cause
 from .errors import InputError
 
 #: sizes tried, in order, for open (None) non-batch dimensions

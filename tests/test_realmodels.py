@@ -8,7 +8,7 @@ Every check compares bnrewrite's output with the *writing framework's own* outpu
 * ``test_realmodel_quick``: a small default-suite subset (one Keras 2.0 list-form
   Sequential, one tf.keras 1.x file, one TimeDistributed(BN) CNN-LSTM, one Keras 3
   file, one hard_sigmoid ConvLSTM2D), ONNX output.
-* ``test_realmodel``: every case x {onnx, keras}; marked ``realmodels`` and run only
+* ``test_realmodel``: every case x {onnx, keras} (+ h5 for tf_keras-written files); marked ``realmodels`` and run only
   when selected: ``python3 -m pytest -m realmodels tests/test_realmodels.py``.
 
 Model files are cached in ``tests/realmodels/.cache/`` (rebuilt when the builders change).
@@ -22,7 +22,7 @@ import pytest
 
 import realmodels as rm
 from realmodels import common
-from realmodels.run import match_outputs, onnx_feed
+from realmodels.run import match_outputs, onnx_feed, reload_output
 
 #: the default-suite subset (each converts in a few seconds)
 QUICK = [
@@ -33,7 +33,7 @@ QUICK = [
     "convlstm-keras-216",      # ConvLSTM2D recurrent_activation='hard_sigmoid', Keras 2.1.6 list Sequential
 ]
 
-SUFFIX = {"onnx": ".onnx", "keras": ".keras"}
+SUFFIX = {"onnx": ".onnx", "keras": ".keras", "h5": ".h5"}
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +73,7 @@ def _check(case, fmt, get_ref, out_dir):
         sess = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
         got = match_outputs([np.asarray(o) for o in sess.run(None, onnx_feed(sess, specs, xs))], want)
     else:
-        import keras
-
-        from realmodels import archs
-
-        co = archs.custom_objects(keras) if case.custom else None
-        m = keras.saving.load_model(str(dst), compile=False, custom_objects=co, safe_mode=False)
-        got = rm.call(m, xs)
+        got = rm.call(reload_output(case, dst, fmt), xs)
     assert len(got) == len(want), f"{case.name}: {len(got)} outputs, the framework gives {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         g = np.asarray(g).reshape(w.shape) if np.asarray(g).size == w.size else np.asarray(g)
@@ -96,9 +90,14 @@ def _selected(config) -> bool:
     return "realmodels" in (config.getoption("markexpr", "") or "")
 
 
+#: every case to ONNX and to .keras; tf_keras-written cases also to .h5 (what bnrewrite rebuilds
+#: with tf_keras and proposes when a layer cannot be migrated to Keras 3)
+FULL = [(c.name, f) for c in rm.CASES for f in ("onnx", "keras", "h5")
+        if f != "h5" or c.framework == "tf_keras"]
+
+
 @pytest.mark.realmodels
-@pytest.mark.parametrize("fmt", ["onnx", "keras"])
-@pytest.mark.parametrize("name", [c.name for c in rm.CASES])
+@pytest.mark.parametrize("name,fmt", FULL, ids=[f"{n}-{f}" for n, f in FULL])
 def test_realmodel(name, fmt, request, realmodel_ref, realmodel_out):
     if not _selected(request.config):
         pytest.skip("real-model regression set: run with -m realmodels")

@@ -27,7 +27,7 @@ import io
 import json
 from pathlib import Path
 
-from ..errors import InputError, with_path
+from ..errors import InputError, root_cause, with_path
 from ..graph import ModelGraph
 from .config import build_graph
 from .safe_files import METADATA_CAP, check_regular, config_limit, memory_h5, read_zip_members, weights_limit
@@ -170,5 +170,4 @@ def _json(path, member: str, raw: bytes):
 
 
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:200]
+    return root_cause(e, 300)

@@ -70,7 +70,9 @@ def _iter_layers(layer):
 
 
 def _is_bn(K, layer) -> bool:
-    return isinstance(layer, K.layers.BatchNormalization)
+    """BatchNormalization, its subclasses, and tf_keras's BatchNormalizationV1 (a sibling class)."""
+    return isinstance(layer, K.layers.BatchNormalization) or any(
+        c.__name__ in ("BatchNormalizationBase", "BatchNormalizationV1") for c in type(layer).__mro__)
 
 
 def _key(w) -> str:

@@ -194,7 +194,7 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
     res["bnrewrite"] = {}
     sessions, feeds = {}, {}
     for fmt in formats:
-        suffix = {"onnx": ".onnx", "keras": ".keras"}[fmt]
+        suffix = {"onnx": ".onnx", "keras": ".keras", "h5": ".h5"}[fmt]
         dst = out_dir / f"{case.name}.bnrewrite{suffix}"
         r: dict = {}
         t = time.perf_counter()
@@ -226,15 +226,7 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
                     feeds["bnrewrite"] = onnx_feed(sess, specs, [x[:1] for x in xs])
                     r.update(optimized_nodes(dst))
                 else:
-                    import keras
-
-                    kco = None
-                    if case.custom:
-                        from . import archs
-
-                        kco = archs.custom_objects(keras)
-                    m2 = keras.saving.load_model(str(dst), compile=False, custom_objects=kco, safe_mode=False)
-                    got = kcall(m2, xs)
+                    got = kcall(reload_output(case, dst, fmt), xs)
                 worst, ok, note = common.max_err(got, ref)
                 r["max_abs"], r["parity"] = worst, ok
                 if note:
@@ -277,6 +269,14 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
             b.setdefault("convert_s", time.perf_counter() - t)
         res["tf2onnx"] = b
 
+    if ref is not None:
+        try:
+            res["ref"]["bn_sensitivity"] = bn_sensitivity(case, ref_model, xs, ref)
+            if case.ref_twin:
+                orig = kcall(load(case, path), xs)
+                res["ref"]["original_file_vs_reference"] = common.max_err(orig, ref)[0]
+        except Exception as e:  # noqa: BLE001
+            res["ref"]["bn_sensitivity_error"] = err_line(e)
     if len(sessions) == 2 and runs > 0:
         try:
             lat = latency(sessions, feeds, runs)
@@ -288,6 +288,45 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
     if bo.get("nodes_opt") and to.get("nodes_opt"):
         res["nodes_ratio"] = bo["nodes_opt"] / to["nodes_opt"]
     return res
+
+
+def reload_output(case: Case, dst: Path, fmt: str):
+    """Load bnrewrite's Keras output: .keras with Keras 3; .h5 with the framework that wrote the input
+    (bnrewrite rebuilds tf_keras files with tf_keras)."""
+    from . import archs
+
+    if fmt == "keras" or case.framework == "keras":
+        import keras
+
+        co = archs.custom_objects(keras) if case.custom else None
+        return keras.saving.load_model(str(dst), compile=False, custom_objects=co, safe_mode=False)
+    import tf_keras
+
+    co = archs.custom_objects(tf_keras) if case.custom else None
+    return tf_keras.models.load_model(str(dst), compile=False, custom_objects=co)
+
+
+def bn_sensitivity(case: Case, model, xs, ref) -> dict:
+    """How much the reference moves when every BN's moving statistics are reset to 0/1 (what a
+    dropped, stale or re-initialised BN gives): a case only guards BN handling if this is far above
+    the 1e-4 tolerance. Mutates ``model`` (call last)."""
+    import numpy as np
+
+    K = common.framework(case.framework)
+    n = 0
+    for layer in common._iter_layers(model):
+        if common._is_bn(K, layer):
+            vals = []
+            for w, v in zip(layer.weights, layer.get_weights()):
+                key = common._key(w)
+                vals.append(np.zeros_like(v) if key == "moving_mean" else np.ones_like(v)
+                            if key == "moving_variance" else v)
+            layer.set_weights(vals)
+            n += 1
+    got = kcall(model, xs)
+    worst, ok, _ = common.max_err(got, ref)
+    scale = max(float(np.abs(r).max()) for r in ref) if ref else 0.0
+    return {"bns": n, "max_abs_change": worst, "detectable": not ok, "ref_max_abs": scale}
 
 
 def is_silent(res: dict) -> bool:
@@ -302,32 +341,41 @@ def _fmt(r: dict | None) -> str:
         return "-"
     st = r.get("status")
     if st == "ok":
-        return f"ok {r['max_abs']:.1e}" if "max_abs" in r else "ok"
+        if "max_abs" not in r:
+            return "ok"
+        return ("ok " if r.get("parity", True) else "WRONG ") + f"{r['max_abs']:.1e}"
     if st == "SILENT MISMATCH":
         return f"MISMATCH {r.get('max_abs', float('nan')):.1e}"
     return st or "?"
 
 
 def table(results: list[dict]) -> str:
-    rows = [("case", "written by", "bnrewrite onnx", "bnrewrite keras", "tf2onnx", "nodes b/t", "lat b/t")]
+    fmts = [f for f in ("onnx", "keras", "h5") if any(f in r.get("bnrewrite", {}) for r in results)] or ["onnx"]
+    rows = [("case", "written by", *[f"bnrewrite {f}" for f in fmts], "tf2onnx", "nodes b/t", "lat b/t",
+             "BN sens.")]
     for r in results:
         b = r.get("bnrewrite", {})
         t = r.get("tf2onnx", {})
         nodes = (f"{b.get('onnx', {}).get('nodes_opt')}/{t.get('nodes_opt')}"
                  if b.get("onnx", {}).get("nodes_opt") is not None and t.get("nodes_opt") is not None else "-")
         lat = f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "-"
+        sens = r.get("ref", {}).get("bn_sensitivity", {})
+        sens = f"{sens['max_abs_change']:.1e}" if "max_abs_change" in sens else "-"
         who = f"{r['framework']} {r['dialect']}"
-        if "build_error" in r:
-            rows.append((r["name"], who, "BUILD ERROR", "", "", "", ""))
+        if "build_error" in r or "harness_error" in r:
+            rows.append((r["name"], who, "BUILD ERROR" if "build_error" in r else "HARNESS ERROR",
+                         *[""] * (len(fmts) + 3)))
             continue
         if not r.get("ref", {}).get("ok"):
             who += " (no ref)"
-        rows.append((r["name"], who, _fmt(b.get("onnx")), _fmt(b.get("keras")), _fmt(t), nodes, lat))
+        rows.append((r["name"], who, *[_fmt(b.get(f)) for f in fmts], _fmt(t), nodes, lat, sens))
     w = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * x for x in w))
     errs = []
     for r in results:
+        if "harness_error" in r:
+            errs.append(f"{r['name']} [harness]: {r['harness_error']}")
         if "build_error" in r:
             errs.append(f"{r['name']} [build]: {r['build_error']}")
         if r.get("ref") and not r["ref"].get("ok"):
@@ -344,16 +392,19 @@ def table(results: list[dict]) -> str:
 
 def summary(results: list[dict]) -> str:
     n = len(results)
-    ok = {f: sum(1 for r in results if r.get("bnrewrite", {}).get(f, {}).get("status") == "ok")
-          for f in ("onnx", "keras")}
-    tried = {f: sum(1 for r in results if f in r.get("bnrewrite", {})) for f in ("onnx", "keras")}
+    fmts = ("onnx", "keras", "h5")
+    ok = {f: sum(1 for r in results if r.get("bnrewrite", {}).get(f, {}).get("status") == "ok") for f in fmts}
+    tried = {f: sum(1 for r in results if f in r.get("bnrewrite", {})) for f in fmts}
     t2o = sum(1 for r in results if r.get("tf2onnx", {}).get("status") == "ok" and r["tf2onnx"].get("parity"))
     silent = [r["name"] for r in results if is_silent(r)]
     parts = [f"{n} cases"]
-    for f in ("onnx", "keras"):
+    for f in fmts:
         if tried[f]:
             parts.append(f"bnrewrite {f}: {ok[f]}/{tried[f]} pass")
     parts.append(f"tf2onnx alone: {t2o}/{n} match the reference")
+    weak = [r["name"] for r in results if r.get("ref", {}).get("bn_sensitivity", {}).get("detectable") is False]
+    if weak:
+        parts.append(f"BN-insensitive references: {', '.join(weak)}")
     parts.append(f"silent mismatches: {len(silent)}" + (f" ({', '.join(silent)})" if silent else ""))
     return "; ".join(parts)
 
@@ -364,7 +415,9 @@ def summary(results: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.realmodels.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated case names, arch names or tag:<tag>")
-    ap.add_argument("--formats", default="onnx,keras", help="bnrewrite outputs to produce: onnx,keras")
+    ap.add_argument("--formats", default="onnx,keras",
+                    help="bnrewrite outputs to produce: onnx, keras (.keras, reloaded by Keras 3), "
+                         "h5 (.h5, reloaded by the framework that wrote the input)")
     ap.add_argument("--out", default=str(CACHE / "out"), help="folder for outputs and results.json")
     ap.add_argument("--no-baseline", action="store_true", help="skip plain tf2onnx")
     ap.add_argument("--runs", type=int, default=ORT_RUNS, help="latency runs per session (0: none)")

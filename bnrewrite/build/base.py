@@ -1,0 +1,167 @@
+"""What both builders share: the options scope, the symbolic trace in topological
+order, calling a node with its own args/kwargs, and assigning weights by key."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import numpy as np
+
+from ..errors import UnsupportedModelError, root_cause
+from ..graph import INPUT_CLASS, Layer, ModelGraph, is_op, map_refs
+from ..io.weights import key_weights, relative_name, weight_keys
+
+# (custom_objects, unsafe) for layers rebuilt without explicit arguments
+_OPTIONS: contextvars.ContextVar[tuple[dict, bool]] = contextvars.ContextVar(
+    "bnrewrite_rebuild_options", default=({}, False)
+)
+
+
+@contextlib.contextmanager
+def rebuild_options(custom_objects: dict | None = None, unsafe: bool = False):
+    """Within this scope, layers are rebuilt with ``custom_objects`` and, if ``unsafe``,
+    the framework's safe mode off (``Lambda`` bytecode is loaded)."""
+    token = _OPTIONS.set((dict(custom_objects or {}), bool(unsafe)))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def effective_options(custom_objects: dict | None, unsafe: bool | None) -> tuple[dict, bool]:
+    """``(custom_objects, unsafe)``: explicit arguments over the :func:`rebuild_options` scope."""
+    scoped_objects, scoped_unsafe = _OPTIONS.get()
+    objects = {**scoped_objects, **(custom_objects or {})}
+    return objects, scoped_unsafe if unsafe is None else unsafe
+
+
+class Builder:
+    """One framework's way of turning graph layers into live layers and tensors."""
+
+    framework = ""
+
+    # ------------------------------------------------------------ framework hooks
+    def make_layer(self, layer: Layer, custom_objects: dict | None = None, unsafe: bool | None = None):
+        raise NotImplementedError
+
+    def make_op(self, layer: Layer):
+        """A callable for a framework-neutral op (:func:`bnrewrite.graph.reshape_op`)."""
+        raise NotImplementedError
+
+    def input(self, layer: Layer):
+        raise NotImplementedError
+
+    def flatten(self, result) -> list:
+        raise NotImplementedError
+
+    def model(self, inputs, outputs, name):
+        raise NotImplementedError
+
+    def variables(self, klayer) -> list:
+        """``(relative name, variable)`` of a live layer, in creation order."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+    def build_model(self, mg: ModelGraph, custom_objects: dict | None = None):
+        tensors, _ = self.build_live(mg, custom_objects)
+        return self.model([tensors[(n, 0)] for n in mg.inputs], [tensors[o] for o in mg.outputs], mg.name)
+
+    def build_live(self, mg: ModelGraph, custom_objects: dict | None = None):
+        """Live layers of ``mg`` with their weights set, and the symbolic tensor of every
+        ``(node, out)``: ``(tensors, {layer name: live layer})``."""
+        tensors, live = self.trace(mg, custom_objects)
+        first: dict[str, str] = {}
+        for node in mg.topo():
+            first.setdefault(mg.layer(node).name, node)
+        for name, klayer in live.items():
+            if not is_op(mg.layer(first[name])):
+                self.assign_weights(klayer, mg.layer(first[name]))
+        return tensors, live
+
+    def infer_shapes(self, mg: ModelGraph, custom_objects: dict | None = None) -> dict:
+        tensors, _ = self.trace(mg, custom_objects)
+        return {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
+
+    def trace(self, mg: ModelGraph, custom_objects=None):
+        """Call every layer on symbolic tensors in topological order."""
+        tensors: dict[tuple[str, int], object] = {}
+        live: dict[str, object] = {}
+        for node in mg.topo():
+            layer: Layer = mg.layer(node)
+            if layer.class_name == INPUT_CLASS:
+                tensors[(node, 0)] = self.input(layer)
+                continue
+            if layer.name not in live:
+                live[layer.name] = self.make_op(layer) if is_op(layer) else self.make_layer(layer, custom_objects)
+            try:
+                self.call_node(mg, node, live[layer.name], tensors)
+            except UnsupportedModelError:
+                raise
+            except Exception as e:
+                shapes = [tuple(getattr(tensors.get(i), "shape", ()) or ()) for i in mg.inbound(node)]
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} ({layer.class_name}) failed when called in {self.label} on "
+                    f"input shape{'s' if len(shapes) != 1 else ''} {', '.join(map(str, shapes))}: {root_cause(e)}"
+                ) from e
+        return tensors, live
+
+    @property
+    def label(self) -> str:
+        return {"tf_keras": "tf_keras", "keras": "Keras 3"}.get(self.framework, self.framework)
+
+    def call_node(self, mg: ModelGraph, node: str, fn, tensors: dict) -> None:
+        """Call ``fn`` with the node's args/kwargs, reading its inputs from ``tensors`` and
+        storing its outputs there as ``(node, out)``."""
+        data = mg.graph.nodes[node]
+        by_port = {p: tensors[(src, out)] for p, (src, out) in enumerate(mg.inbound(node))}
+        args = map_refs(data["args"], lambda r: by_port[r.port])
+        kwargs = map_refs(data["kwargs"], lambda r: by_port[r.port])
+        result = fn(*args, **kwargs)
+        for i, t in enumerate(self.flatten(result)):
+            tensors[(node, i)] = t
+
+    def live_weights(self, klayer) -> dict[str, np.ndarray]:
+        """Weights of a live layer, keyed as the readers key them (:mod:`bnrewrite.io.weights`)."""
+        return key_weights([(n, np.asarray(v.numpy())) for n, v in self.variables(klayer)])
+
+    def assign_weights(self, klayer, layer: Layer) -> None:
+        """Set the live layer's variables from ``layer.weights``: by key, or by position when
+        the keys differ but the layout (count and shapes) is the same, as the frameworks'
+        own HDF5 loaders do."""
+        named = self.variables(klayer)
+        variables = [v for _, v in named]
+        if not variables and not layer.weights:
+            return
+        want = weight_keys([n for n, _ in named])
+        if set(want) == set(layer.weights) and len(want) == len(layer.weights):
+            values = [layer.weights[k] for k in want]
+        elif len(want) == len(layer.weights) and all(
+            tuple(v.shape) == np.shape(b) for v, b in zip(variables, layer.weights.values())
+        ):
+            values = list(layer.weights.values())
+        else:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({layer.class_name}): file has weights "
+                f"{ {k: np.shape(v) for k, v in layer.weights.items()} }, {self.label} expects "
+                f"{ {k: tuple(v.shape) for k, v in zip(want, variables)} }"
+            )
+        for v, value, k in zip(variables, values, want):
+            if tuple(np.shape(value)) != tuple(v.shape):
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r}: weight {k} has shape {np.shape(value)}, {self.label} expects "
+                    f"{tuple(v.shape)}"
+                )
+            v.assign(np.asarray(value).astype(_np_dtype(v.dtype)))
+
+
+def _np_dtype(dtype):
+    return getattr(dtype, "as_numpy_dtype", None) or np.dtype(str(dtype))
+
+
+def relative_variable_name(path: str, base: str, layer_name: str) -> str:
+    """A variable's name relative to its layer (``"td/bn/gamma:0"`` for ``td`` -> ``"bn/gamma"``)."""
+    path = path[:-2] if path.endswith(":0") else path
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1:]
+    return relative_name(path, layer_name)

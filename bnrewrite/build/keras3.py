@@ -1,0 +1,207 @@
+"""Keras 3 builder: a graph of a Keras 3 file (or of a migrated legacy file) -> ``keras.Model``.
+
+Layers come from ``keras.layers``; Keras's own ops that Keras 3 functional graphs
+record (``keras.ops.reshape`` saved as module ``keras.src.ops.numpy``, class
+``Reshape``) from their Keras module only; custom classes only from the user's
+``custom_objects``. Every ``from_config`` runs inside Keras's safe mode unless
+the user passed ``unsafe``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import types
+
+from ..errors import UnsupportedModelError
+from ..graph import Layer
+from ..errors import root_cause
+from .base import Builder, effective_options, relative_variable_name
+
+
+def keras_class(class_name: str, module: str | None = None):
+    """The Keras 3 class for ``class_name`` (a layer, or one of Keras's own ops), or None."""
+    import importlib
+
+    import keras
+
+    if (module or "").startswith("keras.src.ops."):
+        try:
+            cls = getattr(importlib.import_module(module), class_name, None)
+        except ImportError:
+            return None
+        return cls if isinstance(cls, type) and issubclass(cls, keras.Operation) else None
+    cls = getattr(keras.layers, class_name, None)
+    if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
+        return cls
+    return None
+
+
+def safe_mode(safe: bool):
+    """Keras's safe-mode scope (without it Keras stays safe: Lambdas fail closed)."""
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - other Keras versions
+        return contextlib.nullcontext()
+    return SafeModeScope(safe)
+
+
+class Keras3Builder(Builder):
+    framework = "keras"
+
+    def make_layer(self, layer: Layer, custom_objects=None, unsafe=None):
+        import keras
+
+        custom_objects, unsafe = effective_options(custom_objects, unsafe)
+        cls = keras_class(layer.class_name, layer.module) or custom_objects.get(layer.class_name)
+        if cls is None and layer.registered_name:
+            cls = custom_objects.get(layer.registered_name)
+        if cls is None:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} has unknown class {layer.class_name!r}; provide it with "
+                "--custom-objects module.py (API: custom_objects={...})"
+            )
+        config = copy.deepcopy(layer.config)
+        try:
+            with keras.saving.custom_object_scope(custom_objects), safe_mode(not unsafe):
+                klayer = cls.from_config(config)
+            if layer.class_name == "Lambda":
+                _keep_as_bytecode(klayer, layer.config)
+            return klayer
+        except Exception as e:
+            if layer.class_name == "Lambda" and unsafe and _is_marshal_error(e):
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} (Lambda): its Python bytecode cannot be loaded by Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor} ({root_cause(e)}); it was "
+                    "probably saved by another Python version: re-save the model with this Python "
+                    "version, or replace the Lambda by a custom layer (--custom-objects)"
+                ) from e
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({layer.class_name}) cannot be rebuilt in Keras 3: {root_cause(e)}"
+            ) from e
+
+    def make_op(self, layer: Layer):
+        import keras
+
+        if layer.class_name == "Reshape":
+            shape = tuple(layer.config["newshape"])
+            return lambda x: keras.ops.reshape(x, shape)
+        if layer.class_name == "TFOp":  # a migrated tf.keras TFOpLambda
+            fn = tf_op_as_keras(layer.config["function"])
+            if fn is None:
+                raise UnsupportedModelError(f"layer {layer.name!r}: no Keras 3 op for tf.{layer.config['function']}")
+            return fn
+        raise UnsupportedModelError(f"unknown bnrewrite op {layer.class_name!r}")
+
+    def input(self, layer: Layer):
+        import keras
+
+        cfg = layer.config
+        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape") or [None, *cfg.get("shape", [])]
+        return keras.Input(batch_shape=tuple(shape), dtype=cfg.get("dtype") or "float32", name=layer.name,
+                           sparse=bool(cfg.get("sparse", False)))
+
+    def flatten(self, result) -> list:
+        import keras
+
+        return keras.tree.flatten(result)
+
+    def model(self, inputs, outputs, name):
+        import keras
+
+        return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+    def variables(self, klayer) -> list:
+        base = klayer.path if getattr(klayer, "path", None) else klayer.name
+        return [(relative_variable_name(v.path, base, klayer.name), v) for v in getattr(klayer, "weights", [])]
+
+    def assign_weights(self, klayer, layer: Layer) -> None:
+        import keras
+
+        if isinstance(klayer, keras.layers.Layer):
+            super().assign_weights(klayer, layer)
+
+
+def _keep_as_bytecode(klayer, config: dict) -> None:
+    """Functions loaded from bytecode keep the name they were defined with (``my_fn``), and
+    Keras 3 would save them by that name, which no reader can resolve; as ``<lambda>`` they
+    are saved as bytecode again, as in the input file."""
+    for key, attr in (("function", "function"), ("output_shape", "_output_shape"), ("mask", "mask")):
+        fn = getattr(klayer, attr, None)
+        if isinstance(config.get(key), dict) and config[key].get("class_name") == "__lambda__" \
+                and isinstance(fn, types.FunctionType):
+            fn.__name__ = "<lambda>"
+
+
+def _is_marshal_error(e: BaseException) -> bool:
+    """marshal/base64 failures of ``func_load`` (bytecode from another Python version)."""
+    while e is not None:
+        if isinstance(e, (EOFError, TypeError, ValueError)) and (
+            "marshal" in str(e) or "code object" in str(e) or isinstance(e, EOFError)
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _binary(op):
+    return lambda x, y=None, name=None, **kw: op(x, y)
+
+
+def _reduce(op):
+    def call(x, axis=None, keepdims=False, name=None, **kw):
+        return op(x, axis=_axis(axis), keepdims=bool(keepdims or kw.get("keep_dims", False)))
+    return call
+
+
+def _axis(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _getitem(x, slice_spec=None, **kw):
+    def conv(s):
+        return slice(s["start"], s["stop"], s["step"]) if isinstance(s, dict) else s
+    spec = tuple(conv(s) for s in slice_spec) if isinstance(slice_spec, list) else conv(slice_spec)
+    return x[spec]
+
+
+def tf_op_as_keras(function: str):
+    """The Keras 3 op computing what tf.keras's ``TFOpLambda(tf.<function>)`` computes, with
+    tf.keras's call arguments, or None. Each is the same math (no approximation)."""
+    import keras
+
+    o = keras.ops
+    for prefix in ("compat.v1.", "compat.v2."):
+        if function.startswith(prefix):
+            function = function[len(prefix):]
+    table = {
+        "__operators__.add": _binary(o.add), "math.add": _binary(o.add),
+        "math.subtract": _binary(o.subtract), "math.multiply": _binary(o.multiply),
+        "math.truediv": _binary(o.true_divide), "math.divide": _binary(o.true_divide),
+        "math.maximum": _binary(o.maximum), "math.minimum": _binary(o.minimum),
+        "math.pow": _binary(o.power), "math.squared_difference": _binary(lambda a, b: o.square(o.subtract(a, b))),
+        "math.negative": lambda x, name=None: o.negative(x), "math.square": lambda x, name=None: o.square(x),
+        "math.sqrt": lambda x, name=None: o.sqrt(x), "math.rsqrt": lambda x, name=None: o.rsqrt(x),
+        "math.exp": lambda x, name=None: o.exp(x), "math.log": lambda x, name=None: o.log(x),
+        "math.abs": lambda x, name=None: o.abs(x), "math.sigmoid": lambda x, name=None: o.sigmoid(x),
+        "math.tanh": lambda x, name=None: o.tanh(x), "nn.relu": lambda features, name=None: o.relu(features),
+        "nn.relu6": lambda features, name=None: o.relu6(features),
+        "nn.sigmoid": lambda x, name=None: o.sigmoid(x), "nn.tanh": lambda x, name=None: o.tanh(x),
+        "nn.softmax": lambda logits, axis=None, name=None: o.softmax(logits, axis=-1 if axis is None else axis),
+        "math.reduce_mean": _reduce(o.mean), "math.reduce_sum": _reduce(o.sum),
+        "math.reduce_max": _reduce(o.max), "math.reduce_min": _reduce(o.min),
+        "reduce_mean": _reduce(o.mean), "reduce_sum": _reduce(o.sum),
+        "concat": lambda values, axis, name=None: o.concatenate(list(values), axis=axis),
+        "stack": lambda values, axis=0, name=None: o.stack(list(values), axis=axis),
+        "reshape": lambda tensor, shape, name=None: o.reshape(tensor, tuple(shape)),
+        "transpose": lambda a, perm=None, conjugate=False, name=None: o.transpose(a, axes=perm),
+        "expand_dims": lambda input, axis, name=None: o.expand_dims(input, axis),
+        "squeeze": lambda input, axis=None, name=None: o.squeeze(input, axis=_axis(axis)),
+        "cast": lambda x, dtype, name=None: o.cast(x, dtype),
+        "clip_by_value": lambda t, clip_value_min, clip_value_max, name=None: o.clip(t, clip_value_min,
+                                                                                      clip_value_max),
+        "identity": lambda input, name=None: o.copy(input),
+        "__operators__.getitem": _getitem,
+    }
+    return table.get(function)

@@ -1,0 +1,231 @@
+"""Keras 2 / tf.keras -> Keras 3: the migration a ``.keras`` output of a legacy file asks for.
+
+A legacy model is rebuilt by tf_keras for every other output (no translation at
+all). Only ``.keras`` needs Keras 3, and then each layer config is translated by
+the table below -- every semantic difference is either handled exactly or refused
+with the reason and the output formats that work instead; nothing is approximated.
+The result is verified against tf_keras's own reading of the original file, so a
+difference this table missed still fails the conversion (exit 3) instead of
+passing silently.
+
+==============================================  ==========================================================
+tf.keras / Keras 2                              Keras 3 (what this module does)
+==============================================  ==========================================================
+``LeakyReLU(alpha=a)``                          ``LeakyReLU(negative_slope=a)`` (Keras 3 would drop it:
+                                                default 0.3)
+``hard_sigmoid`` (clip(0.2x + 0.5, 0, 1)),      refused: Keras 3's ``hard_sigmoid`` is clip(x/6 + 0.5) and
+anywhere (``activation``,                       there is no Keras 3 activation for the old one (LSTM/GRU/
+``recurrent_activation``, Activation layer)     ConvLSTM ``recurrent_activation`` default in Keras 2.0-2.2)
+``hard_silu``/``hard_swish``                    refused (built on the old ``hard_sigmoid``)
+``ThresholdedReLU(theta)``                      refused: not in Keras 3 (``ReLU(threshold)`` differs at x=theta)
+``Embedding(input_dim, input_length)``          ``input_dim`` kept; ``input_length`` dropped (shape only)
+initializer configs with ``dtype``              ``dtype`` dropped (initializers only matter for training)
+wrapped layers without ``module``               ``module: keras.layers`` added (Keras 3 cannot locate them)
+``BatchNormalization(axis=[3])``                ``axis=3``; several axes refused
+``InputLayer(batch_input_shape)``               ``batch_shape``; ``ragged=True`` refused
+dtype policy ``{"class_name": "Policy"}``       its name
+``DepthwiseConv*D`` weight ``depthwise_kernel``  ``kernel``
+``BatchNormalization(renorm, virtual_batch_     dropped: they change training only; bnrewrite exports
+size, adjustment, fused)``                      inference with the moving statistics
+``batch_input_shape``/``input_shape``/          dropped (the input layer carries the shape)
+``input_dim``/``batch_size`` on other layers
+RNN ``implementation``, ``DepthwiseConv groups  dropped (computation layout only / the default)
+=1``, ``dynamic``
+``*_initializer``/``*_regularizer``/            dropped where Keras 3 has no such argument (e.g.
+``*_constraint``, keys set to ``None``          SeparableConv2D ``kernel_constraint``): training only /
+                                                unset
+RNN ``time_major=True``                         refused
+``TFOpLambda``/``SlicingOpLambda`` (``tf.*``)   the same Keras 3 op (``keras.ops.*``, tf.keras's call
+                                                arguments; :func:`.keras3.tf_op_as_keras`); ops
+                                                without one are refused
+``Lambda`` with tf.keras bytecode               refused: its code was written against tf.keras (``K``,
+                                                ``tf``); write ``.onnx`` or ``.h5`` (tf_keras runs it)
+any other key Keras 3 does not take             refused, naming layer, key and value
+==============================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from ..errors import UnsupportedModelError
+from ..graph import INPUT_CLASS, OPS_MODULE, Layer, ModelGraph, is_op
+
+WRAPPERS = ("TimeDistributed", "Bidirectional")
+WEIGHT_RENAMES = {("DepthwiseConv1D", "depthwise_kernel"): "kernel", ("DepthwiseConv2D", "depthwise_kernel"): "kernel"}
+_ALWAYS_KEPT = {"name", "trainable", "dtype"}
+#: (class or None for any, key) whose legacy value has no effect on inference in Keras 3
+_DROP = {
+    (None, "batch_input_shape"), (None, "input_shape"), (None, "batch_size"), (None, "dynamic"),
+    (None, "autocast"), ("Embedding", "input_length"), (None, "implementation"),
+    ("BatchNormalization", "renorm"), ("BatchNormalization", "renorm_clipping"),
+    ("BatchNormalization", "renorm_momentum"), ("BatchNormalization", "virtual_batch_size"),
+    ("BatchNormalization", "adjustment"), ("BatchNormalization", "fused"),
+}
+_OLD_HARD = ("hard_sigmoid", "hard_silu", "hard_swish")
+_HOW = "write .onnx or .h5 instead (rebuilt by tf_keras, no migration needed)"
+
+
+def refuse(layer: str, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"cannot migrate layer {layer!r} to Keras 3 (.keras): {why}; {_HOW}")
+
+
+def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
+    """A Keras 3 copy of a tf_keras graph, and notes of what was translated."""
+    if mg.framework != "tf_keras":
+        return mg, []
+    out = mg.copy()
+    out.framework = "keras"
+    notes: list[str] = []
+    done: set[int] = set()
+    for node in out.topo():
+        layer = out.layer(node)
+        if id(layer) in done or is_op(layer):
+            continue
+        done.add(id(layer))
+        if layer.class_name in ("TFOpLambda", "SlicingOpLambda"):
+            from .keras3 import tf_op_as_keras
+
+            fn = layer.config.get("function")
+            if tf_op_as_keras(str(fn)) is None:
+                raise refuse(layer.name, f"tf.keras op layer tf.{fn} has no Keras 3 op in bnrewrite's table")
+            # call args/kwargs stay tf.keras's; the Keras 3 op takes them as tf.<fn> did
+            layer.class_name, layer.module = "TFOp", OPS_MODULE
+            layer.config = {"name": layer.name, "function": fn}
+            continue
+        cls, config, weights = migrate_layer(layer.class_name, layer.config, layer.name, layer.weights, notes)
+        layer.class_name, layer.config, layer.weights = cls, config, weights
+        layer.module = None if cls == INPUT_CLASS else "keras.layers"
+    return out, notes
+
+
+def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None, notes: list[str]):
+    """``(class_name, keras3_config, weights)`` for one legacy layer."""
+    from .keras3 import keras_class
+
+    config = dict(config)
+    if class_name in ("TFOpLambda", "SlicingOpLambda"):
+        raise refuse(name, f"it is a tf.keras op layer (tf.{config.get('function')})")
+    if class_name == "Lambda":
+        if config.get("function_type") == "lambda":
+            raise refuse(name, "it is a Lambda whose Python code was written against tf.keras")
+        config = _legacy_lambda(config)
+    _refuse_old_hard_activations(config, name)
+    cls = keras_class(class_name)
+    if cls is None:
+        raise refuse(name, f"Keras 3 has no layer class {class_name!r}")
+    if "dtype" in config:
+        config["dtype"] = _dtype_name(config["dtype"])
+    if class_name == INPUT_CLASS:
+        if config.get("ragged"):
+            raise refuse(name, "ragged inputs do not exist in Keras 3")
+        config.pop("ragged", None)
+        if "batch_input_shape" in config:
+            config["batch_shape"] = config.pop("batch_input_shape")
+        config["dtype"] = config.get("dtype") or "float32"
+    if class_name == "LeakyReLU" and "alpha" in config:
+        config["negative_slope"] = config.pop("alpha")
+        notes.append(f"layer {name!r}: LeakyReLU alpha={config['negative_slope']} -> negative_slope")
+    if class_name == "BatchNormalization":
+        axis = config.get("axis", -1)
+        if isinstance(axis, (list, tuple)):
+            if len(axis) != 1:
+                raise refuse(name, f"BatchNormalization over several axes {list(axis)}")
+            config["axis"] = int(axis[0])
+    if config.get("time_major"):
+        raise refuse(name, "time_major=True recurrent layers do not exist in Keras 3")
+    config = _strip_initializer_dtype(config)
+    for key in ("layer", "backward_layer"):
+        inner = config.get(key)
+        if class_name in WRAPPERS and isinstance(inner, dict) and "class_name" in inner:
+            inner_name = (inner.get("config") or {}).get("name", key)
+            icls, icfg, _ = migrate_layer(inner["class_name"], inner.get("config") or {}, f"{name}/{inner_name}",
+                                          None, notes)
+            # tf.keras records a wrapped layer's build shape per step, which Keras 3 would build with
+            config[key] = {"module": "keras.layers", "class_name": icls, "config": icfg, "registered_name": None}
+    allowed = accepted_keys(cls)
+    if allowed is not None:
+        for k in sorted(k for k in config if k not in allowed and k not in _ALWAYS_KEPT):
+            value = config.pop(k)
+            if (None, k) in _DROP or (class_name, k) in _DROP or (k == "groups" and value == 1) or \
+                    (k == "input_dim" and class_name != "Embedding") or value is None or \
+                    k.endswith(("_initializer", "_regularizer", "_constraint")):
+                continue
+            if k == "time_major" and not value:
+                continue
+            raise refuse(name, f"Keras 3 {class_name} has no argument {k}={_short(value)}")
+    new_weights = None
+    if weights is not None:
+        new_weights = {WEIGHT_RENAMES.get((class_name, k), k): v for k, v in weights.items()}
+    return class_name, config, new_weights
+
+
+def _refuse_old_hard_activations(config, name: str) -> None:
+    for key, value in _walk_items(config):
+        if key in ("activation", "recurrent_activation") and value in _OLD_HARD:
+            raise refuse(name, f"{key}={value!r} means clip(0.2x + 0.5, 0, 1) in tf.keras but "
+                               "clip(x/6 + 0.5, 0, 1) in Keras 3, which has no equivalent")
+
+
+def _walk_items(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk_items(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_items(v)
+
+
+def _strip_initializer_dtype(config: dict) -> dict:
+    for k, v in list(config.items()):
+        if k.endswith("_initializer") and isinstance(v, dict) and isinstance(v.get("config"), dict):
+            config[k] = {**v, "config": {a: b for a, b in v["config"].items() if a != "dtype"}}
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def accepted_keys(cls) -> frozenset | None:
+    """Constructor keywords ``cls`` takes, or None if it takes anything."""
+    import keras
+
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        keys.update(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        if not any(p.kind == p.VAR_KEYWORD for p in params) or klass is keras.layers.Layer:
+            return frozenset(keys - {"self"})
+    return None
+
+
+def _dtype_name(dtype):
+    """Legacy policy dicts become their name; Keras 3 policy dicts are kept."""
+    if isinstance(dtype, dict) and "module" not in dtype:
+        return (dtype.get("config") or {}).get("name", "float32")
+    return dtype
+
+
+def _legacy_lambda(config: dict) -> dict:
+    """tf.keras ``Lambda`` naming a function -> the Keras 3 form."""
+    config = dict(config)
+    for key in ("function", "output_shape", "mask"):
+        kind = config.pop(f"{key}_type", None)
+        config.pop(f"{key}_module" if key != "function" else "module", None)
+        value = config.get(key)
+        if value is None:
+            if key != "function":
+                config.pop(key, None)
+            continue
+        if kind == "function":
+            config[key] = {"module": "builtins", "class_name": "function", "config": value,
+                           "registered_name": "function"}
+    return config
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,128 @@
+"""tf_keras builder: a graph of a Keras 2.x / tf.keras file -> ``tf_keras.Model``.
+
+tf_keras (Keras 2, kept on TensorFlow's minor version) reads the legacy config
+dialect natively, so each layer is rebuilt by the framework that wrote it from
+its own config: no translation, hence nothing to get wrong (LeakyReLU ``alpha``,
+``hard_sigmoid``, initializer ``dtype``, wrappers without ``module``, ...), and
+tf2onnx exports what it exports for tf.keras itself.
+
+Classes come from ``tf_keras.layers`` (after the reader's allowlist,
+:mod:`bnrewrite.io.allowlist`) or the user's ``custom_objects``. ``TFOpLambda``
+and ``SlicingOpLambda`` (the ``tf.*`` calls tf.keras records in functional
+graphs) resolve their TensorFlow function by name, so they are rebuilt only
+after the reader checked the name against the allowlist of pure TF functions.
+Every ``from_config`` runs in tf_keras's safe mode unless the user passed
+``unsafe``; with ``unsafe``, a ``Lambda``'s bytecode sees the globals Keras 2
+gave it (``K``, ``tf``, ``np``), as when the file was written.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..errors import UnsupportedModelError
+from ..graph import Layer
+from ..errors import root_cause
+from .base import Builder, effective_options, relative_variable_name
+
+
+def tf_keras_class(class_name: str):
+    import tf_keras
+
+    cls = getattr(tf_keras.layers, class_name, None)
+    if isinstance(cls, type) and issubclass(cls, tf_keras.layers.Layer):
+        return cls
+    if class_name in ("TFOpLambda", "SlicingOpLambda"):
+        from tf_keras.src.layers.core import tf_op_layer
+
+        return getattr(tf_op_layer, class_name)
+    return None
+
+
+def safe_mode(safe: bool):
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(safe)
+
+
+def lambda_globals() -> dict:
+    """What a Keras 2 ``Lambda`` body could name without importing it: Keras 2's
+    ``keras/layers/core.py`` had ``K`` (the backend), ``np`` and, with tf.keras, ``tf``."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    return {"K": tf_keras.backend, "backend": tf_keras.backend, "tf": tf, "np": np, "keras": tf_keras}
+
+
+class TfKerasBuilder(Builder):
+    framework = "tf_keras"
+
+    def make_layer(self, layer: Layer, custom_objects=None, unsafe=None):
+        import tf_keras
+
+        custom_objects, unsafe = effective_options(custom_objects, unsafe)
+        cls = custom_objects.get(layer.class_name) or tf_keras_class(layer.class_name)
+        if cls is None:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} has unknown class {layer.class_name!r}; provide it with "
+                "--custom-objects module.py (API: custom_objects={...})"
+            )
+        objects = dict(custom_objects)
+        if unsafe and _has_lambda(layer.config, layer.class_name):
+            objects = {**lambda_globals(), **objects}
+        config = copy.deepcopy(layer.config)
+        try:
+            # the scope reaches what a wrapper deserializes inside (TimeDistributed's layer, ...)
+            with tf_keras.utils.custom_object_scope(objects), safe_mode(not unsafe):
+                return cls.from_config(config)
+        except Exception as e:
+            raise UnsupportedModelError(
+                f"layer {layer.name!r} ({layer.class_name}) cannot be rebuilt in tf_keras: {root_cause(e)}"
+            ) from e
+
+    def make_op(self, layer: Layer):
+        import tensorflow as tf
+
+        if layer.class_name == "Reshape":
+            shape = list(layer.config["newshape"])
+            # on a tf_keras KerasTensor this records a TFOpLambda(tf.reshape): saved and reloaded as data
+            return lambda x: tf.reshape(x, shape)
+        raise UnsupportedModelError(f"unknown bnrewrite op {layer.class_name!r}")
+
+    def input(self, layer: Layer):
+        import tf_keras
+
+        cfg = layer.config
+        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape") or [None, *cfg.get("shape", [])]
+        dtype = cfg.get("dtype") or "float32"
+        if isinstance(dtype, dict):
+            dtype = (dtype.get("config") or {}).get("name", "float32")
+        return tf_keras.Input(batch_shape=tuple(shape), dtype=dtype, name=layer.name,
+                              sparse=bool(cfg.get("sparse", False)), ragged=bool(cfg.get("ragged", False)))
+
+    def flatten(self, result) -> list:
+        import tensorflow as tf
+
+        return tf.nest.flatten(result)
+
+    def model(self, inputs, outputs, name):
+        import tf_keras
+
+        return tf_keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+    def variables(self, klayer) -> list:
+        return [(relative_variable_name(v.name, "", klayer.name), v) for v in getattr(klayer, "weights", [])]
+
+    def assign_weights(self, klayer, layer: Layer) -> None:
+        import tf_keras
+
+        if isinstance(klayer, tf_keras.layers.Layer):
+            super().assign_weights(klayer, layer)
+
+
+def _has_lambda(config, class_name) -> bool:
+    if class_name == "Lambda":
+        return True
+    inner = config.get("layer") if isinstance(config, dict) else None
+    return isinstance(inner, dict) and _has_lambda(inner.get("config") or {}, inner.get("class_name"))
