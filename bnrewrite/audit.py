@@ -68,7 +68,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .graph import ModelGraph
+from .graph import ModelGraph, bn_axis
 
 INFO, WARNING, ERROR = "info", "warning", "error"
 SEVERITY_RANK = {INFO: 0, WARNING: 1, ERROR: 2}
@@ -217,7 +217,7 @@ def audit(mg: ModelGraph) -> Audit:
             "name": name,
             "path": "/".join(attrs.get("path", ())),
             "wrapper": wrapper,
-            "axis": _scalar(cfg.get("axis", -1)),
+            "axis": bn_axis(cfg),  # tf.keras saves [3]; the audit reports the axis
             "momentum": _scalar(cfg.get("momentum")),
             "epsilon": epsilon,
             "center": bool(cfg.get("center", True)),

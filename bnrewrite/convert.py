@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .errors import InputError, VerificationError
 from .graph import ModelGraph
 from .io import WRITE_SUFFIXES, read_model
 from .io.onnx_writer import DEFAULT_OPSET
+from .outputs import discard, place
 from .passes import Pass, PassContext, PassManager, default_passes
 
 
@@ -167,6 +167,8 @@ def convert(
     max_samples: int | None = None,
     variance: str = "unbiased",
     cache_mb: float = 1024,
+    cache_dir: str | os.PathLike | None = None,
+    max_spill_gb: float | None = None,
     report: str | os.PathLike | None = None,
     input_shapes: dict | None = None,
     verify_data=None,
@@ -209,7 +211,9 @@ def convert(
     t0 = time.perf_counter()
     scope = contextlib.ExitStack()
     try:
-        check_paths(src, dst, force)
+        check_paths(src, dst, force, report,
+                    inputs=[calibration if isinstance(calibration, (str, os.PathLike)) else None,
+                            verify_data if isinstance(verify_data, (str, os.PathLike)) else None])
         fmt = output_format(dst)
         say(f"reading {src}")
         mg = read_model(src, unsafe=unsafe, custom_objects=custom_objects)
@@ -225,6 +229,7 @@ def convert(
         options = {
             "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb,
             "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
         }
         ctx = PassContext(keep_trainable=keep_trainable, options=options)
@@ -271,9 +276,9 @@ def convert(
                 rep.timings["verify_s"] = time.perf_counter() - t
                 if not v.ok:
                     raise VerificationError(f"verification failed: {v.failure()}", report=rep)
-            os.replace(tmp, dst)
+            place(tmp, dst, force=force)  # refuses to clobber a file that appeared meanwhile
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            discard(tmp)
         rep.output["path"] = str(dst)
         rep.output["bytes"] = dst.stat().st_size
         rep.ok = True

@@ -49,6 +49,9 @@ CUSTOM_MODULE = textwrap.dedent('''
     custom_objects = {"triple": triple}
 ''')
 
+#: the same custom layer for a model written by tf.keras (rebuilt by tf_keras)
+CUSTOM_MODULE_TF_KERAS = CUSTOM_MODULE.replace("import keras\n", "import tf_keras as keras\n")
+
 #: Python 3.10's marshal of ``lambda t: t * 2.0 + 1.0`` (base64), as tf.keras 2.x on
 #: Python 3.10 would have stored it; Python 3.11's marshal rejects it ("bad marshal data").
 PY310_LAMBDA = (
@@ -160,15 +163,16 @@ def _scale_class(K):
     return Scale
 
 
-def tf_op_model(path: Path) -> Path:
-    """tf_keras functional model with a raw TensorFlow op (saved as TFOpLambda)."""
+def tf_op_model(path: Path):
+    """tf_keras functional model with a raw TensorFlow op (saved as TFOpLambda);
+    returns (path, inputs, tf_keras's outputs)."""
     import tensorflow as tf
 
     K = framework("tf_keras")
     K.backend.clear_session()
     model = dense_bn(K, lambda y: tf.math.sin(y), name="tfop")
-    model.save(path)
-    return path
+    _randomize(model, K, np.random.default_rng(9))
+    return _save(model, K, path, 9)
 
 
 def unexportable_model(path: Path) -> Path:

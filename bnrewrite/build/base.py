@@ -36,6 +36,46 @@ def effective_options(custom_objects: dict | None, unsafe: bool | None) -> tuple
     return objects, scoped_unsafe if unsafe is None else unsafe
 
 
+def lambda_error(layer: Layer, e: BaseException, framework: str) -> UnsupportedModelError:
+    """A rebuild failure, with the Python-version cause spelled out for Lambda bytecode
+    (marshal is specific to the Python minor version that wrote it)."""
+    import sys
+
+    if layer.class_name == "Lambda" and _is_marshal_error(e):
+        return UnsupportedModelError(
+            f"layer {layer.name!r} (Lambda): its Python bytecode cannot be loaded by Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} ({root_cause(e)}); it was "
+            "probably saved by another Python version: re-save the model with this Python "
+            "version, or replace the Lambda by a custom layer (--custom-objects)"
+        )
+    return UnsupportedModelError(
+        f"layer {layer.name!r} ({layer.class_name}) cannot be rebuilt in {framework}: {root_cause(e)}")
+
+
+def _is_marshal_error(e: BaseException) -> bool:
+    """marshal/base64 failures of ``func_load`` (bytecode from another Python version)."""
+    while e is not None:
+        if isinstance(e, (EOFError, TypeError, ValueError)) and (
+            "marshal" in str(e) or "code object" in str(e) or isinstance(e, EOFError)
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def check_custom_framework(layer: Layer, cls, framework: str) -> None:
+    """A user class must belong to the framework that rebuilds the graph: a Keras 3 layer
+    inside a tf_keras model (or the reverse) would compute something else."""
+    mods = [c.__module__.split(".")[0] for c in getattr(cls, "__mro__", ())]
+    other = {"tf_keras": "keras", "keras": "tf_keras"}[framework]
+    if other in mods and framework not in mods:
+        written = {"tf_keras": "tf.keras / Keras 2 (rebuilt by tf_keras)", "keras": "Keras 3"}[framework]
+        raise UnsupportedModelError(
+            f"layer {layer.name!r}: custom class {cls.__name__} is a {'Keras 3' if other == 'keras' else 'tf_keras'} "
+            f"layer, but this model was written by {written}; give a {framework} version of it in --custom-objects"
+        )
+
+
 class Builder:
     """One framework's way of turning graph layers into live layers and tensors."""
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 import types
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer
-from ..errors import root_cause
-from .base import Builder, effective_options, relative_variable_name
+from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
 def keras_class(class_name: str, module: str | None = None):
@@ -62,6 +60,7 @@ class Keras3Builder(Builder):
                 f"layer {layer.name!r} has unknown class {layer.class_name!r}; provide it with "
                 "--custom-objects module.py (API: custom_objects={...})"
             )
+        check_custom_framework(layer, cls, self.framework)
         config = copy.deepcopy(layer.config)
         try:
             with keras.saving.custom_object_scope(custom_objects), safe_mode(not unsafe):
@@ -70,16 +69,7 @@ class Keras3Builder(Builder):
                 _keep_as_bytecode(klayer, layer.config)
             return klayer
         except Exception as e:
-            if layer.class_name == "Lambda" and unsafe and _is_marshal_error(e):
-                raise UnsupportedModelError(
-                    f"layer {layer.name!r} (Lambda): its Python bytecode cannot be loaded by Python "
-                    f"{sys.version_info.major}.{sys.version_info.minor} ({root_cause(e)}); it was "
-                    "probably saved by another Python version: re-save the model with this Python "
-                    "version, or replace the Lambda by a custom layer (--custom-objects)"
-                ) from e
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} ({layer.class_name}) cannot be rebuilt in Keras 3: {root_cause(e)}"
-            ) from e
+            raise lambda_error(layer, e, "Keras 3") from e
 
     def make_op(self, layer: Layer):
         import keras
@@ -133,16 +123,6 @@ def _keep_as_bytecode(klayer, config: dict) -> None:
                 and isinstance(fn, types.FunctionType):
             fn.__name__ = "<lambda>"
 
-
-def _is_marshal_error(e: BaseException) -> bool:
-    """marshal/base64 failures of ``func_load`` (bytecode from another Python version)."""
-    while e is not None:
-        if isinstance(e, (EOFError, TypeError, ValueError)) and (
-            "marshal" in str(e) or "code object" in str(e) or isinstance(e, EOFError)
-        ):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _binary(op):

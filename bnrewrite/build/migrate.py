@@ -38,8 +38,9 @@ RNN ``time_major=True``                         refused
 ``TFOpLambda``/``SlicingOpLambda`` (``tf.*``)   the same Keras 3 op (``keras.ops.*``, tf.keras's call
                                                 arguments; :func:`.keras3.tf_op_as_keras`); ops
                                                 without one are refused
-``Lambda`` with tf.keras bytecode               refused: its code was written against tf.keras (``K``,
-                                                ``tf``); write ``.onnx`` or ``.h5`` (tf_keras runs it)
+``Lambda`` with tf.keras bytecode (``--unsafe``)  the same bytecode in Keras 3's form; code that needs
+                                                tf.keras's globals (``K``) fails to rebuild, and any
+                                                other difference fails verification against tf_keras
 any other key Keras 3 does not take             refused, naming layer, key and value
 ==============================================  ==========================================================
 """
@@ -108,8 +109,6 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     if class_name in ("TFOpLambda", "SlicingOpLambda"):
         raise refuse(name, f"it is a tf.keras op layer (tf.{config.get('function')})")
     if class_name == "Lambda":
-        if config.get("function_type") == "lambda":
-            raise refuse(name, "it is a Lambda whose Python code was written against tf.keras")
         config = _legacy_lambda(config)
     _refuse_old_hard_activations(config, name)
     cls = keras_class(class_name)
@@ -210,7 +209,8 @@ def _dtype_name(dtype):
 
 
 def _legacy_lambda(config: dict) -> dict:
-    """tf.keras ``Lambda`` naming a function -> the Keras 3 form."""
+    """tf.keras ``Lambda`` config -> the Keras 3 form (function objects as dicts; bytecode as
+    Keras 3's ``__lambda__``, only reachable with ``unsafe``: the reader refuses it otherwise)."""
     config = dict(config)
     for key in ("function", "output_shape", "mask"):
         kind = config.pop(f"{key}_type", None)
@@ -220,10 +220,20 @@ def _legacy_lambda(config: dict) -> dict:
             if key != "function":
                 config.pop(key, None)
             continue
-        if kind == "function":
+        if kind == "lambda":
+            code, defaults, closure = (list(value) + [None, None])[:3] if isinstance(value, (list, tuple)) \
+                else (value, None, None)
+            config[key] = {"class_name": "__lambda__",
+                           "config": {"code": code, "defaults": _tuple(defaults), "closure": closure}}
+        elif kind == "function":
             config[key] = {"module": "builtins", "class_name": "function", "config": value,
                            "registered_name": "function"}
     return config
+
+
+def _tuple(v):
+    """Keras 3 needs a Lambda's default arguments as a tuple ("defaults must be None or tuple")."""
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _short(v) -> str:

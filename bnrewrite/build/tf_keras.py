@@ -22,8 +22,7 @@ import copy
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer
-from ..errors import root_cause
-from .base import Builder, effective_options, relative_variable_name
+from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
 def tf_keras_class(class_name: str):
@@ -68,6 +67,8 @@ class TfKerasBuilder(Builder):
                 f"layer {layer.name!r} has unknown class {layer.class_name!r}; provide it with "
                 "--custom-objects module.py (API: custom_objects={...})"
             )
+        if layer.class_name in custom_objects:
+            check_custom_framework(layer, cls, self.framework)
         objects = dict(custom_objects)
         if unsafe and _has_lambda(layer.config, layer.class_name):
             objects = {**lambda_globals(), **objects}
@@ -77,9 +78,7 @@ class TfKerasBuilder(Builder):
             with tf_keras.utils.custom_object_scope(objects), safe_mode(not unsafe):
                 return cls.from_config(config)
         except Exception as e:
-            raise UnsupportedModelError(
-                f"layer {layer.name!r} ({layer.class_name}) cannot be rebuilt in tf_keras: {root_cause(e)}"
-            ) from e
+            raise lambda_error(layer, e, "tf_keras") from e
 
     def make_op(self, layer: Layer):
         import tensorflow as tf

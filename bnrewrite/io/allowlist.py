@@ -27,7 +27,7 @@ LSTM GRU SimpleRNN RNN LSTMCell GRUCell SimpleRNNCell StackedRNNCells ConvLSTM1D
 CuDNNLSTM CuDNNGRU LSTMV1 GRUV1
 Bidirectional TimeDistributed
 BatchNormalization SyncBatchNormalization LayerNormalization GroupNormalization UnitNormalization
-Normalization Rescaling Resizing CenterCrop
+Normalization Rescaling Resizing CenterCrop Discretization
 Add Subtract Multiply Average Maximum Minimum Concatenate Dot
 ReLU LeakyReLU PReLU ELU ThresholdedReLU Softmax
 Attention AdditiveAttention MultiHeadAttention

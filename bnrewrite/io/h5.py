@@ -177,7 +177,8 @@ def _extract_isolated(path: Path, mode: str = "model", *, data: bytes | None = N
                 except OSError:
                     pass
         last_child.clear()
-        last_child.update(returncode=proc.returncode, maxrss_kib=getattr(usage, "ru_maxrss", None),
+        own = result.get("peak_rss_kib") if isinstance(result, dict) else None
+        last_child.update(returncode=proc.returncode, maxrss_kib=own or getattr(usage, "ru_maxrss", None),
                           limit=limit, as_bytes=as_bytes)
         if timed_out.is_set():
             what = "model.weights.h5" if member else "the HDF5 file"

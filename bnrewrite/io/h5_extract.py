@@ -647,8 +647,23 @@ def _run(read) -> dict:
         return {"error": "memory: "}
 
 
+def _peak_rss_kib():
+    """This process's own peak RSS (VmHWM belongs to the address space, so unlike ru_maxrss it
+    does not count the parent's pages inherited at fork, before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 if __name__ == "__main__":
     result = main(sys.argv)
+    if isinstance(result, dict):
+        result["peak_rss_kib"] = _peak_rss_kib()
     out = os.fdopen(1, "wb", closefd=False)
     pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
     out.flush()

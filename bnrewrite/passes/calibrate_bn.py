@@ -44,6 +44,8 @@ class CalibrateBN(Pass):
             cache_mb=DEFAULT_CACHE_MB if o.get("cache_mb") is None else o["cache_mb"],
             custom_objects=o.get("custom_objects"),
             progress=o.get("calibration_progress"),
+            cache_dir=o.get("cache_dir"),
+            max_spill_gb=o.get("max_spill_gb"),
         )
         ctx.artifacts["calibration"] = report
         # the new statistics by the layer's place in the original file, for the verification reference

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -65,6 +64,9 @@ PROV = {
                        via=TF2ONNX.format(t="test_resnext.py (test_SEResNext)")),
     "resnet50": dict(repo="keras-team/keras-applications", file="keras_applications/resnet50.py (Keras 2.2.4 era)",
                      licence="MIT", via=TF2ONNX.format(t="test_keras_applications.py")),
+    "resnet50_cf": dict(repo="keras-team/keras-applications",
+                        file="keras_applications/resnet50.py with image_data_format='channels_first' (bn_axis=1)",
+                        licence="MIT", via=TF2ONNX.format(t="test_keras_applications.py")),
     "xception": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="xception")),
     "inception_v3": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="inception_v3")),
     "mobilenet_v1": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="mobilenet") + " (called as is)"),
@@ -139,6 +141,7 @@ ARCHS: dict[str, dict] = {
     "resnext_lambda": dict(tags={"lambda_code"}, k3=False, convert={"unsafe": True}),
     "se_resnext": dict(tags={"lambda", "leaky_relu_alpha"}, k3=False),
     "resnet50": dict(tags=set(), k3=True, legacy=["keras-2.2.4"]),
+    "resnet50_cf": dict(tags={"channels_first"}, k3=True, legacy=["keras-2.1.6"]),
     "xception": dict(tags={"separable"}, k3=True),
     "inception_v3": dict(tags={"bn_scale_false"}, k3=True),
     "mobilenet_v1": dict(tags={"app"}, k3=True, legacy=["tf-1.13"]),
@@ -148,18 +151,18 @@ ARCHS: dict[str, dict] = {
     "densenet": dict(tags={"app"}, k3=True),
     "efficientnet": dict(tags={"app"}, k3=True),
     "teachable_machine": dict(tags={"nested", "app"}, k3=True),
-    "mlstm_fcn": dict(tags={"rnn", "mask"}, k3=True, legacy=["keras-2.2.4"]),
+    "mlstm_fcn": dict(tags={"rnn", "mask", "hard_sigmoid"}, k3=True, legacy=["keras-2.2.4"]),
     "deep_speech2": dict(tags={"open_dims", "rnn", "lambda", "timedistributed"}, k3=True,
                          sample={"X": (32, 20)}),
     "deep_speaker": dict(tags={"open_dims", "lambda"}, k3=True, sample={"input": (32, 16, 1)}),
     "crnn_ocr": dict(tags={"lambda", "rnn"}, k3=True),
-    "lipnet": dict(tags={"rnn", "timedistributed", "gru_reset_after_false"}, k3=True),
-    "cnn_lstm_td": dict(tags={"timedistributed", "rnn"}, k3=True, legacy=["keras-2.0.8", "tf-1.13"]),
+    "lipnet": dict(tags={"rnn", "timedistributed", "gru_reset_after_false", "hard_sigmoid"}, k3=True),
+    "cnn_lstm_td": dict(tags={"timedistributed", "rnn", "hard_sigmoid"}, k3=True, legacy=["keras-2.0.8", "tf-1.13"]),
     "td_speech_emotion": dict(tags={"timedistributed", "open_dims", "rnn"}, k3=True,
                               sample={"Input_MELSPECT": (5, 16, 16, 1)}),
     "convlstm": dict(tags={"hard_sigmoid", "open_dims", "rnn"}, k3=True, legacy=["keras-2.1.6"],
                      sample={0: (4, 16, 16, 1)}),
-    "bilstm_imdb": dict(tags={"rnn", "embedding"}, k3=True, legacy=["keras-2.0.8"], ints={0: (0, 2000)}),
+    "bilstm_imdb": dict(tags={"rnn", "embedding", "hard_sigmoid"}, k3=True, legacy=["keras-2.0.8"], ints={0: (0, 2000)}),
     "embedding_cnn": dict(tags={"embedding"}, k3=True, legacy=["keras-2.2.4"], ints={0: (0, 2000)}),
     "masking_bn_seq": dict(tags={"mask", "rnn", "lambda", "timedistributed"}, k3=True, post="zero_tail"),
     "multi_io": dict(tags={"multi_input", "multi_output", "embedding", "open_dims", "rnn"}, k3=True,

@@ -458,11 +458,20 @@ def arch_se_resnext(K):
     return _resnext(K, se=True)
 
 
-def arch_resnet50(K):
+def arch_resnet50_cf(K):
+    """``resnet50`` as keras-applications builds it under ``image_data_format='channels_first'``
+    (the Theano/CNTK-era setting): every conv/pool/pad with data_format='channels_first' and
+    ``bn_axis = 1``; 3x64x64 input."""
+    return arch_resnet50(K, cf=True)
+
+
+def arch_resnet50(K, cf=False):
     """keras-team/keras-applications ``resnet50.py`` (the Keras 2.2.4-era ResNet50: conv1_pad,
     conv1, bn_conv1, conv_block/identity_block with BN axis 3), filters / 16, one conv block per
     stage plus one identity block in stage 2, 64x64 input."""
     L = K.layers
+    df = "channels_first" if cf else "channels_last"
+    ax = 1 if cf else 3
 
     def names(stage, block):
         return f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
@@ -470,46 +479,46 @@ def arch_resnet50(K):
     def identity(x, k, filters, stage, block):
         f1, f2, f3 = filters
         cb, bb = names(stage, block)
-        y = L.Conv2D(f1, 1, kernel_initializer="he_normal", name=cb + "2a")(x)
-        y = L.BatchNormalization(axis=3, name=bb + "2a")(y)
+        y = L.Conv2D(f1, 1, kernel_initializer="he_normal", data_format=df, name=cb + "2a")(x)
+        y = L.BatchNormalization(axis=ax, name=bb + "2a")(y)
         y = L.Activation("relu")(y)
-        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", name=cb + "2b")(y)
-        y = L.BatchNormalization(axis=3, name=bb + "2b")(y)
+        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", data_format=df, name=cb + "2b")(y)
+        y = L.BatchNormalization(axis=ax, name=bb + "2b")(y)
         y = L.Activation("relu")(y)
-        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", name=cb + "2c")(y)
-        y = L.BatchNormalization(axis=3, name=bb + "2c")(y)
+        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", data_format=df, name=cb + "2c")(y)
+        y = L.BatchNormalization(axis=ax, name=bb + "2c")(y)
         y = L.add([y, x])
         return L.Activation("relu")(y)
 
     def conv_block(x, k, filters, stage, block, strides=2):
         f1, f2, f3 = filters
         cb, bb = names(stage, block)
-        y = L.Conv2D(f1, 1, strides=strides, kernel_initializer="he_normal", name=cb + "2a")(x)
-        y = L.BatchNormalization(axis=3, name=bb + "2a")(y)
+        y = L.Conv2D(f1, 1, strides=strides, kernel_initializer="he_normal", data_format=df, name=cb + "2a")(x)
+        y = L.BatchNormalization(axis=ax, name=bb + "2a")(y)
         y = L.Activation("relu")(y)
-        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", name=cb + "2b")(y)
-        y = L.BatchNormalization(axis=3, name=bb + "2b")(y)
+        y = L.Conv2D(f2, k, padding="same", kernel_initializer="he_normal", data_format=df, name=cb + "2b")(y)
+        y = L.BatchNormalization(axis=ax, name=bb + "2b")(y)
         y = L.Activation("relu")(y)
-        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", name=cb + "2c")(y)
-        y = L.BatchNormalization(axis=3, name=bb + "2c")(y)
-        s = L.Conv2D(f3, 1, strides=strides, kernel_initializer="he_normal", name=cb + "1")(x)
-        s = L.BatchNormalization(axis=3, name=bb + "1")(s)
+        y = L.Conv2D(f3, 1, kernel_initializer="he_normal", data_format=df, name=cb + "2c")(y)
+        y = L.BatchNormalization(axis=ax, name=bb + "2c")(y)
+        s = L.Conv2D(f3, 1, strides=strides, kernel_initializer="he_normal", data_format=df, name=cb + "1")(x)
+        s = L.BatchNormalization(axis=ax, name=bb + "1")(s)
         y = L.add([y, s])
         return L.Activation("relu")(y)
 
     inp = L.Input((64, 64, 3), name="input_1")
     x = L.ZeroPadding2D(3, name="conv1_pad")(inp)
-    x = L.Conv2D(4, 7, strides=2, padding="valid", kernel_initializer="he_normal", name="conv1")(x)
-    x = L.BatchNormalization(axis=3, name="bn_conv1")(x)
+    x = L.Conv2D(4, 7, strides=2, padding="valid", kernel_initializer="he_normal", data_format=df, name="conv1")(x)
+    x = L.BatchNormalization(axis=ax, name="bn_conv1")(x)
     x = L.Activation("relu")(x)
-    x = L.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = L.MaxPooling2D(3, strides=2)(x)
+    x = L.ZeroPadding2D(1, data_format=df, name="pool1_pad")(x)
+    x = L.MaxPooling2D(3, strides=2, data_format=df)(x)
     x = conv_block(x, 3, [4, 4, 16], 2, "a", strides=1)
     x = identity(x, 3, [4, 4, 16], 2, "b")
     x = conv_block(x, 3, [8, 8, 32], 3, "a")
     x = conv_block(x, 3, [16, 16, 64], 4, "a")
     x = conv_block(x, 3, [32, 32, 128], 5, "a")
-    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = L.GlobalAveragePooling2D(data_format=df, name="avg_pool")(x)
     x = L.Dense(10, activation="softmax", name="fc1000")(x)
     return K.Model(inp, x, name="resnet50")
 
@@ -680,7 +689,7 @@ def arch_teachable_machine(K):
 def arch_mlstm_fcn(K):
     """titu1994/MLSTM-FCN (via tf2onnx's test_mlstm_fcn): Masking -> LSTM(8) -> Dropout(0.8) in
     parallel with Permute -> 3 x (Conv1D -> BN -> ReLU) with squeeze-excite, concat, softmax;
-    filters / 8."""
+    the LSTM keeps Keras 2's default recurrent_activation='hard_sigmoid'; filters / 8."""
     L = K.layers
 
     def se(x):
@@ -693,7 +702,7 @@ def arch_mlstm_fcn(K):
 
     ip = L.Input((20, 5), name="input_1")
     x = L.Masking()(ip)
-    x = L.LSTM(8)(x)
+    x = L.LSTM(8, recurrent_activation="hard_sigmoid")(x)
     x = L.Dropout(0.8)(x)
     y = L.Permute((2, 1))(ip)
     for f, k, use_se in ((16, 8, True), (32, 5, True), (16, 3, False)):
@@ -811,7 +820,8 @@ def arch_crnn_ocr(K):
 def arch_lipnet(K):
     """rizkiarm/LipNet ``LipNet.build``: 3 x (ZeroPadding3D -> Conv3D -> BN -> ReLU ->
     SpatialDropout3D -> MaxPooling3D), TimeDistributed(Flatten), 2 x Bidirectional(GRU, Orthogonal
-    init, reset_after=False as in the Keras 2.0 original), Dense -> softmax; 8 frames of 16x32x3,
+    init, reset_after=False and recurrent_activation='hard_sigmoid' as in the Keras 2.0 original),
+    Dense -> softmax; 8 frames of 16x32x3,
     filters / 8, GRU 256 -> 8."""
     L = K.layers
     inp = L.Input((8, 16, 32, 3), name="the_input")
@@ -828,7 +838,7 @@ def arch_lipnet(K):
     x = L.TimeDistributed(L.Flatten())(x)
     for i in (1, 2):
         x = L.Bidirectional(L.GRU(8, return_sequences=True, kernel_initializer="Orthogonal", reset_after=False,
-                                  name=f"gru{i}"), merge_mode="concat")(x)
+                                  recurrent_activation="hard_sigmoid", name=f"gru{i}"), merge_mode="concat")(x)
     x = L.Dense(12, kernel_initializer="he_normal", name="dense1")(x)
     x = L.Activation("softmax", name="softmax")(x)
     return K.Model(inp, x, name="lipnet")
@@ -838,7 +848,8 @@ def arch_cnn_lstm_td(K):
     """CNN-LSTM video classifier in the LRCN style of harvitronix/five-video-classification-methods
     (``lrcn``: a Sequential of TimeDistributed Conv2D/MaxPooling2D, TimeDistributed(Flatten), LSTM)
     with the TimeDistributed(BatchNormalization) after each TimeDistributed(Conv2D) that
-    maelfabien/Multimodal-Emotion-Recognition's time-distributed ConvNet uses; 6 frames of 32x32x3."""
+    maelfabien/Multimodal-Emotion-Recognition's time-distributed ConvNet uses; the LSTM keeps Keras
+    2's default recurrent_activation='hard_sigmoid'; 6 frames of 32x32x3."""
     L = K.layers
     TD = L.TimeDistributed
     return K.Sequential([
@@ -856,7 +867,7 @@ def arch_cnn_lstm_td(K):
         TD(L.MaxPooling2D((2, 2), strides=(2, 2))),
         TD(L.Flatten()),
         L.Dropout(0.5),
-        L.LSTM(16, return_sequences=False, dropout=0.5),
+        L.LSTM(16, return_sequences=False, dropout=0.5, recurrent_activation="hard_sigmoid"),
         L.Dense(5, activation="softmax"),
     ], name="lrcn")
 
@@ -900,12 +911,13 @@ def arch_convlstm(K):
 def arch_bilstm_imdb(K):
     """keras-team/keras ``examples/imdb_bidirectional_lstm.py``: Embedding -> Bidirectional(LSTM)
     -> Dropout(0.5) -> Dense(sigmoid), with a BatchNormalization after the Bidirectional (added:
-    the example has none); vocabulary 2000, 16 dims, LSTM 8, sequences of 24."""
+    the example has none); the LSTM keeps Keras 2's default ``recurrent_activation='hard_sigmoid'``;
+    vocabulary 2000, 16 dims, LSTM 8, sequences of 24."""
     L = K.layers
     return K.Sequential([
         K.Input((24,), dtype="int32"),
         L.Embedding(2000, 16),
-        L.Bidirectional(L.LSTM(8)),
+        L.Bidirectional(L.LSTM(8, recurrent_activation="hard_sigmoid")),
         L.BatchNormalization(),
         L.Dropout(0.5),
         L.Dense(1, activation="sigmoid"),
