@@ -176,11 +176,16 @@ def _console(quiet: bool):
 @click.option("--max-spill-gb", "max_spill_gb", type=click.FloatRange(0),
               help="Most disk space calibration may spill to, in GB (default: 4x the calibration data, "
                    "at least 8).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+              help="Verify with these sizes for an input's open dimensions (sample dims, no batch); "
+                   "repeat per input. Default: a size the model's own pooling/striding accepts.")
+@click.option("--verify-data", "verify_data", type=click.Path(path_type=str),
+              help="Verify on the first samples of this .npy/.npz file (or folder) instead of random inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
             report_path, force, unsafe, custom_path, calibration, variance, batch_size, max_samples,
-            cache_mb, cache_dir, max_spill_gb, quiet, verbose):
+            cache_mb, cache_dir, max_spill_gb, input_shapes, verify_data, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
     _VERBOSE = verbose
@@ -192,9 +197,13 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
 
         # Fail fast, before the TF import: every path we will write (OUT, --report) is checked
         # against the inputs (model, calibration data, --custom-objects), each other and its folder.
-        check_paths(src, dst, force, report_path, inputs=[calibration, custom_path])
-        if calibration is not None:
-            check_data_path(calibration)  # a FIFO or device would block forever
+        check_paths(src, dst, force, report_path, inputs=[calibration, custom_path, verify_data])
+        for data in (calibration, verify_data):
+            if data is not None:
+                check_data_path(data)  # a FIFO or device would block forever
+        from .verify import parse_input_shapes
+
+        shapes = parse_input_shapes(input_shapes) or None
         if cache_dir is not None:
             check_folder(cache_dir, "--cache-dir")
         _prepare_runtime(verbose)
@@ -220,6 +229,7 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 custom_objects=custom_objects, report=report_path,
                 calibration=calibration, variance=variance, batch_size=batch_size,
                 max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
+                input_shapes=shapes, verify_data=verify_data,
                 progress=stage, calibration_progress=calibrating,
             )
         try:

@@ -9,7 +9,8 @@ as much as your own source tree.
 
 What is collected, by name:
 
-* every class *defined in* the file that subclasses ``keras.layers.Layer``
+* every class *defined in* the file that subclasses ``keras.layers.Layer`` (or, when the
+  file imports tf_keras, ``tf_keras.layers.Layer``: for tf.keras models, which tf_keras rebuilds)
   (imported ones such as ``keras.layers.Dense`` are skipped), under its class
   name and, if it differs, its Keras registered name (``"pkg>Scale"``);
 * everything in an optional module-level ``custom_objects`` dict (functions
@@ -59,13 +60,19 @@ def load_custom_objects(path) -> dict:
     finally:
         sys.dont_write_bytecode = no_pyc
 
+    # Keras 3 layers, and tf_keras layers when the file imports tf_keras (for tf.keras models,
+    # which tf_keras rebuilds): the builder checks that each class fits the model's framework
+    bases = [keras.layers.Layer]
+    if "tf_keras" in sys.modules:
+        bases.append(sys.modules["tf_keras"].layers.Layer)
     found: dict = {}
     for name, obj in vars(module).items():
-        if isinstance(obj, type) and issubclass(obj, keras.layers.Layer) and obj.__module__ == mod_name:
+        if isinstance(obj, type) and issubclass(obj, tuple(bases)) and obj.__module__ == mod_name:
             found[obj.__name__] = obj
-            registered = keras.saving.get_registered_name(obj)
-            if registered and registered != obj.__name__:
-                found[registered] = obj
+            if issubclass(obj, keras.layers.Layer):
+                registered = keras.saving.get_registered_name(obj)
+                if registered and registered != obj.__name__:
+                    found[registered] = obj
     extra = getattr(module, "custom_objects", None)
     if extra is not None:
         if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
@@ -73,7 +80,7 @@ def load_custom_objects(path) -> dict:
         found.update(extra)
     if not found:
         raise InputError(
-            f"--custom-objects {p}: defines no keras.layers.Layer subclass and no 'custom_objects' dict"
+            f"--custom-objects {p}: defines no Keras (keras or tf_keras) layer class and no 'custom_objects' dict"
         )
     return found
 

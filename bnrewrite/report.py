@@ -50,13 +50,26 @@ def print_convert_report(console, rep) -> None:
             console.print(f"  [green]fixed[/] {_t(f['code'])} on {_t(f['layer'])}")
         for f in left:
             console.print(f"  [yellow]remains[/] {_t(f['code'])} on {_t(f['layer'])}: {_t(f['message'], TEXT_LIMIT)}")
+    if rep.migration:
+        console.print(f"[bold]migrated[/] to Keras 3: {len(rep.migration)} translation"
+                      f"{'s' if len(rep.migration) != 1 else ''} (docs/migration.md)")
+        for n in rep.migration:
+            console.print(f"  [dim]{_t(n, TEXT_LIMIT)}[/]")
     v = rep.verification
     if v:
         bi = v.get("batch_independent")
+        shapes = ", ".join(f"{_t(k)} {tuple(s)}" for k, s in (v.get("input_shapes") or {}).items())
+        if v.get("no_reference"):
+            console.print(f"[yellow]no independent reference[/]: {_t(v['no_reference'], TEXT_LIMIT)}")
+            against = "the rewritten model"
+        else:
+            against = f"the original model ({_t(v.get('reference'))})"
         console.print(
-            f"[bold]verified[/] with {_t(v['runtime'])}: max abs error {v['max_abs']:.3g}, max rel error "
-            f"{v['max_rel']:.3g} (atol {v['atol']:g}, rtol {v['rtol']:g})"
-            + ("" if bi is None else f", batch-independent: {'yes' if bi else 'NO'}")
+            f"[bold]verified[/] with {_t(v['runtime'])} against {against}: max abs error {v['max_abs']:.3g}, "
+            f"max rel error {v['max_rel']:.3g} (atol {v['atol']:g}, rtol {v['rtol']:g}); against the rewritten "
+            f"model: {v.get('max_abs_vs_rewritten', 0.0):.3g}"
+            + ("" if bi is None else f"; batch-independent: {'yes' if bi else 'NO'}")
+            + (f"; inputs {shapes}" if shapes else "")
         )
     else:
         console.print("[yellow]not verified[/] (--no-verify)")

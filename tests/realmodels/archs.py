@@ -506,8 +506,8 @@ def arch_resnet50(K, cf=False):
         y = L.add([y, s])
         return L.Activation("relu")(y)
 
-    inp = L.Input((64, 64, 3), name="input_1")
-    x = L.ZeroPadding2D(3, name="conv1_pad")(inp)
+    inp = L.Input((3, 64, 64) if cf else (64, 64, 3), name="input_1")
+    x = L.ZeroPadding2D(3, data_format=df, name="conv1_pad")(inp)
     x = L.Conv2D(4, 7, strides=2, padding="valid", kernel_initializer="he_normal", data_format=df, name="conv1")(x)
     x = L.BatchNormalization(axis=ax, name="bn_conv1")(x)
     x = L.Activation("relu")(x)
