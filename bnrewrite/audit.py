@@ -109,6 +109,31 @@ CODES: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: What ``inspect`` reports about unsafe or unsupported content, found without running
+#: anything (:mod:`bnrewrite.io.scan`, the HDF5 reader's refusals). ``convert`` refuses
+#: these files (exit 2) unless the user opts in where that is possible.
+SAFETY_CODES: dict[str, tuple[str, str]] = {
+    "UNSAFE_LAMBDA_CODE": (ERROR, "a Lambda (or other object) carries Python bytecode, run on load; convert "
+                                  "only with --unsafe for a file you trust, or replace it by a custom layer"),
+    "UNSAFE_LAYER": (ERROR, "a layer that loads models or files (TFSMLayer, vocabulary layers, ...); bnrewrite "
+                            "does not rebuild it"),
+    "UNSAFE_FILE_VOCABULARY": (ERROR, "the layer reads a vocabulary file from the machine; inline the vocabulary"),
+    "UNSAFE_TF_OP": (ERROR, "a tf.keras op layer calls a TensorFlow function outside the allowlist of pure ops"),
+    "UNSAFE_FUNCTION": (ERROR, "the config names a function (or a class where a function goes) that is not "
+                               "Keras's own; provide it with --custom-objects if you trust it"),
+    "UNSAFE_OBJECT": (ERROR, "the config holds an object of a class that is not on the allowlist"),
+    "UNSAFE_CALL_ARGUMENT": (ERROR, "a layer is called with an argument it does not document"),
+    "UNSAFE_HDF5_EXTERNAL_LINK": (ERROR, "the HDF5 file links to another file; re-save the model"),
+    "UNSAFE_HDF5_EXTERNAL_STORAGE": (ERROR, "a dataset keeps its data in another file; re-save the model"),
+    "UNSAFE_HDF5_SOFT_LINK": (ERROR, "the HDF5 file has soft links, which Keras never writes; re-save the model"),
+    "UNSAFE_HDF5_VIRTUAL_DATASET": (ERROR, "a virtual dataset maps other files; re-save the model"),
+    "UNSAFE_HDF5": (ERROR, "the HDF5 file has a structure Keras never writes; re-save the model"),
+    "OVERSIZED_DATA": (ERROR, "the file declares more data than its size allows (a decompression or size bomb); "
+                              "raise BNREWRITE_MAX_WEIGHT_BYTES only for a file you trust"),
+    "UNKNOWN_CLASS": (WARNING, "a custom layer class: provide it with --custom-objects"),
+    "UNSUPPORTED": (WARNING, "bnrewrite cannot rebuild this layer"),
+}
+
 #: codes about a layer's weights: folding the BN into its neighbour keeps the problem
 #: (folding preserves the function), so compare() does not count them fixed when the
 #: BN merely disappeared
@@ -307,10 +332,55 @@ def _layer_findings(name, wrapper, trainable, trainings, w, cfg, epsilon) -> lis
 
 
 def inspect(path, **read_options) -> Audit:
-    """Read the model file ``path`` (``bnrewrite.io.read_model(path, **read_options)``) and audit it."""
-    from .io import read_model
+    """Read the model file ``path`` (``bnrewrite.io.read_model(path, **read_options)``) and audit it.
 
-    return audit(read_model(path, **read_options))
+    Unsafe content is reported, not raised: every layer the data-only scan flags
+    (:data:`SAFETY_CODES`), at any depth, is a finding -- even with ``unsafe=True``, since a
+    CI gate wants to know. When the file cannot be read safely at all, the BN rows are
+    empty and ``source["bn_audit"]`` says why."""
+    from .errors import BnrewriteError
+    from .io import read_config, read_model
+    from .io.scan import scan_config
+
+    custom = frozenset(read_options.get("custom_objects") or ())
+    try:
+        mg = read_model(path, **read_options)
+    except BnrewriteError as e:
+        if getattr(e, "code", None) is None:
+            raise
+        result = Audit(source={"path": str(path), "bn_audit": f"skipped: {e}"})
+        try:
+            config = read_config(path)
+        except BnrewriteError:
+            config = None
+        if config is not None and e.code == "UNSAFE_LAMBDA_CODE" and _is_hdf5(path):
+            # reading an .h5 never runs its bytecode (the graph is JSON + arrays), so the BN rows can
+            # still be audited; a .keras is read through Keras, which would run it
+            try:
+                result = audit(read_model(path, **{**read_options, "unsafe": True}))
+            except BnrewriteError:
+                pass
+        found = scan_config(config, custom_classes=custom) if config else []
+        if not any(f["code"] == e.code for f in found):
+            found.insert(0, {"code": e.code, "layer": "(file)", "message": str(e)})
+        result.findings.extend(_safety_finding(f) for f in found)
+        return result
+    result = audit(mg)
+    config = mg.original.config if mg.original is not None else None
+    if config:
+        result.findings.extend(_safety_finding(f) for f in scan_config(config, custom_classes=custom))
+    return result
+
+
+def _is_hdf5(path) -> bool:
+    from .io.safe_files import sniff
+
+    return sniff(path) == "hdf5"
+
+
+def _safety_finding(f: dict) -> dict:
+    severity, hint = SAFETY_CODES.get(f["code"], (ERROR, ""))
+    return {"code": f["code"], "layer": f["layer"], "severity": severity, "message": f["message"], "hint": hint}
 
 
 def compare(before: Audit, after: Audit, *, calibrated: Iterable[str] = (),

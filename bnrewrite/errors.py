@@ -49,9 +49,17 @@ class Interrupted(KeyboardInterrupt):
 
 
 class BnrewriteError(Exception):
-    """Base class: a failure the user can act on, reported as one line."""
+    """Base class: a failure the user can act on, reported as one line.
+
+    ``code`` names what kind of unsafe or unsupported content caused a refusal
+    (``UNSAFE_LAMBDA_CODE``, ``UNSAFE_HDF5_EXTERNAL_LINK``, ...); ``inspect``
+    reports it as a finding with that code (``bnrewrite.audit.CODES``)."""
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, *args, code: str | None = None):
+        super().__init__(*args)
+        self.code = code
 
 
 class InputError(BnrewriteError):
@@ -82,6 +90,7 @@ def with_path(e: InputError, path) -> InputError:
     if str(path) in msg:
         return e
     new = type(e)(f"{path}: {msg}")
+    new.code = getattr(e, "code", None)
     new.__cause__ = e.__cause__
     return new
 

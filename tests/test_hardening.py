@@ -189,7 +189,7 @@ def _build_cases(root: Path) -> dict[str, Case]:
     # -- input files
     convert("missing_input", inp / "nope.h5", "--report", "report.json")
     convert("input_is_directory", inp / "folder.h5")
-    convert("unknown_input_suffix", f["pb"])
+    convert("input_by_content", f["pb"], "-q")
     convert("empty_file", f["empty"])
     convert("truncated_h5", f["trunc_h5"], "--report", "report.json")
     convert("corrupt_h5", f["garbage_h5"])
@@ -347,8 +347,11 @@ def test_input_is_directory(runs):
     assert_refused(runs["input_is_directory"], "folder.h5", "directory")
 
 
-def test_unknown_input_suffix(runs):
-    assert_refused(runs["unknown_input_suffix"], "model.pb", "suffix", ".pb")
+def test_input_by_content_not_suffix(runs):
+    """An HDF5 model under another suffix is read by its content (and verified)."""
+    run = runs["input_by_content"]
+    assert run.code == 0 and run.stderr.strip() == "", run.stderr
+    assert run.out.is_file() and run.changed == []
 
 
 def test_empty_file(runs):

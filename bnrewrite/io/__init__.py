@@ -15,9 +15,9 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
     """Read a Keras model file into a graph.
 
     The input must be a regular file (a symlink to one is fine; a FIFO, device or socket
-    is refused) with a model suffix (``.h5``, ``.hdf5``, ``.keras``); its *content* picks
-    the reader: HDF5 (also under a ``.keras`` name) or a ``.keras`` zip (also under an
-    ``.h5`` name). A SavedModel folder and unknown content are InputErrors.
+    is refused); its *content* picks the reader, whatever the suffix: HDF5 (also under a
+    ``.keras`` name) or a ``.keras`` zip (also under an ``.h5`` name). A SavedModel folder
+    and unknown content are InputErrors.
     """
     from .safe_files import check_regular, describe_content, sniff
 
@@ -29,9 +29,6 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
                              "(save the model with model.save('model.keras') or 'model.h5')")
         raise InputError(f"{p}: is a directory, not a model file (SavedModel folders are not supported)")
     check_regular(p)
-    suffix = p.suffix.lower()
-    if suffix not in READ_SUFFIXES:
-        raise InputError(f"{p}: unknown model file suffix {p.suffix!r} (expected one of {', '.join(READ_SUFFIXES)})")
     if kind == "hdf5":
         from .h5 import read_h5
         from .original import bn_subclass_names
@@ -44,3 +41,29 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
         return read_keras(p, unsafe=unsafe, custom_objects=custom_objects)
     raise InputError(f"{p}: not a Keras model file: {describe_content(p)} "
                      "(expected an HDF5 file or a .keras zip archive)")
+
+
+def read_config(path) -> dict | None:
+    """The model config of a file, read as data only (no framework, no weights), or None
+    when the file has none. For ``inspect``'s scan of unsafe content."""
+    import json
+
+    from .safe_files import check_regular, config_limit, read_zip_members, sniff
+
+    p = Path(path)
+    kind = sniff(p)
+    check_regular(p)
+    if kind == "hdf5":
+        from .h5 import _extract_isolated
+
+        raw = _extract_isolated(p)
+        text = (raw.get("attrs") or {}).get("model_config")
+    elif kind == "zip":
+        text = read_zip_members(p, {"config.json": config_limit()}, what=".keras archive").get("config.json")
+    else:
+        return None
+    try:
+        config = json.loads(text) if text is not None else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None

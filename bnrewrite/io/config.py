@@ -270,7 +270,7 @@ class _Builder:
                 if k not in CALL_KWARGS:
                     raise UnsupportedModelError(
                         f"layer {_lname(lc)!r} ({cls}) is called with argument {k}={_short(v)}, which "
-                        "bnrewrite does not pass to that layer"
+                        "bnrewrite does not pass to that layer", code="UNSAFE_CALL_ARGUMENT"
                     )
         if training is not None and "training" not in kwargs and (
             cls in TRAINING_AWARE or cls in MODEL_CLASSES

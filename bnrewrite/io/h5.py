@@ -198,7 +198,8 @@ def _extract_isolated(path: Path, mode: str = "model", *, data: bytes | None = N
             raise InputError(f"{label}: damaged HDF5 file ({why})")
     error = result.get("error") or ""
     if error.startswith("refused: "):
-        raise InputError(f"{label}: refusing to read it: {error[len('refused: '):]}")
+        why = error[len("refused: "):]
+        raise InputError(f"{label}: refusing to read it: {why}", code=_refusal_code(why))
     if error.startswith("memory: "):
         raise InputError(_memory_message(label, error[len("memory: "):], as_bytes))
     return result
@@ -250,3 +251,15 @@ def _first_own(weight_name: str, nest: tuple) -> str:
     while i < len(parts) - 1 and parts[i] in nest:
         i += 1
     return parts[i]
+
+
+#: refusal text of the HDF5 extractor -> finding code (``inspect`` reports these)
+_REFUSAL_CODES = (
+    ("external file", "UNSAFE_HDF5_EXTERNAL_STORAGE"), ("external link", "UNSAFE_HDF5_EXTERNAL_LINK"),
+    ("soft link", "UNSAFE_HDF5_SOFT_LINK"), ("virtual dataset", "UNSAFE_HDF5_VIRTUAL_DATASET"),
+    ("declares", "OVERSIZED_DATA"), ("decompression bomb", "OVERSIZED_DATA"), ("names", "OVERSIZED_DATA"),
+)
+
+
+def _refusal_code(why: str) -> str:
+    return next((code for needle, code in _REFUSAL_CODES if needle in why), "UNSAFE_HDF5")

@@ -42,32 +42,37 @@ def check_layer(class_name: str, config: dict, *, layer_name: str, module: str |
         what = "a Lambda carrying Python code" if class_name == "Lambda" else f"a {class_name} carrying Python code"
         raise UnsupportedModelError(
             f"layer {layer_name!r} is {what} (serialized bytecode in {', '.join(code)}); refusing to "
-            "run code from a model file (pass --unsafe / unsafe=True only for files you trust)"
+            "run code from a model file (pass --unsafe / unsafe=True only for files you trust)",
+            code="UNSAFE_LAMBDA_CODE",
         )
     custom = set(custom_classes)
     if class_name in REFUSED and class_name not in custom:
         raise UnsupportedModelError(
-            f"layer {layer_name!r} is {class_name} ({REFUSED[class_name]}); bnrewrite does not rebuild it"
+            f"layer {layer_name!r} is {class_name} ({REFUSED[class_name]}); bnrewrite does not rebuild it",
+            code="UNSAFE_LAYER",
         )
     if is_keras_op(module):
         if not class_name.isidentifier():
-            raise UnsupportedModelError(f"layer {layer_name!r}: bad Keras op name {class_name!r}")
+            raise UnsupportedModelError(f"layer {layer_name!r}: bad Keras op name {class_name!r}", code="UNKNOWN_CLASS")
     elif class_name not in LAYERS and class_name not in MODEL_CLASSES and class_name not in custom:
         raise UnsupportedModelError(
             f"layer {layer_name!r} has unknown class {class_name!r}; provide it with "
-            "--custom-objects module.py (API: custom_objects={...})"
+            "--custom-objects module.py (API: custom_objects={...})",
+            code="UNKNOWN_CLASS",
         )
     if module is not None and not is_keras_op(module) and class_name not in custom \
             and not str(module).startswith(_KERAS_MODULES):
         raise UnsupportedModelError(
-            f"layer {layer_name!r}: class {class_name!r} from module {module!r} is not a Keras layer"
+            f"layer {layer_name!r}: class {class_name!r} from module {module!r} is not a Keras layer",
+            code="UNSAFE_OBJECT",
         )
     if class_name in ("TFOpLambda", "SlicingOpLambda"):
         fn = config.get("function")
         if not isinstance(fn, str) or not tf_op_allowed(fn):
             raise UnsupportedModelError(
                 f"layer {layer_name!r} calls TensorFlow function tf.{fn} (TFOpLambda), which is not on "
-                "bnrewrite's allowlist of pure tensor ops"
+                "bnrewrite's allowlist of pure tensor ops",
+                code="UNSAFE_TF_OP",
             )
     if class_name == "Lambda":
         for key in ("function", "output_shape", "mask"):
@@ -76,12 +81,14 @@ def check_layer(class_name: str, config: dict, *, layer_name: str, module: str |
                 raise UnsupportedModelError(
                     f"layer {layer_name!r} is a Lambda calling the Python function {fn[0]!r} ({key}); "
                     "provide it with --custom-objects module.py (a module-level custom_objects dict; "
-                    "API: custom_objects={...})"
+                    "API: custom_objects={...})",
+                    code="UNSAFE_FUNCTION",
                 )
     for key in ("vocabulary", "vocabulary_file"):
         if isinstance(config.get(key), str):
             raise UnsupportedModelError(
-                f"layer {layer_name!r} ({class_name}) reads its vocabulary from the file {config[key][:100]!r}"
+                f"layer {layer_name!r} ({class_name}) reads its vocabulary from the file {config[key][:100]!r}",
+                code="UNSAFE_FILE_VOCABULARY",
             )
     _check_nested(config, layer_name, custom, top=True)
 
@@ -107,20 +114,23 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
             if not ok:
                 raise UnsupportedModelError(
                     f"layer {layer_name!r} names the function {module}.{name} that is not on bnrewrite's "
-                    "allowlist; provide it with --custom-objects if you trust it"
+                    "allowlist; provide it with --custom-objects if you trust it",
+                    code="UNSAFE_FUNCTION",
                 )
             return
         if cls in REFUSED and cls not in custom:
-            raise UnsupportedModelError(f"layer {layer_name!r} holds a {cls} ({REFUSED[cls]})")
+            raise UnsupportedModelError(f"layer {layer_name!r} holds a {cls} ({REFUSED[cls]})", code="UNSAFE_LAYER")
         if isinstance(cls, str) and cls not in NESTED and cls not in LAYERS and cls not in MODEL_CLASSES \
                 and cls not in custom and not is_keras_op(module):
             raise UnsupportedModelError(
-                f"layer {layer_name!r} holds an object of class {cls!r} that is not on bnrewrite's allowlist"
+                f"layer {layer_name!r} holds an object of class {cls!r} that is not on bnrewrite's allowlist",
+                code="UNSAFE_OBJECT",
             )
         if module is not None and cls not in custom and not str(module).startswith(_KERAS_MODULES) \
                 and not is_keras_op(module):
             raise UnsupportedModelError(
-                f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras"
+                f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras",
+                code="UNSAFE_OBJECT",
             )
         if cls in LAYERS or cls in MODEL_CLASSES:
             check_layer(cls, obj.get("config") or {}, layer_name=f"{layer_name}/{(obj.get('config') or {}).get('name', cls)}",
