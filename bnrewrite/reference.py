@@ -99,8 +99,9 @@ def _tf_keras_h5(config, weights, custom_objects, unsafe):
     from tf_keras.src.saving.legacy import hdf5_format
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-    from .build.tf_keras import lambda_globals
+    from .build.tf_keras import lambda_globals, require_tf_keras
 
+    require_tf_keras()
     objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
     with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
         if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":

@@ -19,10 +19,28 @@ gave it (``K``, ``tf``, ``np``), as when the file was written.
 from __future__ import annotations
 
 import copy
+import functools
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer
 from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
+
+
+@functools.lru_cache(maxsize=None)
+def require_tf_keras() -> None:
+    """tf_keras must be on TensorFlow's minor version (it is built against it)."""
+    import tensorflow as tf
+
+    try:
+        import tf_keras
+    except ImportError as e:
+        raise UnsupportedModelError(
+            "this file was written by Keras 2 / tf.keras and is rebuilt by tf_keras, which is not "
+            f"installed (pip install 'tf_keras~={tf.__version__.rsplit('.', 1)[0]}.0')") from e
+    if tf_keras.__version__.split(".")[:2] != tf.__version__.split(".")[:2]:
+        raise UnsupportedModelError(
+            f"tf_keras {tf_keras.__version__} does not match TensorFlow {tf.__version__}: install "
+            f"tf_keras~={'.'.join(tf.__version__.split('.')[:2])}.0")
 
 
 def tf_keras_class(class_name: str):
@@ -58,6 +76,7 @@ class TfKerasBuilder(Builder):
     framework = "tf_keras"
 
     def make_layer(self, layer: Layer, custom_objects=None, unsafe=None):
+        require_tf_keras()
         import tf_keras
 
         custom_objects, unsafe = effective_options(custom_objects, unsafe)
