@@ -253,6 +253,8 @@ def convert(
 
             say("migrating the Keras 2 model to Keras 3")
             target, rep.migration = migrate(mg)
+        if fmt == "h5" and target.framework == "keras":
+            _check_keras3_h5(target)
         from .build import build_model, builder
 
         say(f"rebuilding the model in {builder(target).label}")
@@ -314,6 +316,22 @@ def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol,
         return v
     return verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
                   verify_data=verify_data, reference_label=label, no_reference=why, names=names)
+
+
+def _check_keras3_h5(mg: ModelGraph) -> None:
+    """Keras 3's HDF5 format stores layers only: an op node (``keras.ops.*`` recorded in the
+    file, or a reshape a pass made) could be written but never loaded back."""
+    from .errors import UnsupportedModelError
+    from .graph import is_op
+    from .io.layercheck import is_keras_op
+
+    for node in mg.topo():
+        lay = mg.layer(node)
+        if is_op(lay) or is_keras_op(lay.module):
+            made = " (made by unwrapping TimeDistributed; --keep-timedistributed avoids it)" if is_op(lay) else ""
+            raise UnsupportedModelError(
+                f"Keras 3's .h5 format cannot store the op node {lay.name!r} ({lay.class_name}){made}: "
+                "Keras could not load the file back; write .keras or .onnx instead")
 
 
 def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):

@@ -377,3 +377,26 @@ def test_config_expansion_is_linear_when_layers_are_listed_in_reverse():
         times[reverse] = time.perf_counter() - t0
         assert mg.graph.number_of_nodes() == 8001
     assert times[True] < 3 * times[False] + 2.0, times
+
+
+def test_keras_34_operation_nodes(tmp_path):
+    """A Keras 3.4 archive whose relu/add are operation nodes, not layers
+    (fixtures/keras34/make_keras34.py): .onnx and .keras match Keras 3's own reading; .h5
+    is refused before writing (Keras 3's HDF5 cannot store op nodes)."""
+    import keras
+
+    from conftest import ROOT
+
+    src = ROOT / "fixtures" / "keras34" / "ops_nodes.keras"
+    model = keras.saving.load_model(src, compile=False)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((3, 16, 16, 3)).astype("float32"), rng.integers(0, 20, (3, 5)).astype("int32")]
+    want = np.asarray(model(xs, training=False))
+    rep = bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert rep.verification["reference"].startswith("Keras 3")
+    assert_close(_onnx(tmp_path / "o.onnx", xs)[0], want, "keras 3.4 ops onnx")
+    bnrewrite.convert(src, tmp_path / "o.keras")
+    assert_close(_keras3(tmp_path / "o.keras", xs)[0], want, "keras 3.4 ops keras")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="cannot store the op node"):
+        bnrewrite.convert(src, tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()

@@ -24,7 +24,9 @@ def keras_class(class_name: str, module: str | None = None):
 
     import keras
 
-    if (module or "").startswith("keras.src.ops."):
+    from ..io.layercheck import is_keras_op
+
+    if is_keras_op(module):
         try:
             cls = getattr(importlib.import_module(module), class_name, None)
         except ImportError:

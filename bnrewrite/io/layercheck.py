@@ -27,9 +27,14 @@ MODEL_CLASSES = ("Functional", "Model", "Sequential")
 _KERAS_MODULES = ("keras", "keras.", "tf_keras", "tf_keras.")
 
 
+#: modules of Keras 3's own operations that functional graphs record as nodes (``keras.ops.add``,
+#: and in Keras 3.4, ``keras.activations.relu`` as ``keras.src.activations.activations.ReLU``)
+KERAS_OP_MODULES = ("keras.src.ops.", "keras.src.activations.")
+
+
 def is_keras_op(module: str | None) -> bool:
     """Whether a config's ``module`` names one of Keras 3's own ops (not a layer)."""
-    return (module or "").startswith("keras.src.ops.")
+    return (module or "").startswith(KERAS_OP_MODULES)
 
 
 def check_layer(class_name: str, config: dict, *, layer_name: str, module: str | None = None,
