@@ -44,10 +44,17 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     ok: bool = False
+    #: CI fields (docs/report-schema.md), filled by :func:`bnrewrite.report.finalize_convert`
+    schema_version: int = 1
+    versions: dict = field(default_factory=dict)
+    error: dict | None = None
+    exit_code: int | None = None
 
     def to_dict(self) -> dict:
         return {
-            "ok": self.ok, "input": self.input, "output": self.output, "passes": self.passes,
+            "schema_version": self.schema_version, "kind": "convert", "ok": self.ok, "exit_code": self.exit_code,
+            "error": self.error, "versions": self.versions,
+            "input": self.input, "output": self.output, "passes": self.passes,
             "calibration": self.calibration, "migration": self.migration, "verification": self.verification,
             "findings": self.findings, "notes": self.notes, "timings": self.timings,
         }
@@ -87,11 +94,14 @@ def check_paths(src, dst, force: bool, report=None, *, inputs=()) -> None:
     """
     from .outputs import check_outputs
 
-    src, dst = Path(src), Path(dst)
+    from .io.memory import is_model
+
+    live = is_model(src)  # a live model object: nothing to protect on disk
+    src, dst = (src if live else Path(src)), Path(dst)
     output_format(dst)
-    if not src.exists():
+    if not live and not src.exists():
         raise InputError(f"{src}: no such file")
-    check_outputs([(dst, "output"), (report, "--report")], inputs=[src, *inputs], force=force)
+    check_outputs([(dst, "output"), (report, "--report")], inputs=[*([] if live else [src]), *inputs], force=force)
 
 
 def atomic_write(dst: Path, write: Callable[[Path], None]) -> Path:
@@ -178,6 +188,10 @@ def convert(
 ) -> ConvertReport:
     """Convert a Keras model file ``src`` to ``dst`` (``.onnx``, ``.keras`` or ``.h5``).
 
+    ``src`` may also be a live Keras 3 ``keras.Model`` or tf_keras ``Model`` (Functional or
+    Sequential; :mod:`bnrewrite.io.memory`): it is only read, and the output is verified
+    against a copy of it made by its own framework.
+
     ``passes`` replaces the default pass list (``bnrewrite.passes.default_passes``);
     ``fold=False`` and ``keep_timedistributed=True`` switch default passes off.
 
@@ -197,7 +211,9 @@ def convert(
     (exit 3) when the written output does not match. ``report`` also writes the
     report as JSON, success or not.
     """
-    src, dst = Path(src), Path(dst)
+    from .io.memory import is_model
+
+    src, dst = (src if is_model(src) else Path(src)), Path(dst)
     say = progress or (lambda msg: None)
     if input_shapes is not None:
         from .verify import parse_input_shapes
@@ -291,11 +307,20 @@ def convert(
     finally:
         scope.close()
         rep.timings["total_s"] = time.perf_counter() - t0
-        # Bad input (exit 2) writes nothing; success and failed verification write the report.
+        # Bad input (exit 2) writes nothing here (the CLI writes its own report for it); success and
+        # failed verification write the report. The failure carries the report (``e.report``).
         # Nothing more is written once a stop signal (SIGINT/SIGTERM/SIGHUP) arrived.
-        from .outputs import interrupted
+        import sys
 
+        from .outputs import interrupted
+        from .report import finalize_convert
+
+        failure = sys.exc_info()[1]
+        if isinstance(failure, Exception) and getattr(failure, "report", None) is None:
+            with contextlib.suppress(AttributeError):
+                failure.report = rep
         if report is not None and (rep.ok or rep.verification is not None) and interrupted() is None:
+            finalize_convert(rep, src, dst, error=failure if isinstance(failure, Exception) else None)
             write_text_atomic(Path(report), rep.to_json(), force=force)
 
 
@@ -347,6 +372,8 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
     if stats:
         set_statistics(reference, stats)
     who = "tf_keras" if mg.original.framework == "tf_keras" else "Keras 3"
+    if mg.original.format == "memory":
+        return reference, f"{who} copy of the original in-memory model", None
     return reference, f"{who} reading of the original file", None
 
 
@@ -370,5 +397,84 @@ def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:
 
 
 def load(path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
-    """Read a Keras model file into a :class:`~bnrewrite.graph.ModelGraph` (``.graph`` is networkx)."""
+    """Read a Keras model file (or a live Keras 3 / tf_keras model) into a
+    :class:`~bnrewrite.graph.ModelGraph` (``.graph`` is networkx)."""
     return read_model(path, unsafe=unsafe, custom_objects=custom_objects)
+
+
+def rewrite(
+    model,
+    *,
+    passes: Iterable[Pass] | None = None,
+    fold: bool = True,
+    keep_trainable: bool = False,
+    keep_timedistributed: bool = False,
+    unsafe: bool = False,
+    custom_objects: dict | None = None,
+    calibration=None,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    variance: str = "unbiased",
+    cache_mb: float = 1024,
+    cache_dir: str | os.PathLike | None = None,
+    max_spill_gb: float | None = None,
+    verify: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    input_shapes: dict | None = None,
+    verify_data=None,
+    return_report: bool = False,
+    **extra,
+):
+    """A new in-memory model of ``model``'s framework with the passes applied (and AdaBN with
+    ``calibration``), as :func:`convert` would write it, without a file.
+
+    ``model`` is a live Keras 3 ``keras.Model`` or tf_keras ``Model`` (Functional or
+    Sequential), or a model path. It is only read: the caller's model keeps its weights and
+    predictions. The new model is verified like a written file, against the framework's own
+    copy of the original (call-site ``training`` flags removed, calibrated statistics put in);
+    a mismatch raises :class:`~bnrewrite.errors.VerificationError`. With ``return_report``
+    the result is ``(new model, ConvertReport)``.
+    """
+    from .build import build_model, rebuild_options
+    from .verify import run_model
+    from .verify import verify as run_verify
+
+    rep = ConvertReport()
+    t0 = time.perf_counter()
+    if input_shapes is not None:
+        input_shapes = {str(k): [int(d) for d in v] for k, v in input_shapes.items()}
+    with rebuild_options(custom_objects, unsafe):
+        mg = read_model(model, unsafe=unsafe, custom_objects=custom_objects)
+        check_finite(mg, skip_bn_stats=calibration is not None)
+        rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
+        rep.notes.extend(mg.source.get("notes", []))
+        options = {
+            "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
+            "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "custom_objects": custom_objects, **extra,
+        }
+        ctx = PassContext(keep_trainable=keep_trainable, options=options)
+        from .audit import audit, compare
+
+        before = audit(mg)
+        rep.passes = run_passes(mg, passes, ctx, options)
+        if calibration is not None:
+            check_finite(mg)
+        rep.calibration = ctx.artifacts.get("calibration")
+        calibrated = [r["layer"] for r in (rep.calibration or {}).get("layers", [])]
+        rep.findings = compare(before, audit(mg), calibrated=calibrated)
+        new = build_model(mg, custom_objects)
+        rep.output = {"format": "memory", "framework": mg.framework, "keras_layers": len(new.layers)}
+        if verify:
+            reference, label, why = _reference(mg, custom_objects, unsafe, ctx.artifacts.get("calibrated_stats"),
+                                               ctx.artifacts.get("changes_function"))
+            v = run_verify(lambda xs: run_model(new, xs), mg.framework, new, reference, atol=atol, rtol=rtol,
+                           input_shapes=input_shapes, verify_data=verify_data, reference_label=label,
+                           no_reference=why)
+            rep.verification = v.to_dict()
+            if not v.ok:
+                raise VerificationError(f"verification failed: {v.failure()}", report=rep)
+    rep.ok = True
+    rep.timings["total_s"] = time.perf_counter() - t0
+    return (new, rep) if return_report else new

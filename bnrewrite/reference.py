@@ -76,6 +76,11 @@ def build_reference(original: Original, *, custom_objects: dict | None = None, u
         raise NoReference("the model was not read from a file")
     config = strip_training(original.config)
     try:
+        if original.format == "memory":  # a live model: a copy of it (bnrewrite.io.memory)
+            from .io.memory import build_original
+
+            return build_original(config, original.weights, original.framework, unsafe=unsafe,
+                                  custom_objects=custom_objects)
         if original.format == "keras":
             from .io.keras_zip import build_original
 

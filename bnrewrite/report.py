@@ -50,6 +50,9 @@ def print_convert_report(console, rep) -> None:
             console.print(f"  [green]fixed[/] {_t(f['code'])} on {_t(f['layer'])}")
         for f in left:
             console.print(f"  [yellow]remains[/] {_t(f['code'])} on {_t(f['layer'])}: {_t(f['message'], TEXT_LIMIT)}")
+        for f in rep.findings.get("new", []):  # made by the conversion (e.g. calibrating on constant data)
+            console.print(f"  [bold red]new[/] {_t(severity_of(f))} {_t(f['code'])} on {_t(f['layer'])}: "
+                          f"{_t(f['message'], TEXT_LIMIT)}")
     if rep.migration:
         console.print(f"[bold]migrated[/] to Keras 3: {len(rep.migration)} translation"
                       f"{'s' if len(rep.migration) != 1 else ''} (docs/migration.md)")
@@ -108,3 +111,122 @@ def print_calibration(console, c: dict) -> None:
         console.print(t)
     for s in c.get("skipped", []):
         console.print(f"  [yellow]not calibrated[/] {_t(s['layer'])}: {_t(s['reason'], TEXT_LIMIT)}")
+
+
+# ---------------------------------------------------------------- the JSON report (CI)
+#: version of the JSON layout of ``convert --report`` and ``inspect --json`` (docs/report-schema.md)
+SCHEMA_VERSION = 1
+
+#: the packages whose versions every JSON report records
+VERSION_PACKAGES = ("bnrewrite", "tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "onnxruntime")
+
+#: ``error.code`` for failures without a content code (``BnrewriteError.code``)
+ERROR_CODES = {
+    "VerificationError": "VERIFICATION_FAILED",
+    "UnsupportedModelError": "UNSUPPORTED_MODEL",
+    "InputError": "BAD_INPUT",
+    "UsageError": "USAGE_ERROR",
+}
+
+SEVERITIES = ("info", "warning", "error")
+
+
+def versions() -> dict:
+    """Installed versions of bnrewrite and the frameworks (package metadata: nothing is imported)."""
+    from importlib import metadata
+
+    out = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def sha256_file(path) -> str | None:
+    """sha256 of a regular file, or None (missing, not a regular file, unreadable, not a path)."""
+    import hashlib
+    import os
+    import stat
+
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None  # e.g. a live model object given to the API
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def error_record(e: BaseException | None, exit_code: int | None = None) -> dict | None:
+    """``{"code", "message", "exit_code"}`` for a failure (None for success)."""
+    if e is None:
+        return None
+    from .errors import EXIT_BAD_INPUT
+
+    code = getattr(e, "code", None)
+    if not code:
+        code = next((c for cls, c in ERROR_CODES.items() if cls in {k.__name__ for k in type(e).__mro__}), None)
+    if not code:
+        code = "INTERNAL_ERROR"
+    msg = str(e).strip() or type(e).__name__
+    if exit_code is None:
+        exit_code = getattr(e, "exit_code", EXIT_BAD_INPUT)
+    return {"code": code, "type": type(e).__name__, "message": msg, "exit_code": exit_code}
+
+
+def finalize_convert(rep, src, dst, error: BaseException | None = None, exit_code: int | None = None):
+    """Fill the CI fields of a :class:`~bnrewrite.convert.ConvertReport`: schema version, versions,
+    input/output paths with sha256, the error (code, message, exit code). Returns ``rep``."""
+    from .errors import EXIT_OK
+
+    rep.schema_version = SCHEMA_VERSION
+    rep.versions = versions()
+    rep.input = dict(rep.input or {})
+    import os
+
+    if isinstance(src, (str, os.PathLike)):
+        rep.input.setdefault("path", str(src))
+    rep.input["sha256"] = sha256_file(src)
+    rep.output = dict(rep.output or {})
+    rep.output.setdefault("path", str(dst))
+    rep.output["sha256"] = sha256_file(dst) if rep.ok else None
+    rep.error = error_record(error, exit_code)
+    rep.exit_code = rep.error["exit_code"] if rep.error else (exit_code if exit_code is not None else EXIT_OK)
+    if rep.findings is not None:
+        for key in ("fixed", "remaining", "new"):
+            for f in rep.findings.get(key, []):
+                f.setdefault("severity", severity_of(f))
+    return rep
+
+
+def severity_of(f: dict) -> str:
+    """The severity of a finding from :func:`bnrewrite.audit.compare` (which leaves it out):
+    its own, else the code's default (a negative variance is an error)."""
+    from .audit import CODES, SAFETY_CODES
+
+    if f.get("severity") in SEVERITIES:
+        return f["severity"]
+    if f.get("code") == "DEGENERATE_VARIANCE" and "negative" in str(f.get("message", "")):
+        return "error"
+    return (CODES.get(f.get("code")) or SAFETY_CODES.get(f.get("code")) or ("warning",))[0]
+
+
+def findings_at_least(findings: dict | None, level: str) -> list[dict]:
+    """Remaining and new findings of a conversion at ``level`` or worse (``--fail-on``)."""
+    if not findings:
+        return []
+    rank = SEVERITIES.index(level)
+    return [f for key in ("remaining", "new") for f in findings.get(key, [])
+            if SEVERITIES.index(severity_of(f)) >= rank]
+
+
+def plural(n: int, word: str) -> str:
+    """``1 warning``, ``2 warnings``; ``info`` does not take an s."""
+    return f"{n} {word}" if n == 1 or word == "info" else f"{n} {word}s"

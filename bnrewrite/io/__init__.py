@@ -19,8 +19,13 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
     ``.keras`` name) or a ``.keras`` zip (also under an ``.h5`` name). A SavedModel folder
     and unknown content are InputErrors.
     """
+    from .memory import is_model
     from .safe_files import check_regular, describe_content, sniff
 
+    if is_model(path):  # a live keras.Model / tf_keras Model (bnrewrite.io.memory)
+        from .memory import read_memory
+
+        return read_memory(path, unsafe=unsafe, custom_objects=custom_objects)
     p = Path(path)
     kind = sniff(p)  # InputError if missing or neither a folder nor a regular file
     if p.is_dir():
@@ -48,15 +53,22 @@ def read_config(path) -> dict | None:
     when the file has none. For ``inspect``'s scan of unsafe content."""
     import json
 
+    from .memory import is_model
     from .safe_files import check_regular, config_limit, read_zip_members, sniff
 
+    if is_model(path):
+        try:
+            config = json.loads(path.to_json())
+        except Exception:  # noqa: BLE001 - read_model already said why
+            return None
+        return config if isinstance(config, dict) else None
     p = Path(path)
     kind = sniff(p)
     check_regular(p)
     if kind == "hdf5":
-        from .h5 import _extract_isolated
+        from .h5 import extract
 
-        raw = _extract_isolated(p)
+        raw = extract(p)
         text = (raw.get("attrs") or {}).get("model_config")
     elif kind == "zip":
         text = read_zip_members(p, {"config.json": config_limit()}, what=".keras archive").get("config.json")

@@ -255,17 +255,12 @@ def check_data_path(p) -> None:
     never end, so it is refused -- before TensorFlow is imported, by the CLI."""
     import stat
 
+    from .safe_files import kind, stat_path
+
     p = Path(p)
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{p}: calibration data not found") from None
-    except OSError as e:
-        raise InputError(f"{p}: calibration data cannot be read ({e.strerror or e})") from None
+    st = stat_path(p, "calibration data")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
-                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
-        raise InputError(f"{p}: calibration data is {kind}; give a .npy/.npz file or a folder of them")
+        raise InputError(f"{p}: calibration data is {kind(st.st_mode)}; give a .npy/.npz file or a folder of them")
 
 
 def _fits(shape, expect) -> bool:

@@ -50,13 +50,22 @@ last_child: dict = {}
 _RUN = "import runpy, sys; sys.path.pop(0); sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
-def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_classes=frozenset()) -> ModelGraph:
-    raw = _extract_isolated(path)
+def extract(path: Path, mode: str = "model", **kw) -> dict:
+    """:func:`_extract_isolated`, with a file the HDF5 library cannot open or read as one
+    InputError (``member`` names the HDF5 file inside an archive)."""
+    raw = _extract_isolated(path, mode, **kw)
     if raw["error"]:
         kind, _, msg = raw["error"].partition(": ")
+        what = kw.get("member")
         if kind == "open":
-            raise InputError(f"{path}: not a readable HDF5 file ({msg})")
-        raise InputError(f"{path}: damaged HDF5 file ({msg})")
+            raise InputError(f"{path}: {what + ' is' if what else ''} not a readable HDF5 file ({msg})"
+                             if what else f"{path}: not a readable HDF5 file ({msg})")
+        raise InputError(f"{path}: damaged {what or 'HDF5 file'} ({msg})")
+    return raw
+
+
+def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_classes=frozenset()) -> ModelGraph:
+    raw = extract(path)
     attrs = raw["attrs"]
     if "model_config" not in attrs:
         if raw["has_layer_names"] or not raw["has_model_weights"]:

@@ -69,15 +69,9 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
     except InputError as e:
         raise with_path(e, path) from None
 
-    from .h5 import _extract_isolated
+    from .h5 import extract
 
-    raw = _extract_isolated(path, "weights", data=members.pop(WEIGHTS), limit=limit, member=WEIGHTS)
-    if raw["error"]:
-        kind, _, msg = raw["error"].partition(": ")
-        if kind == "open":
-            raise InputError(f"{path}: {WEIGHTS} is not a readable HDF5 file ({msg})")
-        raise InputError(f"{path}: damaged {WEIGHTS} ({msg})")
-    tree = raw["tree"]
+    tree = extract(path, "weights", data=members.pop(WEIGHTS), limit=limit, member=WEIGHTS)["tree"]
     try:
         model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects)
     except InputError as e:

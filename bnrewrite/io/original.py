@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 class Original:
     #: ``"tf_keras"`` or ``"keras"``: the framework that wrote (and so rebuilds) the file
     framework: str
-    #: ``"h5"`` (full-model HDF5) or ``"keras"`` (Keras 3 archive)
+    #: ``"h5"`` (full-model HDF5), ``"keras"`` (Keras 3 archive), ``"memory"`` (a live model,
+    #: :mod:`bnrewrite.io.memory`) or ``"savedmodel"`` (:mod:`bnrewrite.io.savedmodel`)
     format: str
     #: the model config as stored in the file
     config: dict
-    #: the vetted weights: the HDF5 extractor's result (``.h5``) or the weights tree (``.keras``)
+    #: the vetted weights: the HDF5 extractor's result (``.h5``), the weights tree (``.keras``), or
+    #: ``{top-level layer name: [arrays]}`` in ``get_weights`` order (``memory``, ``savedmodel``)
     weights: dict = field(repr=False, default_factory=dict)
     path: str = ""
 

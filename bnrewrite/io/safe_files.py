@@ -109,7 +109,17 @@ def config_limit() -> int:
 # regular files only
 # --------------------------------------------------------------------------
 
-def _kind(mode: int) -> str:
+def stat_path(path, what: str = "") -> os.stat_result:
+    """``os.stat`` (symlinks followed), with one-line errors; never opens the file."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{path}: {what} not found" if what else f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what or 'it'} ({e.strerror or e})") from None
+
+
+def kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -119,10 +129,10 @@ def _kind(mode: int) -> str:
 
 
 def _refuse_kind(path, st: os.stat_result):
-    kind = _kind(st.st_mode)
-    if kind == "a directory":
+    what = kind(st.st_mode)
+    if what == "a directory":
         raise InputError(f"{path}: is a directory, not a model file (SavedModel folders are not supported)")
-    raise InputError(f"{path}: is {kind}, not a regular file; refusing to read it")
+    raise InputError(f"{path}: is {what}, not a regular file; refusing to read it")
 
 
 def check_regular(path) -> os.stat_result:
@@ -132,12 +142,7 @@ def check_regular(path) -> os.stat_result:
     character or block device (``/dev/zero``) or socket is refused by kind. Never
     opens the file, so it cannot block.
     """
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{path}: no such file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
+    st = stat_path(path)
     if not stat.S_ISREG(st.st_mode):
         _refuse_kind(path, st)
     return st
@@ -194,12 +199,7 @@ def sniff(path) -> str | None:
     regular file.
     """
     p = Path(path)
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InputError(f"{p}: no such file") from None
-    except OSError as e:
-        raise InputError(f"{p}: cannot read it ({e.strerror or e})") from None
+    st = stat_path(p)
     if stat.S_ISDIR(st.st_mode):
         pb = p / "saved_model.pb"
         return "savedmodel" if pb.is_file() else None
