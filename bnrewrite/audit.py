@@ -372,6 +372,52 @@ def inspect(path, **read_options) -> Audit:
     return result
 
 
+def inspect_record(path, **read_options) -> tuple[dict, Audit]:
+    """:func:`inspect` as a CI record (docs/report-schema.md, ``kind: "inspect"``) and the :class:`Audit`.
+
+    The record has the schema version, the installed versions, the input's path, size and sha256,
+    ``bn_layers`` and ``findings`` (as :meth:`Audit.to_dict`), counts per severity, the worst
+    severity, timings, and ``error``/``exit_code`` (None and 0 here; the CLI sets 4 for ``--strict``)."""
+    import time
+
+    t0 = time.perf_counter()
+    result = inspect(path, **read_options)
+    record = _record_head(path)
+    source = {k: _json_value(v) for k, v in result.source.items()
+              if k != "notes" and isinstance(v, (str, int, float, bool, type(None)))}
+    record["input"] = {**source, **record["input"]}
+    record.update(result.to_dict())
+    record["counts"] = {"bn_layers": len(result.bn_layers),
+                        **{s: sum(f["severity"] == s for f in result.findings) for s in (ERROR, WARNING, INFO)}}
+    record["worst_severity"] = result.worst_severity
+    record["timings"] = {"inspect_s": time.perf_counter() - t0}
+    return record, result
+
+
+def failed_record(path, error: BaseException, exit_code: int | None = None) -> dict:
+    """The CI record of an ``inspect`` that failed (unreadable file, ...): ``error`` set, no rows."""
+    from .report import error_record
+
+    record = _record_head(path)
+    record.update(bn_layers=[], findings=[], counts=None, worst_severity=None, timings={})
+    record["error"] = error_record(error, exit_code)
+    record["exit_code"] = record["error"]["exit_code"]
+    return record
+
+
+def _record_head(path) -> dict:
+    import os
+
+    from .report import SCHEMA_VERSION, sha256_file, versions
+
+    try:
+        size = os.stat(path).st_size if os.path.isfile(path) else None
+    except OSError:
+        size = None
+    return {"schema_version": SCHEMA_VERSION, "kind": "inspect", "exit_code": 0, "error": None,
+            "versions": versions(), "input": {"path": str(path), "bytes": size, "sha256": sha256_file(path)}}
+
+
 def _is_hdf5(path) -> bool:
     from .io.safe_files import sniff
 
@@ -430,4 +476,4 @@ def compare(before: Audit, after: Audit, *, calibrated: Iterable[str] = (),
     return {"fixed": fixed, "remaining": remaining, "new": new}
 
 
-__all__ = ["Audit", "audit", "inspect", "compare", "CODES", "MAX_GAIN", "INFO", "WARNING", "ERROR"]
+__all__ = ["Audit", "audit", "inspect", "inspect_record", "failed_record", "compare", "CODES", "MAX_GAIN", "INFO", "WARNING", "ERROR"]

@@ -125,39 +125,125 @@ def _run(fn):
             outputs.remove_temps()  # anything left registered is a leftover
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bnrewrite")
-def main():
-    """Make Keras models safe to deploy where BatchNormalization is concerned."""
+class _Group(click.Group):
+    """Usage errors (bad option, bad value, missing argument) as one ``bnrewrite: error:`` line, exit 2."""
+
+    def main(self, args=None, prog_name="bnrewrite", **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            _usage_error("missing command (convert or inspect); see bnrewrite --help")
+        except click.UsageError as e:
+            _usage_error(e.format_message())
+        except click.ClickException as e:  # e.g. click.FileError
+            _usage_error(e.format_message())
+        except click.exceptions.Abort:
+            click.echo("bnrewrite: interrupted (SIGINT)", err=True)
+            sys.exit(128 + signal.SIGINT)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_error(message: str) -> None:
+    from .errors import EXIT_BAD_INPUT
+
+    text = " ".join(str(message).split("\n")[0].split()) or "usage error"
+    click.echo(f"bnrewrite: error: {clean(text, ERROR_LIMIT)} (see --help)", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _version_option(f):
+    return click.version_option(package_name="bnrewrite", prog_name="bnrewrite", message="%(prog)s %(version)s")(f)
+
+
+def _verbosity_options(f):
+    f = click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")(f)
+    return click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(f)
+
+
+def _flags(quiet: bool, verbose: bool) -> tuple[bool, bool]:
+    """-q/-v given before the subcommand (``bnrewrite -v convert ...``) or after it."""
+    root = click.get_current_context().find_root().params
+    return bool(quiet or root.get("quiet")), bool(verbose or root.get("verbose"))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@_version_option
+@_verbosity_options
+def main(quiet, verbose):
+    """Make Keras models safe to deploy where BatchNormalization is concerned.
+
+    -q/-v/--version work before or after the command.
+    """
+
+
+# ---------------------------------------------------------------- option checks (usage errors, exit 2)
+def _max_opset() -> tuple[int, str]:
+    """The highest ONNX opset the installed tf2onnx can export, and its version."""
+    from .io.onnx_writer import tf2onnx_max_opset
+
+    return tf2onnx_max_opset()
+
+
+MIN_OPSET = 9
+
+
+def _check_opset(ctx, param, value):
+    if value is None:
+        return value
+    top, version = _max_opset()
+    if not MIN_OPSET <= value <= top:
+        raise click.BadParameter(f"{value} is not in {MIN_OPSET}..{top} (the opsets tf2onnx {version} exports)")
+    return value
+
+
+def _check_tolerance(ctx, param, value):
+    import math
+
+    if value is None or not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value} is not a tolerance (a finite number >= 0)")
+    return value
 
 
 def _progress(console):
     """A transient rich progress line: a spinner for stages, a bar while calibrating."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
 
+    # done/total and the time left (ETA) when the calibration data's size is known; rich shows "-:--:--"
+    # for the ETA and "n/?" while the total is unknown (a generator, a tf.data.Dataset of unknown size)
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True,
-                    disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    transient=True, disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
 
 
-def _console(quiet: bool):
+def _console(quiet: bool, stderr: bool = False):
     from rich.console import Console
 
-    return Console(quiet=quiet, highlight=False, soft_wrap=True)
+    return Console(quiet=quiet, highlight=False, soft_wrap=True, stderr=stderr)
 
 
 @main.command()
 @click.argument("src", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("dst", type=click.Path(path_type=str))
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21), help="ONNX opset.")
-@click.option("--atol", default=1e-4, show_default=True, type=float, help="Verification absolute tolerance.")
-@click.option("--rtol", default=1e-4, show_default=True, type=float, help="Verification relative tolerance.")
+@click.option("--opset", default=17, show_default=True, type=int, callback=_check_opset,
+              help="ONNX opset (9 up to the highest the installed tf2onnx exports, 18 for tf2onnx 1.17).")
+@click.option("--atol", default=1e-4, show_default=True, type=float, callback=_check_tolerance,
+              help="Verification absolute tolerance (>= 0).")
+@click.option("--rtol", default=1e-4, show_default=True, type=float, callback=_check_tolerance,
+              help="Verification relative tolerance (>= 0).")
 @click.option("--no-verify", is_flag=True, help="Skip verification of the written file.")
 @click.option("--no-fold", is_flag=True, help="Keep BatchNormalization layers instead of folding them.")
 @click.option("--keep-trainable", is_flag=True, help="Do not freeze BN layers in Keras outputs.")
 @click.option("--keep-timedistributed", is_flag=True, help="Do not unwrap TimeDistributed layers.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Write the conversion report as JSON to this file.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
+              help="Write the conversion report as JSON to this file ('-': stdout, and nothing else goes "
+                   "there). Written for failures too (exit 2, 3, 4) once the report path itself is checked.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write a self-contained HTML report (plots inline, no network) to this file.")
+@click.option("--fail-on", "fail_on", type=click.Choice(["warning", "error"]),
+              help="Exit 4 when findings of this severity (or worse) remain after the conversion or were "
+                   "created by it.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
 @click.option("--custom-objects", "custom_path", type=click.Path(dir_okay=False, path_type=str),
@@ -181,23 +267,38 @@ def _console(quiet: bool):
                    "repeat per input. Default: a size the model's own pooling/striding accepts.")
 @click.option("--verify-data", "verify_data", type=click.Path(path_type=str),
               help="Verify on the first samples of this .npy/.npz file (or folder) instead of random inputs.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
+@_verbosity_options
+@_version_option
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
-            report_path, force, unsafe, custom_path, calibration, variance, batch_size, max_samples,
-            cache_mb, cache_dir, max_spill_gb, input_shapes, verify_data, quiet, verbose):
+            report_path, html_path, fail_on, force, unsafe, custom_path, calibration, variance, batch_size,
+            max_samples, cache_mb, cache_dir, max_spill_gb, input_shapes, verify_data, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
+    quiet, verbose = _flags(quiet, verbose)
     _VERBOSE = verbose
+    to_stdout = report_path == "-"
+    report_file = None if to_stdout else report_path
+    inputs = [calibration, custom_path, verify_data]
+    state = {"report_ok": False, "html_ok": False, "t0": None}
 
     def body():
+        import time
+
         from .convert import check_paths
+        from .errors import EXIT_OK, EXIT_STRICT
         from .io.data import check_data_path
         from .outputs import check_folder
 
+        state["t0"] = time.perf_counter()
+        # The report's own path first: once it is known to be writable, every later failure
+        # (exit 2 or 3) is recorded in it.
+        _check_side_outputs(src, dst, [(report_file, "--report"), (html_path, "--html")], inputs, force)
+        state["report_ok"] = state["html_ok"] = True
         # Fail fast, before the TF import: every path we will write (OUT, --report) is checked
         # against the inputs (model, calibration data, --custom-objects), each other and its folder.
-        check_paths(src, dst, force, report_path, inputs=[calibration, custom_path, verify_data])
+        check_paths(src, dst, force, report_file, inputs=inputs)
+        if html_path is not None:
+            check_paths(src, dst, force, html_path, inputs=inputs)
         for data in (calibration, verify_data):
             if data is not None:
                 check_data_path(data)  # a FIFO or device would block forever
@@ -209,9 +310,9 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
         _prepare_runtime(verbose)
         custom_objects = _custom_objects(custom_path)
         from .convert import convert as run
-        from .report import print_convert_report
+        from .report import findings_at_least, print_convert_report
 
-        console = _console(quiet)
+        console = _console(quiet, stderr=to_stdout)
         with _progress(console) as bar:
             task = bar.add_task("converting", total=None)
 
@@ -226,34 +327,142 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 src, dst, opset=opset, atol=atol, rtol=rtol, verify=not no_verify, force=force,
                 fold=not no_fold, keep_trainable=keep_trainable,
                 keep_timedistributed=keep_timedistributed, unsafe=unsafe,
-                custom_objects=custom_objects, report=report_path,
+                custom_objects=custom_objects, report=None,
                 calibration=calibration, variance=variance, batch_size=batch_size,
                 max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
                 input_shapes=shapes, verify_data=verify_data,
                 progress=stage, calibration_progress=calibrating,
             )
+        code, failing = EXIT_OK, []
+        if fail_on is not None:
+            failing = findings_at_least(rep.findings, fail_on)
+            if failing:
+                code = EXIT_STRICT
+        _write_convert_reports(rep, src, dst, report_path, html_path, force, state, exit_code=code, fail_on=fail_on)
         try:
             print_convert_report(console, rep)
         except Exception as e:  # OUT is written and verified: a display problem must not fail the run
             click.echo(f"bnrewrite: warning: could not print the summary ({type(e).__name__}: "
                        f"{clean(e)}); {clean(dst)} was written and verified", err=True)
+        if failing:
+            codes = sorted({f"{f['code']} on {f['layer']}" for f in failing})
+            shown = ", ".join(codes[:5]) + (f", ... (+{len(codes) - 5})" if len(codes) > 5 else "")
+            click.echo(f"bnrewrite: error: --fail-on {fail_on}: {len(failing)} finding"
+                       f"{'s' if len(failing) != 1 else ''} at or above {fail_on}: {clean(shown, ERROR_LIMIT)}",
+                       err=True)
+        return code
 
-    _run(body)
+    def guarded():
+        try:
+            return body()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # record the failure in the report, then let _run report it
+            if isinstance(e, Exception):
+                _failure_reports(e, src, dst, report_path, html_path, force, state)
+            raise
+
+    sys.exit(_run(guarded))
+
+
+def _same_name(a, b) -> bool:
+    try:
+        return os.path.abspath(a) == os.path.abspath(b) or (os.path.exists(a) and os.path.exists(b)
+                                                             and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_side_outputs(src, dst, outputs, inputs, force) -> None:
+    """``--report``/``--html`` paths on their own: not an input, not OUT, not each other, folder writable."""
+    from .errors import InputError
+    from .outputs import check_outputs
+
+    outputs = [(p, what) for p, what in outputs if p is not None]
+    if not outputs:
+        return
+    for p, what in outputs:
+        if dst is not None and _same_name(p, dst):
+            raise InputError(f"{p}: {what} is the same file as the output {dst}")
+    check_outputs(outputs, inputs=[src, *inputs], force=force)
+
+
+def _write_json_report(text: str, report_path, force: bool) -> None:
+    if report_path == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
+    from .outputs import write_text
+
+    write_text(report_path, text, force=force)
+
+
+def _write_convert_reports(rep, src, dst, report_path, html_path, force, state, exit_code=0, error=None,
+                           fail_on=None):
+    import time
+
+    from .report import finalize_convert
+
+    if state.get("t0") is not None:
+        rep.timings.setdefault("cli_total_s", time.perf_counter() - state["t0"])
+    finalize_convert(rep, src, dst, error=error, exit_code=exit_code)
+    if exit_code == 4 and error is None:
+        from .report import findings_at_least
+
+        bad = findings_at_least(rep.findings, fail_on or "warning")
+        rep.error = {"code": "FAIL_ON", "type": "FailOn", "exit_code": 4,
+                     "message": f"--fail-on {fail_on}: {len(bad)} finding(s) at or above {fail_on} remain or were "
+                                "created: " + ", ".join(sorted({f"{f['code']} on {f['layer']}" for f in bad}))}
+    if report_path is not None and state.get("report_ok"):
+        _write_json_report(rep.to_json(), report_path, force)
+    if html_path is not None and state.get("html_ok"):
+        from .html_report import write_convert_html
+
+        write_convert_html(rep, html_path, force=force)
+
+
+def _failure_reports(e, src, dst, report_path, html_path, force, state) -> None:
+    """The report of a failed run (exit 2 or 3), when its path was checked; never a second error."""
+    from .errors import EXIT_BAD_INPUT
+    from .outputs import interrupted
+
+    if interrupted() is not None or not (state.get("report_ok") or state.get("html_ok")):
+        return
+    if report_path is None and html_path is None:
+        return
+    try:
+        from .convert import ConvertReport
+
+        rep = getattr(e, "report", None)
+        if not isinstance(rep, ConvertReport):
+            rep = ConvertReport()
+        rep.ok = False
+        code = getattr(e, "exit_code", EXIT_BAD_INPUT)
+        if not isinstance(e, BnrewriteError):
+            e = RuntimeError(f"unexpected {type(e).__name__}: {e}")
+        _write_convert_reports(rep, src, dst, report_path, html_path, force, state, exit_code=code, error=e)
+    except Exception as w:  # the run's own error is what matters; say why there is no report
+        click.echo(f"bnrewrite: warning: could not write the report ({type(w).__name__}: {clean(w)})", err=True)
 
 
 @main.command("inspect")
 @click.argument("src", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON on stdout (nothing else).")
 @click.option("--strict", is_flag=True, help="Exit 4 if there is any warning or error finding.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Write a self-contained HTML report (plots inline, no network) to this file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --html file.")
 @click.option("--unsafe", is_flag=True, help="Allow Lambda layers that carry Python code (trusted files only).")
 @click.option("--custom-objects", "custom_path", type=click.Path(dir_okay=False, path_type=str),
               help="Python file defining the model's custom layer classes (the file is executed).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (and the JSON with --json).")
-@click.option("-v", "--verbose", is_flag=True, help="Tracebacks and TensorFlow logging on errors.")
-def inspect_cmd(src, as_json, strict, unsafe, custom_path, quiet, verbose):
+@_verbosity_options
+@_version_option
+def inspect_cmd(src, as_json, strict, html_path, force, unsafe, custom_path, quiet, verbose):
     """Audit the BatchNormalization layers of SRC (.h5/.keras): a table, then findings with fixes."""
     global _VERBOSE
+    quiet, verbose = _flags(quiet, verbose)
     _VERBOSE = verbose
+    state = {"started": False}
 
     def body():
         import json
@@ -262,19 +471,42 @@ def inspect_cmd(src, as_json, strict, unsafe, custom_path, quiet, verbose):
         from .errors import EXIT_OK, EXIT_STRICT, InputError
 
         p = Path(src)
+        if html_path is not None:
+            _check_side_outputs(src, None, [(html_path, "--html")], [custom_path], force)
         if not p.exists():  # fail fast, before the TF import
             raise InputError(f"{p}: no such file")
+        state["started"] = True
         _prepare_runtime(verbose)
-        from .audit import inspect as run
+        from .audit import inspect_record
 
-        result = run(src, unsafe=unsafe, custom_objects=_custom_objects(custom_path))
+        record, result = inspect_record(src, unsafe=unsafe, custom_objects=_custom_objects(custom_path))
+        code = EXIT_STRICT if strict and result.has("warning") else EXIT_OK
+        record["exit_code"] = code
         if as_json:
-            click.echo(json.dumps(result.to_dict(), indent=2))
+            click.echo(json.dumps(record, indent=2))
         elif not quiet:
             _print_audit(_console(False), result, src)
-        return EXIT_STRICT if strict and result.has("warning") else EXIT_OK
+        if html_path is not None:
+            from .html_report import write_inspect_html
 
-    sys.exit(_run(body))
+            write_inspect_html(record, result, html_path, force=force)
+        return code
+
+    def guarded():
+        try:
+            return body()
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            if as_json:  # CI reads stdout: one record with the error
+                import json
+
+                from .audit import failed_record
+
+                click.echo(json.dumps(failed_record(src, e), indent=2))
+            raise
+
+    sys.exit(_run(guarded))
 
 
 def _custom_objects(path):
@@ -328,8 +560,10 @@ def _print_audit(console, result, src) -> None:
     if not result.findings:
         console.print("[green]no findings[/]")
         return
+    from .report import plural
+
     counts = {s: sum(f["severity"] == s for f in result.findings) for s in ("error", "warning", "info")}
-    console.print("[bold]findings[/]: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    console.print("[bold]findings[/]: " + ", ".join(plural(n, s) for s, n in counts.items() if n))
     for f in result.findings:
         s = f["severity"]
         console.print(f"  [{style[s]}]{s:<7}[/] [bold]{for_console(f['code'])}[/] on {for_console(f['layer'])}: "

@@ -374,6 +374,8 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
     who = "tf_keras" if mg.original.framework == "tf_keras" else "Keras 3"
     if mg.original.format == "memory":
         return reference, f"{who} copy of the original in-memory model", None
+    if mg.original.format == "savedmodel":
+        return reference, f"{who} reading of the original SavedModel (keras_metadata.pb + variables/)", None
     return reference, f"{who} reading of the original file", None
 
 
@@ -382,9 +384,9 @@ def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:
     if fmt == "onnx":
         import onnx
 
-        from .io.onnx_writer import to_onnx
+        from .io.onnx_writer import onnx_metadata, to_onnx
 
-        proto = to_onnx(model, opset=opset)
+        proto = to_onnx(model, opset=opset, metadata=onnx_metadata(rep))
         ops: dict[str, int] = {}
         for n in proto.graph.node:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1

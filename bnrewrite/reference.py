@@ -81,6 +81,10 @@ def build_reference(original: Original, *, custom_objects: dict | None = None, u
 
             return build_original(config, original.weights, original.framework, unsafe=unsafe,
                                   custom_objects=custom_objects)
+        if original.format == "savedmodel":  # tf_keras: metadata config + load_weights(variables/)
+            from .io.savedmodel import build_original as savedmodel_original
+
+            return savedmodel_original(config, original.weights, unsafe=unsafe, custom_objects=custom_objects)
         if original.format == "keras":
             from .io.keras_zip import build_original
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from .io.safe_files import sha256_file  # noqa: F401 (part of the report API)
 from .textsafe import for_console
 
 NAME_LIMIT = 120  # a layer name, a path
@@ -142,26 +143,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def sha256_file(path) -> str | None:
-    """sha256 of a regular file, or None (missing, not a regular file, unreadable, not a path)."""
-    import hashlib
-    import os
-    import stat
-
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        return None  # e.g. a live model object given to the API
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-    except OSError:
-        return None
 
 
 def error_record(e: BaseException | None, exit_code: int | None = None) -> dict | None:

@@ -127,7 +127,8 @@ def test_cli_json_strict_td_bn_stale():
     r = cli("inspect", str(FIX / "td_bn_stale.h5"), "--json", "--strict")
     assert r.returncode == EXIT_STRICT, r.stderr
     data = json.loads(r.stdout)  # nothing but the JSON on stdout
-    assert set(data) == {"bn_layers", "findings"}
+    assert {"bn_layers", "findings", "schema_version", "versions", "input"} <= set(data)
+    assert data["schema_version"] == 1 and data["input"]["sha256"]
     assert [b["name"] for b in data["bn_layers"]] == ["td_bn", "bn_trained"]
     assert all(set(b) == ROW_KEYS for b in data["bn_layers"])
     for f in data["findings"]:
@@ -161,7 +162,7 @@ def test_cli_missing_file_exit_2():
     """Fails before TensorFlow is imported: one line on stderr, nothing on stdout."""
     r = cli("inspect", str(FIX / "does_not_exist.h5"), "--json")
     assert r.returncode == EXIT_BAD_INPUT
-    assert r.stdout == ""
+    assert json.loads(r.stdout)["error"]["exit_code"] == EXIT_BAD_INPUT  # a record CI can archive
     assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
 
 
@@ -181,7 +182,7 @@ def test_cli_bad_input_exit_2(tmp_path, what):
         bad = tmp_path
     r = CliRunner().invoke(main, ["inspect", str(bad), "--json", "--strict"])
     assert r.exit_code == EXIT_BAD_INPUT, r.output
-    assert r.stdout == ""
+    assert json.loads(r.stdout)["error"]["exit_code"] == EXIT_BAD_INPUT
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnrewrite: error:")
 

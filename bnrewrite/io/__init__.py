@@ -16,8 +16,9 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
 
     The input must be a regular file (a symlink to one is fine; a FIFO, device or socket
     is refused); its *content* picks the reader, whatever the suffix: HDF5 (also under a
-    ``.keras`` name) or a ``.keras`` zip (also under an ``.h5`` name). A SavedModel folder
-    and unknown content are InputErrors.
+    ``.keras`` name) or a ``.keras`` zip (also under an ``.h5`` name). A tf.keras SavedModel
+    folder is read as data (:mod:`.savedmodel`); a live Keras model is read by :mod:`.memory`.
+    Other folders and unknown content are InputErrors.
     """
     from .memory import is_model
     from .safe_files import check_regular, describe_content, sniff
@@ -29,10 +30,11 @@ def read_model(path, *, unsafe: bool = False, custom_objects: dict | None = None
     p = Path(path)
     kind = sniff(p)  # InputError if missing or neither a folder nor a regular file
     if p.is_dir():
-        if kind == "savedmodel":
-            raise InputError(f"{p}: is a TensorFlow SavedModel folder; SavedModel folders are not supported yet "
-                             "(save the model with model.save('model.keras') or 'model.h5')")
-        raise InputError(f"{p}: is a directory, not a model file (SavedModel folders are not supported)")
+        if kind == "savedmodel":  # read as data: keras_metadata.pb + variables/, never the graph
+            from .savedmodel import read_savedmodel
+
+            return read_savedmodel(p, unsafe=unsafe, custom_objects=custom_objects)
+        raise InputError(f"{p}: is a directory, not a model file nor a SavedModel folder (no saved_model.pb)")
     check_regular(p)
     if kind == "hdf5":
         from .h5 import read_h5
@@ -64,6 +66,10 @@ def read_config(path) -> dict | None:
         return config if isinstance(config, dict) else None
     p = Path(path)
     kind = sniff(p)
+    if kind == "savedmodel":
+        from .savedmodel import read_config as savedmodel_config
+
+        return savedmodel_config(p)
     check_regular(p)
     if kind == "hdf5":
         from .h5 import extract

@@ -80,6 +80,12 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_
         raise InputError(f"{path}: model_config is not valid JSON ({_short(e)})") from None
     if not raw["has_model_weights"]:
         raise InputError(f"{path}: HDF5 file has a model_config but no model_weights group")
+    from .keras1 import is_keras1
+
+    if is_keras1(attrs, config):  # Keras 1.x: its own dialect and weight layouts (bnrewrite.io.keras1)
+        from .keras1 import read_keras1
+
+        return read_keras1(path, raw, config, unsafe=unsafe, custom_classes=custom_classes, bn_classes=bn_classes)
     version = _text(attrs.get("keras_version", "2"))
     source = {
         "path": str(path), "format": "h5", "keras_version": version,

@@ -22,6 +22,29 @@ from ..errors import UnsupportedModelError
 DEFAULT_OPSET = 17
 
 
+def tf2onnx_max_opset() -> tuple[int, str]:
+    """``(highest opset, version)`` of the installed tf2onnx, without importing it (its package
+    import loads TensorFlow): its ``constants`` module, read on its own. ``MAX_OPSET`` where tf2onnx
+    defines it, else the highest key of ``OPSET_TO_IR_VERSION`` (18 for tf2onnx 1.17)."""
+    import importlib.util
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        version = metadata.version("tf2onnx")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    spec = importlib.util.find_spec("tf2onnx")
+    if spec is None or not spec.submodule_search_locations:
+        return DEFAULT_OPSET, version
+    path = Path(list(spec.submodule_search_locations)[0]) / "constants.py"
+    cspec = importlib.util.spec_from_file_location("_bnrewrite_tf2onnx_constants", path)
+    mod = importlib.util.module_from_spec(cspec)
+    cspec.loader.exec_module(mod)
+    top = getattr(mod, "MAX_OPSET", None) or max(getattr(mod, "OPSET_TO_IR_VERSION", {DEFAULT_OPSET: 0}))
+    return int(top), version
+
+
 def input_signature(model):
     import tensorflow as tf
 
@@ -52,9 +75,21 @@ class _Capture(logging.Handler):
             self.failed.append(m["node"])
 
 
-def to_onnx(model, opset: int = DEFAULT_OPSET):
+def to_onnx(model, opset: int = DEFAULT_OPSET, metadata: dict | None = None):
     """Return an ``onnx.ModelProto`` for ``model``; raise :class:`UnsupportedModelError`
-    naming the layer when tf2onnx cannot export part of it."""
+    naming the layer when tf2onnx cannot export part of it.
+
+    The proto is normalized (:func:`normalize`): the same model and options give the same
+    bytes, every input and output has the symbolic batch dimension ``batch``, and
+    ``metadata_props`` holds bnrewrite's version plus ``metadata`` (:func:`onnx_metadata`)."""
+    top, version = tf2onnx_max_opset()
+    if not 9 <= int(opset) <= top:
+        raise UnsupportedModelError(f"opset {opset} is not one tf2onnx {version} exports (9..{top})")
+    proto = _export(model, opset)
+    return normalize(proto, metadata)
+
+
+def _export(model, opset: int):
     import tf2onnx
 
     log = logging.getLogger("tf2onnx")
@@ -118,3 +153,133 @@ def _describe(e: BaseException) -> str:
         if "op" in l.lower() and ("unsupported" in l.lower() or "not supported" in l.lower()):
             return l.strip()[:300]
     return (lines[0] if lines else type(e).__name__)[:300]
+
+
+# ---------------------------------------------------------------- deterministic, self-describing output
+BATCH_DIM = "batch"
+_COUNTER = re.compile(r"__\d+")
+
+
+def onnx_metadata(rep) -> dict:
+    """``metadata_props`` for a conversion: the source file's sha256 and the passes applied (name and
+    number of layers changed, in order), from a :class:`~bnrewrite.convert.ConvertReport` (or a dict)."""
+    import json
+
+    from .safe_files import sha256_file
+
+    d = rep if isinstance(rep, dict) else {"input": rep.input, "passes": rep.passes}
+    src = (d.get("input") or {}).get("path")
+    out = {"bnrewrite.passes": json.dumps([{"name": p["name"], "changed": len(p.get("changed", []))}
+                                           for p in d.get("passes") or []], separators=(",", ":"))}
+    sha = (d.get("input") or {}).get("sha256") or (sha256_file(src) if src else None)
+    if sha:
+        out["bnrewrite.source_sha256"] = sha
+    return out
+
+
+def normalize(proto, metadata: dict | None = None):
+    """Make tf2onnx's output a function of the model alone, in place; returns ``proto``.
+
+    tf2onnx numbers the names it invents (``Conv__19``, ``const_fold_opt__21``, the symbolic
+    dimension ``unk__24``) with a counter that lives as long as the process: the second export of
+    the same model in one process gets other names, hence other bytes. Every such name is
+    renumbered in order of first appearance (graph inputs and outputs keep their names); the
+    first dimension of every input and output becomes the one named dimension ``batch``; doc
+    strings are cleared; ``metadata_props`` are bnrewrite's version and ``metadata``, sorted."""
+    from importlib import metadata as md
+
+    import onnx
+
+    graph = proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep or not _COUNTER.search(name):
+            return name
+        if name not in names:
+            n = len(names) + 1
+            names[name] = _COUNTER.sub(f"__{n}", name)
+        return names[name]
+
+    # the batch dimension: the first dimension of every graph input and output
+    dims: dict[str, str] = {}
+    for v in [*graph.input, *graph.output]:
+        shape = v.type.tensor_type.shape if v.type.HasField("tensor_type") else None
+        if shape is None or not len(shape.dim):
+            continue
+        d0 = shape.dim[0]
+        if d0.HasField("dim_value"):
+            continue
+        if d0.dim_param:
+            dims[d0.dim_param] = BATCH_DIM
+        d0.dim_param = BATCH_DIM
+
+    def fix_value_info(v):
+        v.doc_string = ""
+        v.name = rename(v.name)
+        if v.type.HasField("tensor_type"):
+            for d in v.type.tensor_type.shape.dim:
+                if d.dim_param:
+                    d.dim_param = dims.get(d.dim_param) or rename(d.dim_param)
+
+    def walk(g):
+        g.doc_string = ""
+        for v in [*g.input, *g.output, *g.value_info]:
+            fix_value_info(v)
+        for t in g.initializer:
+            t.name = rename(t.name)
+            t.doc_string = ""
+        for n in g.node:
+            n.name = rename(n.name)
+            n.doc_string = ""
+            n.input[:] = [rename(i) for i in n.input]
+            n.output[:] = [rename(o) for o in n.output]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        walk(sub)
+
+    walk(graph)
+    # Initializers: tf2onnx merges identical constants (a shared layer's weights read twice) and keeps
+    # the name of whichever copy it met first, which varies within a process. Each one is named after
+    # its first reader instead (node order is deterministic), and the list is sorted.
+    first: dict[str, str] = {}
+    for n in graph.node:
+        for slot, i in enumerate(n.input):
+            first.setdefault(i, f"{n.name}/const{slot}")
+    inits = {t.name: (first.get(t.name, t.name) if t.name not in keep else t.name) for t in graph.initializer}
+    taken = set(inits.values())
+    if len(taken) == len(inits) and not taken & {o for n in graph.node for o in n.output}:
+        def reinit(g):
+            for n in g.node:
+                n.input[:] = [inits.get(i, i) for i in n.input]
+                for a in n.attribute:
+                    for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                                a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                        reinit(sub)
+            for v in g.value_info:
+                v.name = inits.get(v.name, v.name)
+
+        reinit(graph)
+        for t in graph.initializer:
+            t.name = inits[t.name]
+        ordered = sorted(graph.initializer, key=lambda t: t.name)
+        copies = [onnx.TensorProto() for _ in ordered]
+        for c, t in zip(copies, ordered):
+            c.CopyFrom(t)
+        del graph.initializer[:]
+        graph.initializer.extend(copies)
+    proto.doc_string = ""
+    try:
+        version = md.version("bnrewrite")
+    except md.PackageNotFoundError:
+        version = "unknown"
+    props = {**{p.key: p.value for p in proto.metadata_props}, "bnrewrite.version": version,
+             **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    del proto.metadata_props[:]
+    for k in sorted(props):
+        proto.metadata_props.add(key=k, value=props[k])
+    return proto

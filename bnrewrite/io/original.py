@@ -20,7 +20,8 @@ class Original:
     #: the model config as stored in the file
     config: dict
     #: the vetted weights: the HDF5 extractor's result (``.h5``), the weights tree (``.keras``), or
-    #: ``{top-level layer name: [arrays]}`` in ``get_weights`` order (``memory``, ``savedmodel``)
+    #: ``{top-level layer name: [arrays]}`` in ``get_weights`` order (``memory``), or
+    #: ``{"prefix": variables/variables}`` (``savedmodel``: tf_keras restores the checkpoint)
     weights: dict = field(repr=False, default_factory=dict)
     path: str = ""
 

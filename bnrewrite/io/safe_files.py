@@ -399,3 +399,23 @@ def model_weights_tree(raw: dict, path=None) -> dict:
                 raise InputError(f"{where}weight {top}/{n} is unreadable ({value[len('error: '):]})")
             tree["datasets"][f"model_weights/{top}/{n}"] = {"data": value, "attrs": {}}
     return tree
+
+
+def sha256_file(path) -> str | None:
+    """sha256 of a regular file, or None (missing, not a regular file, unreadable, not a path)."""
+    import hashlib
+    import os
+    import stat
+
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None  # e.g. a live model object given to the API
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None

@@ -1,0 +1,246 @@
+"""Reader for TF2 Keras SavedModel folders (``model.save(dir, save_format="tf")`` in tf.keras / tf_keras).
+
+A SavedModel holds a TensorFlow graph (``saved_model.pb``) that runs whatever it was traced
+with -- loading it (``tf.saved_model.load``, ``keras.models.load_model``) restores and can
+call that graph. bnrewrite never does: ``saved_model.pb`` is not even opened. What is read,
+as data only:
+
+* ``keras_metadata.pb``: a ``SavedMetadata`` protobuf (tf_keras's
+  ``tf_keras/protobuf/saved_metadata_pb2``); each node has a ``node_path``
+  (``root.layer_with_weights-0.layer``) and a JSON ``metadata`` with the layer's name and
+  class; the root's holds the model config (``class_name`` + ``config``, the tf.keras
+  dialect of an ``.h5``'s ``model_config``, with tuples as ``{"class_name": "__tuple__",
+  "items": [...]}``, turned into lists here as an ``.h5`` stores them);
+* ``variables/variables.index`` + ``variables.data-*``: a TensorFlow checkpoint, read with
+  ``tf.train.load_checkpoint``. Its ``_CHECKPOINTABLE_OBJECT_GRAPH`` (a
+  ``TrackableObjectGraph``) maps a metadata ``node_path`` to the layer's object, whose
+  ``variables`` child lists the layer's variables in ``layer.weights`` order, each with its
+  ``full_name`` (``td/gamma``) and checkpoint key. Only the tensors of the config's layers
+  are read; their declared sizes are checked first.
+
+The folder is checked like a file: every file read must be a regular file
+(:func:`~bnrewrite.io.safe_files.check_regular`), ``keras_metadata.pb`` at most the config
+limit, the declared tensor bytes at most the weights limit of the checkpoint's size. A
+SavedModel without ``keras_metadata.pb`` (a plain ``tf.Module``, a Keras 3 ``model.export()``)
+is refused. The graph is rebuilt with tf_keras; the verification reference is tf_keras's own
+``model_from_config`` of the metadata config with the checkpoint restored by tf_keras's
+``load_weights`` (TensorFlow's object-graph matching), never the saved graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, root_cause, with_path
+from ..graph import ModelGraph
+from .config import build_graph
+from .safe_files import check_regular, config_limit, fmt_bytes, weights_limit
+from .weights import key_weights, relative_name
+
+METADATA = "keras_metadata.pb"
+PREFIX = "variables/variables"
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+def _untuple(obj):
+    """tf.keras's JSON encoding of tuples / TensorShapes -> lists (as an ``.h5`` stores them)."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") in ("__tuple__", "TensorShape") and isinstance(obj.get("items"), list) \
+                and len(obj) == 2:
+            return [_untuple(x) for x in obj["items"]]
+        return {k: _untuple(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_untuple(x) for x in obj]
+    return obj
+
+
+def _metadata(folder: Path) -> list[tuple[str, dict]]:
+    """``[(node_path, metadata dict)]`` of ``keras_metadata.pb``; InputError when missing or bad."""
+    path = folder / METADATA
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{folder}: TensorFlow SavedModel without Keras metadata ({METADATA}): a plain "
+                         "tf.Module / tf.function export (or Keras 3 model.export()); bnrewrite reads only "
+                         "Keras SavedModels and never runs a saved graph")
+    st = check_regular(path)
+    if st.st_size > config_limit():
+        raise InputError(f"{path}: {fmt_bytes(st.st_size)}, more than the config limit {fmt_bytes(config_limit())} "
+                         "(BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
+    from .safe_files import open_regular
+
+    with open_regular(path) as f:
+        data = f.read(config_limit() + 1)
+    try:
+        from tf_keras.protobuf import saved_metadata_pb2
+    except ImportError:  # pragma: no cover - tensorflow's copy
+        from tensorflow.python.keras.protobuf import saved_metadata_pb2
+    meta = saved_metadata_pb2.SavedMetadata()
+    try:
+        meta.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise InputError(f"{path}: not a valid SavedMetadata protobuf ({root_cause(e, 200)})") from None
+    nodes = []
+    for n in meta.nodes:
+        try:
+            d = json.loads(n.metadata) if n.metadata else {}
+        except (ValueError, RecursionError) as e:
+            raise InputError(f"{path}: node {n.node_path!r} has invalid JSON metadata ({root_cause(e, 200)})") from None
+        nodes.append((n.node_path, d if isinstance(d, dict) else {}))
+    return nodes
+
+
+def read_config(folder) -> dict | None:
+    """The model config of a Keras SavedModel (data only), or None."""
+    for node_path, d in _metadata(Path(folder)):
+        if node_path == "root":
+            if "class_name" not in d or "config" not in d:
+                return None
+            return {"class_name": d["class_name"], "config": _untuple(d["config"])}
+    return None
+
+
+class _Checkpoint:
+    """The ``variables/`` checkpoint, checked, with its object graph parsed."""
+
+    def __init__(self, folder: Path):
+        vdir = folder / "variables"
+        index = folder / (PREFIX + ".index")
+        check_regular(index)
+        total = 0
+        for p in sorted(vdir.iterdir()) if vdir.is_dir() else []:
+            if p.name.startswith("variables."):
+                total += check_regular(p).st_size
+        self.limit = weights_limit(total)
+        self.prefix = str(folder / PREFIX)
+        import tensorflow as tf
+        from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+        try:
+            self.reader = tf.train.load_checkpoint(self.prefix)
+            shapes = self.reader.get_variable_to_shape_map()
+            dtypes = self.reader.get_variable_to_dtype_map()
+        except Exception as e:  # noqa: BLE001 - DataLossError, NotFoundError, ...
+            raise InputError(f"{folder}: unreadable variables/ checkpoint ({root_cause(e, 200)})") from None
+        self.shapes, self.dtypes = shapes, dtypes
+        declared = sum(int(np.prod(s, dtype=np.int64)) * max(dtypes[k].size, 1)
+                       for k, s in shapes.items() if k != OBJECT_GRAPH)
+        if declared > self.limit:
+            raise InputError(f"{folder}: the checkpoint declares {fmt_bytes(declared)} of variables, more than "
+                             f"{fmt_bytes(self.limit)} (BNREWRITE_MAX_WEIGHT_BYTES)", code="OVERSIZED_DATA")
+        if OBJECT_GRAPH not in shapes:
+            raise InputError(f"{folder}: the variables/ checkpoint has no object graph")
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        try:
+            graph.ParseFromString(self.reader.get_tensor(OBJECT_GRAPH))
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{folder}: damaged checkpoint object graph ({root_cause(e, 200)})") from None
+        self.graph = graph
+
+    def node(self, node_path: str) -> int:
+        """Object id of a metadata ``node_path`` (``root.layer-1.layer``)."""
+        parts = node_path.split(".")
+        if parts[0] != "root":
+            raise KeyError(node_path)
+        nid = 0
+        for name in parts[1:]:
+            nid = next(c.node_id for c in self.graph.nodes[nid].children if c.local_name == name)
+        return nid
+
+    def variables(self, nid: int) -> list[tuple[str, str]]:
+        """``[(full name, checkpoint key)]`` of the layer object ``nid``, in ``layer.weights`` order."""
+        kids = {c.local_name: c.node_id for c in self.graph.nodes[nid].children}
+        if "variables" not in kids:
+            return []
+        out = []
+        for c in self.graph.nodes[kids["variables"]].children:
+            attrs = [a for a in self.graph.nodes[c.node_id].attributes if a.name == "VARIABLE_VALUE"]
+            if attrs:
+                out.append((attrs[0].full_name, attrs[0].checkpoint_key))
+        return out
+
+    def tensor(self, key: str) -> np.ndarray:
+        dtype = self.dtypes[key]
+        if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+            raise InputError(f"checkpoint variable {key} has dtype {dtype.name}, not a number")
+        return np.asarray(self.reader.get_tensor(key))
+
+
+def read_savedmodel(folder: Path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
+    folder = Path(folder)
+    try:
+        nodes = _metadata(folder)
+        config = read_config(folder)
+        if config is None:
+            raise InputError(f"{folder}: {METADATA} has no model config at its root (a Keras layer, not a model?)")
+        ckpt = _Checkpoint(folder)
+    except InputError as e:
+        raise with_path(e, folder) from None
+
+    # (parent node_path, layer name) -> node_path: how the config's nested names reach objects
+    index: dict[tuple[str, str], str] = {}
+    for node_path, d in nodes:
+        if "." in node_path and isinstance(d.get("name"), str):
+            index.setdefault((node_path.rsplit(".", 1)[0], d["name"]), node_path)
+
+    def lookup(nest: tuple, name: str, class_name: str) -> dict:
+        at = "root"
+        for part in (*nest, name):
+            nxt = index.get((at, part))
+            if nxt is None:
+                raise InputError(f"layer {'/'.join((*nest, name))} has no object in {METADATA}")
+            at = nxt
+        try:
+            nid = ckpt.node(at)
+        except (KeyError, StopIteration):
+            raise InputError(f"layer {'/'.join((*nest, name))} ({at}) is not in the variables/ checkpoint") from None
+        items = []
+        for full, key in ckpt.variables(nid):
+            if key not in ckpt.shapes:
+                raise InputError(f"layer {name!r}: variable {full} ({key}) is missing from the checkpoint")
+            items.append((relative_name(full, name), ckpt.tensor(key)))
+        return key_weights(items)
+
+    source = {"path": str(folder), "format": "savedmodel", "keras_version": "2 (tf.keras SavedModel)",
+              "backend": "tensorflow"}
+    from .original import Original, bn_subclass_names
+
+    try:
+        mg = build_graph(config, lookup, legacy=True, source=source, unsafe=unsafe,
+                         custom_classes=frozenset(custom_objects or ()), bn_classes=bn_subclass_names(custom_objects))
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        raise InputError(f"{folder}: malformed model config in {METADATA} "
+                         f"({type(e).__name__}: {root_cause(e, 200)})") from None
+    except InputError as e:
+        raise with_path(e, folder) from None
+    mg.original = Original(framework="tf_keras", format="savedmodel", config=config,
+                           weights={"prefix": ckpt.prefix}, path=str(folder))
+    return mg
+
+
+def build_original(config: dict, weights: dict, *, unsafe: bool = False, custom_objects: dict | None = None):
+    """tf_keras's own model of a Keras SavedModel: ``model_from_config`` of the metadata config
+    (training flags already removed by the caller), then tf_keras's ``load_weights`` of the
+    ``variables/`` checkpoint, which matches variables through the checkpoint's object graph;
+    every object of the model must be matched."""
+    import tf_keras
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    from ..build.tf_keras import lambda_globals, require_tf_keras
+
+    require_tf_keras()
+    objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
+    with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
+        if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":
+            model = tf_keras.Sequential.from_config(config["config"], custom_objects=objects)
+        else:
+            model = tf_keras.models.model_from_config(config, custom_objects=objects)
+    status = model.load_weights(weights["prefix"])
+    status.assert_existing_objects_matched()
+    return model
+
+
+def is_keras_savedmodel(folder) -> bool:
+    return os.path.isfile(os.path.join(folder, METADATA))

@@ -1,0 +1,169 @@
+"""TF2 Keras SavedModel folders (issue 13, part 2), read as data: ``keras_metadata.pb`` for the
+config, the ``variables/`` checkpoint for the weights; the saved graph is never loaded or run.
+
+Fixtures (``fixtures/make_fixtures.py``, written by tf_keras ``model.save(dir, save_format="tf")``):
+
+* ``savedmodel_td_bn/``: TimeDistributed(BN), a BN called with ``training=True``, a nested
+  frozen base. ``reference/savedmodel_td_bn_inference.npz`` is tf_keras's *inference* output
+  (``predict`` of a twin built without the baked flag, same weights), made when it was written;
+* ``savedmodel_writes_file/``: carries a TensorFlow resource whose saved functions run
+  ``tf.io.write_file("bnrewrite_pwned.txt")`` when the graph is loaded (the control below shows
+  tf_keras's ``load_model`` does write it); ``reference/savedmodel_writes_file.npz`` is tf_keras's predict;
+* ``savedmodel_plain_module/``: a plain ``tf.Module``, no Keras metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+import bnrewrite
+from bnrewrite.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "fixtures"
+TD = FIX / "savedmodel_td_bn"
+TRAP = FIX / "savedmodel_writes_file"
+PLAIN = FIX / "savedmodel_plain_module"
+PWNED = "bnrewrite_pwned.txt"
+
+
+def _ref(stem):
+    ref = np.load(FIX / "reference" / f"{stem}.npz")
+    inputs = {k[len("inputs__"):]: ref[k] for k in ref.files if k.startswith("inputs__")}
+    return inputs, ref["outputs__0"]
+
+
+def _cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "bnrewrite", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+
+
+def test_convert_onnx_matches_tf_keras_inference(tmp_path):
+    import onnxruntime as ort
+
+    inputs, want = _ref("savedmodel_td_bn_inference")
+    out = tmp_path / "td.onnx"
+    rep = bnrewrite.convert(TD, out)
+    assert rep.ok and rep.input["format"] == "savedmodel"
+    assert "SavedModel" in rep.verification["reference"]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: inputs["frames"]})[0]
+    assert_close(got, want, "onnx vs tf_keras inference output")
+    changed = {p["name"]: p["changed"] for p in rep.passes}
+    assert changed["inference_mode"] and changed["unwrap_timedistributed"]
+
+
+def test_convert_keras_matches_tf_keras_inference(tmp_path):
+    import keras
+
+    inputs, want = _ref("savedmodel_td_bn_inference")
+    out = tmp_path / "td.keras"
+    bnrewrite.convert(TD, out)
+    model = keras.saving.load_model(out, compile=False)
+    assert_close(model.predict(inputs["frames"], verbose=0), want, ".keras (Keras 3) vs tf_keras inference output")
+
+
+def test_weights_are_the_checkpoints():
+    """Every weight in the graph is what tf_keras's own load_model of the (trusted) fixture holds."""
+    import tf_keras
+
+    mg = bnrewrite.load(TD)
+    loaded = tf_keras.models.load_model(TD, compile=False)
+    base = loaded.get_layer("base")
+    for node, klayer in [("td_conv", loaded.get_layer("td_conv")), ("td_bn", loaded.get_layer("td_bn")),
+                         ("base_fc", base.get_layer("base_fc")), ("base_bn", base.get_layer("base_bn")),
+                         ("bn_training", loaded.get_layer("bn_training")), ("logits", loaded.get_layer("logits"))]:
+        got = mg.layer(node).weights
+        want = {w.name.split(":")[0].rsplit("/", 1)[-1]: w.numpy() for w in klayer.weights}
+        assert got.keys() == want.keys(), node
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{node}/{k}")
+    assert mg.layer("base_bn").config["trainable"] is False  # the nested frozen base
+    assert mg.graph.nodes["bn_training"]["kwargs"].get("training") is True
+
+
+def test_inspect_json_reports_pitfalls(tmp_path):
+    run = _cli("inspect", TD, "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = {(f["code"], f["layer"]) for f in json.loads(run.stdout)["findings"]}
+    assert {("TIMEDISTRIBUTED_BN", "td_bn"), ("TRAINING_BAKED_IN", "bn_training"), ("FROZEN_BN", "base_bn")} <= found, found
+
+
+def test_saved_graph_is_never_run(tmp_path, monkeypatch):
+    """convert and inspect leave no file from the graph; tf_keras's own load_model does write it
+    (the file name is relative: it lands in the current folder)."""
+    import tf_keras
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    inputs, want = _ref("savedmodel_writes_file")
+    assert bnrewrite.convert(TRAP, "out.h5").ok
+    audit = bnrewrite.inspect(TRAP)
+    assert len(audit.to_dict()["bn_layers"]) == 1
+    assert not (work / PWNED).exists()
+    assert sorted(p.name for p in work.iterdir()) == ["out.h5"]
+    loaded = tf_keras.models.load_model(work / "out.h5", compile=False)
+    assert_close(loaded.predict(inputs["x"], verbose=0), want, "converted .h5 vs tf_keras predict")
+
+    control = tmp_path / "control"
+    control.mkdir()
+    monkeypatch.chdir(control)
+    tf_keras.models.load_model(TRAP, compile=False)
+    assert (control / PWNED).exists(), "the fixture's trap no longer fires on load: the test proves nothing"
+
+
+def test_plain_module_refused_in_one_line(tmp_path):
+    with pytest.raises(InputError) as ei:
+        bnrewrite.convert(PLAIN, tmp_path / "out.onnx")
+    msg = str(ei.value)
+    assert "\n" not in msg and "without Keras metadata" in msg and str(PLAIN) in msg, msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def _copy(tmp_path) -> Path:
+    dst = tmp_path / "sm"
+    shutil.copytree(TRAP, dst)
+    return dst
+
+
+def test_variables_must_be_regular_files(tmp_path):
+    sm = _copy(tmp_path)
+    data = next((sm / "variables").glob("variables.data-*"))
+    data.unlink()
+    os.mkfifo(data)
+    with pytest.raises(InputError, match="FIFO"):
+        bnrewrite.load(sm)
+
+
+def test_metadata_must_be_a_regular_file(tmp_path):
+    sm = _copy(tmp_path)
+    (sm / "keras_metadata.pb").unlink()
+    (sm / "keras_metadata.pb").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="character device"):
+        bnrewrite.load(sm)
+
+
+def test_declared_sizes_are_capped(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNREWRITE_MAX_WEIGHT_BYTES", "64")
+    with pytest.raises(InputError, match="declares") as ei:
+        bnrewrite.load(TRAP)
+    assert ei.value.code == "OVERSIZED_DATA"
+
+
+def test_damaged_metadata_refused(tmp_path):
+    sm = _copy(tmp_path)
+    (sm / "keras_metadata.pb").write_bytes(b"\xff\xff\xff\xff not a protobuf")
+    with pytest.raises(InputError, match="SavedMetadata"):
+        bnrewrite.load(sm)
