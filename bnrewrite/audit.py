@@ -419,9 +419,11 @@ def _record_head(path) -> dict:
 
 
 def _is_hdf5(path) -> bool:
+    import os
+
     from .io.safe_files import sniff
 
-    return sniff(path) == "hdf5"
+    return isinstance(path, (str, os.PathLike)) and sniff(path) == "hdf5"
 
 
 def _safety_finding(f: dict) -> dict:

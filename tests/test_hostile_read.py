@@ -359,10 +359,10 @@ def test_userblock_h5_sniffed(tmp_path):
     assert read_model(p).layer("bn").weights["gamma"].tolist() == [1.0]
 
 
-def test_saved_model_folder_refused(tmp_path):
+def test_saved_model_folder_without_keras_metadata_refused(tmp_path):
     p = hf.saved_model_dir(tmp_path)
     assert sniff(p) == "savedmodel"
-    refused(p, "SavedModel folders are not supported yet")
+    refused(p, "SavedModel without Keras metadata")
 
 
 def test_unknown_content_refused(tmp_path):

@@ -165,3 +165,14 @@ def test_unbuilt_sequential_is_refused():
 
     with pytest.raises(bnrewrite.InputError, match="never built"):
         bnrewrite.load(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_live_lambda_goes_through_the_same_checks():
+    """A live model's config passes the allowlist like a file's: a Lambda is code, refused unless unsafe."""
+    import keras
+
+    i = keras.Input((3,), name="x")
+    model = keras.Model(i, keras.layers.Lambda(lambda t: t * 2.0, name="double")(i))
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="'double' is a Lambda"):
+        bnrewrite.load(model)
+    assert [f["code"] for f in bnrewrite.inspect(model).findings] == ["UNSAFE_LAMBDA_CODE"]

@@ -41,6 +41,7 @@ RNN ``time_major=True``                         refused
 ``Lambda`` with tf.keras bytecode (``--unsafe``)  the same bytecode in Keras 3's form; code that needs
                                                 tf.keras's globals (``K``) fails to rebuild, and any
                                                 other difference fails verification against tf_keras
+layer names with ``/`` (``conv1/conv``)         ``/`` -> ``_`` (Keras 3 refuses ``/`` in names)
 any other key Keras 3 does not take             refused, naming layer, key and value
 ==============================================  ==========================================================
 """
@@ -85,6 +86,11 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
         if id(layer) in done or is_op(layer):
             continue
         done.add(id(layer))
+        if "/" in layer.name:
+            new = out.unique_name(layer.name.replace("/", "_"))
+            notes.append(f"layer {layer.name!r} renamed {new!r} (Keras 3 refuses '/' in names)")
+            layer.name = new
+            layer.config["name"] = new
         if layer.class_name in ("TFOpLambda", "SlicingOpLambda"):
             from .keras3 import tf_op_as_keras
 

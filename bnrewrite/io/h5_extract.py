@@ -502,9 +502,11 @@ def extract(path: str, limit: int = 1 << 62, config_cap: int = 1 << 62) -> dict:
             if layer_names is not None:
                 mwa["layer_names"] = layer_names
             for top in names:
-                if not top or top == "." or "/" in top:
+                if not top or top == "." or top.startswith("/"):
                     continue  # cannot be a group name
-                grp = r.child(mw, top, f"model_weights/{top}")
+                # tf.keras names such as "conv1/conv" (DenseNet) are nested groups: resolved one
+                # component at a time, through hard links only
+                grp, _ = r.resolve(mw, "model_weights", top)
                 if isinstance(grp, h5py.Group):
                     out["groups"][top] = r.layer_group(grp, f"model_weights/{top}")
             if "top_level_model_weights" not in out["groups"]:

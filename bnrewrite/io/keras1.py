@@ -114,8 +114,8 @@ ARGS["GlobalAveragePooling1D"] = ARGS["GlobalMaxPooling1D"]
 
 _MARKER_CLASSES = frozenset(RENAMED) | {"Merge", "Convolution3D", "Deconvolution2D", "SeparableConvolution2D",
                                         "AtrousConvolution1D", "Highway", "MaxoutDense", "TimeDistributedDense"}
-_MARKER_KEYS = frozenset({"output_dim", "nb_filter", "border_mode", "dim_ordering", "input_dtype", "subsample",
-                          "W_regularizer", "init", "p"})
+_MARKER_KEYS = frozenset({"nb_filter", "border_mode", "dim_ordering", "input_dtype", "subsample", "W_regularizer",
+                          "init"})
 
 
 def is_keras1(attrs: dict, config) -> bool:
@@ -133,7 +133,8 @@ def _looks_keras1(obj) -> bool:
         if obj.get("class_name") in _MARKER_CLASSES:
             return True
         cfg = obj.get("config")
-        if isinstance(cfg, dict) and "class_name" in obj and _MARKER_KEYS & set(cfg):
+        if isinstance(cfg, dict) and "class_name" in obj and (
+                _MARKER_KEYS & set(cfg) or (obj["class_name"] == "Dense" and "output_dim" in cfg)):
             return True
         return any(_looks_keras1(v) for v in obj.values())
     if isinstance(obj, list):
@@ -254,6 +255,10 @@ def _value(name, cls, key, v):
         return {"class_name": INITIALIZERS[v], "config": {}}
     if key == "atrous_rate":
         return list(v)
+    if key == "padding" and isinstance(v, dict):  # Keras 1 ZeroPadding2D {"top_pad": ..., ...}
+        if not set(v) <= {"top_pad", "bottom_pad", "left_pad", "right_pad"}:
+            raise UnsupportedModelError(f"Keras 1 layer {name!r} ({cls}): padding={_short(v)} is not mapped")
+        return [[v.get("top_pad", 0), v.get("bottom_pad", 0)], [v.get("left_pad", 0), v.get("right_pad", 0)]]
     return v
 
 

@@ -131,7 +131,7 @@ def kind(mode: int) -> str:
 def _refuse_kind(path, st: os.stat_result):
     what = kind(st.st_mode)
     if what == "a directory":
-        raise InputError(f"{path}: is a directory, not a model file (SavedModel folders are not supported)")
+        raise InputError(f"{path}: is a directory, not a model file nor a SavedModel folder (no saved_model.pb)")
     raise InputError(f"{path}: is {what}, not a regular file; refusing to read it")
 
 

@@ -92,9 +92,9 @@ def _metadata(folder: Path) -> list[tuple[str, dict]]:
     return nodes
 
 
-def read_config(folder) -> dict | None:
+def read_config(folder, nodes=None) -> dict | None:
     """The model config of a Keras SavedModel (data only), or None."""
-    for node_path, d in _metadata(Path(folder)):
+    for node_path, d in nodes if nodes is not None else _metadata(Path(folder)):
         if node_path == "root":
             if "class_name" not in d or "config" not in d:
                 return None
@@ -172,7 +172,7 @@ def read_savedmodel(folder: Path, *, unsafe: bool = False, custom_objects: dict 
     folder = Path(folder)
     try:
         nodes = _metadata(folder)
-        config = read_config(folder)
+        config = read_config(folder, nodes)
         if config is None:
             raise InputError(f"{folder}: {METADATA} has no model config at its root (a Keras layer, not a model?)")
         ckpt = _Checkpoint(folder)

@@ -18,6 +18,8 @@ import numpy as np
 def relative_name(full: str, layer_name: str) -> str:
     """``"td/batch_normalization/gamma:0"`` for layer ``td`` -> ``"batch_normalization/gamma"``."""
     name = full[:-2] if full.endswith(":0") else full
+    if name.startswith(layer_name + "/"):  # also for names with "/" ("conv1/conv/kernel")
+        return name[len(layer_name) + 1:]
     parts = name.split("/")
     if layer_name in parts[:-1]:
         parts = parts[parts.index(layer_name) + 1:]
