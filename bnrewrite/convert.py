@@ -340,7 +340,23 @@ def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol,
         v.error = f"{runtime} could not load the written model: {root_cause(e)}"
         return v
     return verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
-                  verify_data=verify_data, reference_label=label, no_reference=why, names=names)
+                  verify_data=verify_data, reference_label=label, no_reference=why, names=names,
+                  index_inputs=embedding_inputs(mg))
+
+
+def embedding_inputs(mg: ModelGraph) -> dict[str, int]:
+    """Model inputs read by an ``Embedding`` (also inside TimeDistributed): name -> the
+    smallest ``input_dim`` among them (valid token ids are below it)."""
+    out: dict[str, int] = {}
+    for n in mg.inputs:
+        for c, _ in mg.consumers(n):
+            lay = mg.layer(c)
+            cfg = lay.config if lay.class_name == "Embedding" else (lay.inner or {}).get("config", {}) \
+                if (lay.inner or {}).get("class_name") == "Embedding" else None
+            if cfg and cfg.get("input_dim"):
+                name = mg.layer(n).name
+                out[name] = min(out.get(name, 1 << 62), int(cfg["input_dim"]))
+    return out
 
 
 def _check_keras3_h5(mg: ModelGraph) -> None:

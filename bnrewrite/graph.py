@@ -47,7 +47,8 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
-BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+#: BatchNormalization under every name a Keras writer used (TF 1.13: ...V1 / ...V2)
+BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2")
 INPUT_CLASS = "InputLayer"
 FRAMEWORKS = ("tf_keras", "keras")
 #: ``module`` of the framework-neutral ops passes create (each builder renders them natively)

@@ -10,8 +10,10 @@ Two figures per output:
 * **vs the rewritten model**: the written file against bnrewrite's own rebuild
   of the rewritten graph (it locates a fault: export or rewrite).
 
-Inputs are seeded (float ~ N(0, 1), integer in {0, 1}; batch ``batch``) or the
-first samples of ``--verify-data``. Open dimensions take ``--input-shape`` sizes,
+Inputs are seeded (float ~ N(0, 1), integer in {0, 1}; inputs that feed an
+``Embedding`` take whole numbers in [0, input_dim) whatever their declared dtype, since
+Keras 2 files often declare them float32; batch ``batch``) or the first samples of
+``--verify-data``. Open dimensions take ``--input-shape`` sizes,
 else the first of :data:`OPEN_SIZES` the reference model accepts (its pooling and
 striding decide, e.g. U-Net++ needs a multiple of 16).
 
@@ -139,12 +141,14 @@ def input_specs(model) -> list[tuple[str, list, np.dtype]]:
     return specs
 
 
-def make_inputs(specs, sizes: list[list[int]], batch: int, seed: int) -> list[np.ndarray]:
+def make_inputs(specs, sizes: list[list[int]], batch: int, seed: int, index_inputs=None) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     xs = []
-    for (_, _, dtype), shape in zip(specs, sizes):
+    for (name, _, dtype), shape in zip(specs, sizes):
         full = [batch, *shape]
-        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        if name in (index_inputs or {}):  # token ids for an Embedding
+            xs.append(rng.integers(0, max(1, int(index_inputs[name])), size=full).astype(dtype))
+        elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
             xs.append(rng.integers(0, 2, size=full).astype(dtype))
         else:
             xs.append(rng.standard_normal(full).astype(dtype))
@@ -166,7 +170,7 @@ def parse_input_shapes(items) -> dict[str, list[int]]:
     return out
 
 
-def choose_sizes(specs, given: dict[str, list[int]], probe) -> list[list[int]]:
+def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None) -> list[list[int]]:
     """Sample shapes for each input: ``given`` ones, static ones, and for open dimensions the
     first size in :data:`OPEN_SIZES` that ``probe(xs)`` runs without error."""
     names = [n for n, _, _ in specs]
@@ -192,7 +196,7 @@ def choose_sizes(specs, given: dict[str, list[int]], probe) -> list[list[int]]:
         sizes = [f if f is not None else [size if d is None else int(d) for d in shape]
                  for f, (_, shape, _) in zip(fixed, specs)]
         try:
-            probe(make_inputs(specs, sizes, 1, 0))
+            probe(make_inputs(specs, sizes, 1, 0, index_inputs))
             return sizes
         except Exception as e:  # the model does not accept this size: try the next
             last_error = e
@@ -205,7 +209,7 @@ def choose_sizes(specs, given: dict[str, list[int]], probe) -> list[list[int]]:
 
 def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch=4, seed=0,
            input_shapes=None, verify_data=None, reference_label: str = "", no_reference: str | None = None,
-           names=None) -> Verification:
+           names=None, index_inputs=None) -> Verification:
     """Compare ``run(xs)`` (the written file) with ``reference`` and ``rebuilt`` (live models)."""
     v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=batch, seed=seed,
                      reference=reference_label, no_reference=no_reference)
@@ -217,8 +221,8 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
             else "given data"
         v.batch = batch = len(xs[0])
     else:
-        sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs))
-        xs = make_inputs(specs, sizes, batch, seed)
+        sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs)
+        xs = make_inputs(specs, sizes, batch, seed, index_inputs)
     v.input_shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
     try:
         ref_rewritten = run_model(rebuilt, xs)

@@ -14,7 +14,7 @@ import copy
 import types
 
 from ..errors import UnsupportedModelError
-from ..graph import Layer
+from ..graph import Layer, is_op
 from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
@@ -99,6 +99,17 @@ class Keras3Builder(Builder):
 
         return keras.tree.flatten(result)
 
+    def call_node(self, mg, node, fn, tensors) -> None:
+        super().call_node(mg, node, fn, tensors)
+        layer = mg.layer(node)
+        if is_op(layer):
+            # keras.ops calls name themselves ("multiply"), which may clash with a layer of the
+            # model; the op takes the graph's (unique) name of the node instead
+            out = tensors.get((node, 0))
+            history = getattr(out, "_keras_history", None)
+            if history is not None and history.operation is not None:
+                history.operation.name = layer.name.replace("/", "_")
+
     def model(self, inputs, outputs, name):
         import keras
 
@@ -139,6 +150,15 @@ def _reduce(op):
 
 def _axis(axis):
     return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
+    """tf.math.l2_normalize: x / sqrt(max(sum(x**2, axis), epsilon)), exactly."""
+    import keras
+
+    o = keras.ops
+    axis = _axis(dim if axis is None else axis)
+    return o.multiply(x, o.rsqrt(o.maximum(o.sum(o.square(x), axis=axis, keepdims=True), epsilon)))
 
 
 def _getitem(x, slice_spec=None, **kw):
@@ -185,5 +205,13 @@ def tf_op_as_keras(function: str):
                                                                                       clip_value_max),
         "identity": lambda input, name=None: o.copy(input),
         "__operators__.getitem": _getitem,
+        "math.equal": _binary(o.equal), "math.not_equal": _binary(o.not_equal),
+        "math.greater": _binary(o.greater), "math.greater_equal": _binary(o.greater_equal),
+        "math.less": _binary(o.less), "math.less_equal": _binary(o.less_equal),
+        "math.logical_and": _binary(o.logical_and), "math.logical_or": _binary(o.logical_or),
+        "math.logical_not": lambda x, name=None: o.logical_not(x),
+        "math.reduce_any": _reduce(o.any), "math.reduce_all": _reduce(o.all),
+        "math.l2_normalize": _l2_normalize, "nn.l2_normalize": _l2_normalize,
+        "linalg.l2_normalize": _l2_normalize,
     }
     return table.get(function)

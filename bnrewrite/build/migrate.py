@@ -11,6 +11,7 @@ passing silently.
 ==============================================  ==========================================================
 tf.keras / Keras 2                              Keras 3 (what this module does)
 ==============================================  ==========================================================
+``BatchNormalizationV1``/``V2`` (TF 1.13)       ``BatchNormalization`` (the same inference math)
 ``LeakyReLU(alpha=a)``                          ``LeakyReLU(negative_slope=a)`` (Keras 3 would drop it:
                                                 default 0.3)
 ``hard_sigmoid`` (clip(0.2x + 0.5, 0, 1)),      refused: Keras 3's ``hard_sigmoid`` is clip(x/6 + 0.5) and
@@ -112,6 +113,8 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     from .keras3 import keras_class
 
     config = dict(config)
+    if class_name in ("BatchNormalizationV1", "BatchNormalizationV2"):
+        class_name = "BatchNormalization"
     if class_name in ("TFOpLambda", "SlicingOpLambda"):
         raise refuse(name, f"it is a tf.keras op layer (tf.{config.get('function')})")
     if class_name == "Lambda":

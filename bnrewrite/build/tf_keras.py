@@ -44,9 +44,14 @@ def require_tf_keras() -> None:
 
 
 def tf_keras_class(class_name: str):
+    """The tf_keras class for a (reader-allowlisted) class name, as tf_keras's own
+    deserializer resolves it: its registry also knows the names older tf.keras wrote
+    (``BatchNormalizationV1`` in TF 1.13, ...)."""
     import tf_keras
+    from tf_keras.src.layers import serialization
 
-    cls = getattr(tf_keras.layers, class_name, None)
+    serialization.populate_deserializable_objects()
+    cls = serialization.LOCAL.ALL_OBJECTS.get(class_name) or getattr(tf_keras.layers, class_name, None)
     if isinstance(cls, type) and issubclass(cls, tf_keras.layers.Layer):
         return cls
     if class_name in ("TFOpLambda", "SlicingOpLambda"):

@@ -26,7 +26,7 @@ GlobalMaxPool2D GlobalMaxPool3D
 LSTM GRU SimpleRNN RNN LSTMCell GRUCell SimpleRNNCell StackedRNNCells ConvLSTM1D ConvLSTM2D ConvLSTM3D
 CuDNNLSTM CuDNNGRU LSTMV1 GRUV1
 Bidirectional TimeDistributed
-BatchNormalization SyncBatchNormalization LayerNormalization GroupNormalization UnitNormalization
+BatchNormalization SyncBatchNormalization BatchNormalizationV1 BatchNormalizationV2 LayerNormalization GroupNormalization UnitNormalization
 Normalization Rescaling Resizing CenterCrop Discretization
 Add Subtract Multiply Average Maximum Minimum Concatenate Dot
 ReLU LeakyReLU PReLU ELU ThresholdedReLU Softmax
@@ -81,6 +81,7 @@ math.reduce_min math.reduce_prod math.reduce_logsumexp math.reduce_std math.redu
 math.l2_normalize math.argmax math.argmin math.cumsum math.squared_difference math.greater
 math.less math.equal math.logical_and math.logical_or math.logical_not math.scalar_mul
 math.multiply_no_nan math.divide_no_nan math.softmax math.log_softmax math.sin math.cos
+math.not_equal math.greater_equal math.less_equal math.reduce_any math.reduce_all math.count_nonzero
 nn.relu nn.relu6 nn.leaky_relu nn.elu nn.selu nn.gelu nn.silu nn.swish nn.sigmoid nn.tanh
 nn.softmax nn.log_softmax nn.bias_add nn.l2_normalize nn.depth_to_space nn.space_to_depth
 nn.avg_pool nn.avg_pool1d nn.avg_pool2d nn.max_pool nn.max_pool1d nn.max_pool2d nn.moments

@@ -30,11 +30,11 @@ import copy
 from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
-from ..graph import INPUT_CLASS, Layer, ModelGraph, TensorRef
+from ..graph import BN_CLASSES, INPUT_CLASS, Layer, ModelGraph, TensorRef
 from .layercheck import MODEL_CLASSES, check_layer, is_keras_op
 # Layers whose call takes ``training``; a nested call's training flag reaches them.
 TRAINING_AWARE = (
-    "BatchNormalization", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    *BN_CLASSES, "Dropout", "SpatialDropout1D", "SpatialDropout2D",
     "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
     "TimeDistributed", "Bidirectional", "LSTM", "GRU", "SimpleRNN",
 )
@@ -292,6 +292,8 @@ class _Builder:
                     h = obj["config"]["keras_history"]
                     refs.append((h[0], int(h[1]), int(h[2])))
                     return TensorRef(len(refs) - 1)
+                if isinstance(obj, dict) and "class_name" in obj:
+                    return _keras3_value(obj, conv, name)
                 if isinstance(obj, list):
                     return [conv(o) for o in obj]
                 if isinstance(obj, dict):
@@ -350,6 +352,27 @@ class _Builder:
 
 
 _CONSTANT = "_CONSTANT_VALUE"
+
+
+def _keras3_value(obj: dict, conv, layer: str):
+    """A Keras 3 serialized value in call arguments, as Keras's deserializer reads it (``x[1:]``
+    is saved as ``__slice__``): data only -- any other object in call arguments is refused."""
+    cls, cfg = obj.get("class_name"), obj.get("config") or {}
+    if cls == "__slice__":
+        return slice(conv(cfg.get("start")), conv(cfg.get("stop")), conv(cfg.get("step")))
+    if cls == "__ellipsis__":
+        return Ellipsis
+    if cls == "__tuple__":
+        return tuple(conv(v) for v in cfg.get("value") or [])
+    if cls in ("__numpy__", "__tensor__"):
+        import numpy as np
+
+        return np.array(cfg.get("value"), dtype=cfg.get("dtype"))
+    if cls == "__bytes__":
+        return str(cfg.get("value", "")).encode("utf-8")
+    raise UnsupportedModelError(
+        f"layer {layer!r} is called with an object of class {cls!r}; bnrewrite passes only tensors and "
+        "plain values to layers", code="UNSAFE_CALL_ARGUMENT")
 
 
 def _is_node_data(obj) -> bool:

@@ -25,6 +25,11 @@ unrolling, so a wrapper left in place costs nothing there). The shape table is
 updated after each rewrite, so consecutive wrappers unwrap too.
 Anything else (recurrent layers, nested models, masks) is left wrapped, with
 the reason in the report.
+
+In a tf_keras graph, TimeDistributed already runs as one reshape (no unrolling),
+and unwrapping e.g. a Dense would make tf2onnx export a dynamic tensordot instead:
+there only a wrapped BN, and a wrapped layer that feeds a BN (so the BN can fold
+into it), are unwrapped.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import copy
 
 import networkx as nx
 
-from ..graph import Layer, ModelGraph, bn_axis, reshape_op
+from ..graph import BN_CLASSES, Layer, ModelGraph, bn_axis, reshape_op
 from .base import Pass, PassContext
 
 # Act on the last axis or elementwise: no reshape needed.
@@ -42,7 +47,7 @@ DIRECT = {
     "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Identity", "Embedding",
 }
 # Take an ``axis`` (int) that must move with the merged dimensions.
-AXIS = {"BatchNormalization", "Softmax", "LayerNormalization", "UnitNormalization"}
+AXIS = {*BN_CLASSES, "Softmax", "LayerNormalization", "UnitNormalization"}
 # Per-sample layers that need the explicit (B*T, ...) reshape.
 RESHAPED = {
     "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
@@ -90,12 +95,14 @@ class UnwrapTimeDistributed(Pass):
         layer = mg.layer(node)
         inner, depth = _strip(layer)
         cls = inner.get("class_name")
+        if mg.framework == "tf_keras" and not (layer.wraps_bn() or _feeds_bn(mg, node)):
+            return "tf_keras runs TimeDistributed as one reshape already; unwrapping gains nothing here"
         kwargs = mg.graph.nodes[node]["kwargs"]
         if kwargs.get("mask") is not None:
             return "the call passes a mask"
         if len(mg.inbound(node)) != 1:
             return "the call has more than one input tensor"
-        if cls in AXIS:
+        if cls in AXIS or layer.bn_subclass:
             axis = bn_axis(inner["config"])
             if isinstance(axis, list):
                 return f"{cls} over several axes {axis}"
@@ -127,7 +134,7 @@ class UnwrapTimeDistributed(Pass):
         data = mg.graph.nodes[node]
         kwargs = {k: v for k, v in data["kwargs"].items() if k == "training"}
         src = mg.inbound(node)[0]
-        if cls in AXIS:
+        if cls in AXIS or td.bn_subclass:
             axis = bn_axis(config)
             # An axis counted from the front of one step moves back by the merged time axes.
             config["axis"] = axis + depth if axis >= 0 else axis
@@ -136,7 +143,7 @@ class UnwrapTimeDistributed(Pass):
             registered_name=inner.get("registered_name"), origin=td.origin,
             bn_subclass=td.bn_subclass)
         self._made[td.name] = new_layer
-        if cls in AXIS or cls in DIRECT:
+        if cls in AXIS or td.bn_subclass or cls in DIRECT:
             self._replace(mg, node, new_layer, [src], kwargs)
             return [td.name]
 
@@ -176,3 +183,10 @@ def _mask_upstream(mg: ModelGraph, node: str) -> bool:
         if lay.class_name == "Masking" or (lay.class_name == "Embedding" and lay.config.get("mask_zero")):
             return True
     return False
+
+
+def _feeds_bn(mg: ModelGraph, node: str) -> bool:
+    """Whether the call's output is read only by a BN (wrapped or not) that could fold into it."""
+    readers = mg.consumers(node, 0)
+    return len(readers) == 1 and mg.uses(node, 0) == 1 and (
+        mg.layer(readers[0][0]).is_bn() or mg.layer(readers[0][0]).wraps_bn())
