@@ -26,7 +26,7 @@ from .errors import InputError, VerificationError
 from .graph import ModelGraph
 from .io import WRITE_SUFFIXES, read_model
 from .io.onnx_writer import DEFAULT_OPSET
-from .outputs import discard, place
+from .outputs import check_interrupted, discard, place
 from .passes import Pass, PassContext, PassManager, default_passes
 
 
@@ -252,6 +252,7 @@ def convert(
         from .audit import audit, compare
 
         before = audit(mg)
+        check_interrupted()
         t = time.perf_counter()
         say("running passes")
         rep.passes = run_passes(mg, passes, ctx, options)
@@ -277,6 +278,7 @@ def convert(
         model = build_model(target, custom_objects)
         rep.timings["rebuild_s"] = time.perf_counter() - t
 
+        check_interrupted()
         t = time.perf_counter()
         say(f"writing {fmt}")
         tmp = _write(model, dst, fmt, opset, rep)
@@ -292,6 +294,7 @@ def convert(
                             changed_by=ctx.artifacts.get("changes_function"))
                 rep.verification = v.to_dict()
                 rep.timings["verify_s"] = time.perf_counter() - t
+                check_interrupted()
                 if not v.ok:
                     raise VerificationError(f"verification failed: {v.failure()}", report=rep)
             place(tmp, dst, force=force)  # refuses to clobber a file that appeared meanwhile

@@ -153,6 +153,15 @@ def interrupted() -> int | None:
     return _received
 
 
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a stop signal arrived: a framework with a bare ``except:``
+    (Keras has several) can swallow the exception the handler raised, so the pipeline checks
+    again at each stage and before anything is put in place."""
+    signum = interrupted()
+    if signum is not None:
+        raise Interrupted(signum)
+
+
 def exiting() -> None:
     """From now on signals are recorded but raise nothing (the CLI is cleaning up and exiting)."""
     global _quiet
@@ -377,6 +386,7 @@ def place(tmp, dst, *, force: bool = False) -> None:
     followed) is replaced atomically; a directory, FIFO or device is refused.
     """
     tmp, dst = Path(tmp), Path(dst)
+    check_interrupted()  # OUT is never put in place after a stop signal
     _fsync(tmp)  # the data is on disk before the name points to it
     if force:
         lst = _stat(dst, follow=False)

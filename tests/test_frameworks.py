@@ -250,12 +250,40 @@ def test_old_hard_sigmoid_refused_for_keras_but_exact_for_onnx(legacy_files, con
     assert not (tmp_path / "out.keras").exists()
 
 
-def test_consecutive_timedistributed_unwrap_and_bn_with_mask(converted):
+def test_timedistributed_before_bn_unwraps_and_bn_with_mask_folds(converted):
+    """tf_keras: the TD(Conv2D) -> TD(BN) pair is unwrapped and folded; TD(MaxPool)/TD(Flatten)
+    stay wrapped (tf_keras runs them as one reshape). A BN called with a mask folds too."""
     rep, _ = converted("td_chain_mask", "onnx")
     unwrap = next(p for p in rep.passes if p["name"] == "unwrap_timedistributed")
-    assert len(unwrap["changed"]) == 4 and unwrap["skipped"] == [], unwrap
+    assert len(unwrap["changed"]) == 2 and len(unwrap["skipped"]) == 2, unwrap
     fold = next(p for p in rep.passes if p["name"] == "fold_bn")
     assert len(fold["changed"]) == 2, fold  # the TD(BN) after TD(Conv2D), and the BN after Dense
+
+
+def test_consecutive_timedistributed_reshapes_keras3(tmp_path):
+    """Keras 3 (which unrolls TimeDistributed): TD(Conv2D) -> TD(MaxPool) -> TD(Flatten) -> TD(BN),
+    each needing reshapes, are all unwrapped -- the shape table follows each rewrite -- and the
+    output matches Keras 3."""
+    import keras
+
+    L = keras.layers
+    i = keras.Input((5, 12, 12, 3))
+    x = L.TimeDistributed(L.Conv2D(4, 3), name="td_conv")(i)
+    x = L.TimeDistributed(L.MaxPooling2D(), name="td_pool")(x)
+    x = L.TimeDistributed(L.Flatten(), name="td_flat")(x)
+    x = L.TimeDistributed(L.BatchNormalization(), name="td_bn")(x)
+    m = keras.Model(i, x)
+    bn = m.get_layer("td_bn").layer
+    rng = np.random.default_rng(4)
+    g, b, mu, v = bn.get_weights()
+    bn.set_weights([rng.uniform(.5, 1.5, g.shape), rng.normal(0, .5, b.shape), rng.normal(0, .5, mu.shape),
+                    rng.uniform(.5, 2, v.shape)])
+    m.save(tmp_path / "td.keras")
+    rep = bnrewrite.convert(tmp_path / "td.keras", tmp_path / "td.onnx")
+    unwrap = next(p for p in rep.passes if p["name"] == "unwrap_timedistributed")
+    assert set(unwrap["changed"]) == {"td_conv", "td_pool", "td_flat", "td_bn"}, unwrap
+    xs = [rng.standard_normal((2, 5, 12, 12, 3)).astype("float32")]
+    assert_close(_onnx(tmp_path / "td.onnx", xs)[0], np.asarray(m(xs[0], training=False)), "keras3 td chain")
 
 
 def test_open_dimensions_take_sizes_the_model_accepts(legacy_files, converted):
