@@ -104,21 +104,13 @@ def _label(original: Original) -> str:
 
 
 def _tf_keras_h5(config, weights, custom_objects, unsafe):
-    import tf_keras
     from tf_keras.src.saving.legacy import hdf5_format
-    from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-    from .build.tf_keras import lambda_globals, require_tf_keras
+    from .build.tf_keras import model_from_config
 
-    require_tf_keras()
-    objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
-    with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
-        if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":
-            model = tf_keras.Sequential.from_config(config["config"], custom_objects=objects)
-        else:
-            model = tf_keras.models.model_from_config(config, custom_objects=objects)
-        with weights as f:
-            hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    model = model_from_config(config, custom_objects, unsafe)
+    with weights as f:
+        hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
     return model
 
 

@@ -77,6 +77,19 @@ def lambda_globals() -> dict:
     return {"K": tf_keras.backend, "backend": tf_keras.backend, "tf": tf, "np": np, "keras": tf_keras}
 
 
+def model_from_config(config: dict, custom_objects=None, unsafe: bool = False):
+    """tf_keras's own model for a legacy model config (its deserializer, in its safe mode
+    unless ``unsafe``; Keras 2.0/2.1 list-form Sequential configs too). No weights."""
+    import tf_keras
+
+    require_tf_keras()
+    objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
+    with tf_keras.utils.custom_object_scope(objects), safe_mode(not unsafe):
+        if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":
+            return tf_keras.Sequential.from_config(config["config"], custom_objects=objects)
+        return tf_keras.models.model_from_config(config, custom_objects=objects)
+
+
 class TfKerasBuilder(Builder):
     framework = "tf_keras"
 

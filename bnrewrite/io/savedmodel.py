@@ -225,18 +225,9 @@ def build_original(config: dict, weights: dict, *, unsafe: bool = False, custom_
     (training flags already removed by the caller), then tf_keras's ``load_weights`` of the
     ``variables/`` checkpoint, which matches variables through the checkpoint's object graph;
     every object of the model must be matched."""
-    import tf_keras
-    from tf_keras.src.saving.serialization_lib import SafeModeScope
+    from ..build.tf_keras import model_from_config
 
-    from ..build.tf_keras import lambda_globals, require_tf_keras
-
-    require_tf_keras()
-    objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
-    with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
-        if isinstance(config.get("config"), list) or config.get("class_name") == "Sequential":
-            model = tf_keras.Sequential.from_config(config["config"], custom_objects=objects)
-        else:
-            model = tf_keras.models.model_from_config(config, custom_objects=objects)
+    model = model_from_config(config, custom_objects, unsafe)
     status = model.load_weights(weights["prefix"])
     status.assert_existing_objects_matched()
     return model
