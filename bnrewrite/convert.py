@@ -276,6 +276,9 @@ def convert(
 
         say(f"rebuilding the model in {builder(target).label}")
         model = build_model(target, custom_objects)
+        from .verify import check_tensor_bytes
+
+        check_tensor_bytes(model)  # before export or verification allocates anything
         rep.timings["rebuild_s"] = time.perf_counter() - t
 
         check_interrupted()

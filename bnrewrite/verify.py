@@ -36,6 +36,44 @@ from .errors import InputError
 
 #: sizes tried, in order, for open (None) non-batch dimensions
 OPEN_SIZES = (32, 64, 128, 224, 16, 8)
+#: most memory one tensor of the model may declare for one sample (env BNREWRITE_MAX_TENSOR_BYTES)
+TENSOR_BYTES = 1 << 30
+
+
+def check_tensor_bytes(model) -> None:
+    """Refuse a model whose declared shapes make one tensor of one sample larger than
+    :data:`TENSOR_BYTES` -- an 8 KB config can declare a 100,000 x 100,000 input or an
+    UpSampling by 4,000 -- before anything runs (export and verification would allocate
+    it). Static dimensions only: open ones count as 1."""
+    import os
+
+    from .io.safe_files import fmt_bytes, parse_bytes
+
+    env = os.environ.get("BNREWRITE_MAX_TENSOR_BYTES")
+    cap = parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
+    tensors = list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]
+    for t in tensors:
+        dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
+        n = float(np.prod(dims, dtype=np.float64)) * np.dtype(_np_dtype(t.dtype)).itemsize
+        if n > cap:
+            raise InputError(
+                f"the model declares a tensor of {fmt_bytes(int(min(n, 1 << 62)))} per sample "
+                f"({getattr(t, 'name', '?')}, shape {tuple(t.shape)}), more than the {fmt_bytes(cap)} allowed "
+                "(BNREWRITE_MAX_TENSOR_BYTES; raise it only for a model you trust)")
+
+
+def _outputs(layer) -> list:
+    try:
+        out = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        return []
+    import tensorflow as tf
+
+    return [t for t in tf.nest.flatten(out) if hasattr(t, "shape")]
+
+
+def _np_dtype(dtype):
+    return getattr(dtype, "as_numpy_dtype", None) or str(dtype)
 
 
 @dataclass

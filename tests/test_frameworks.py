@@ -428,3 +428,25 @@ def test_keras_34_operation_nodes(tmp_path):
     with pytest.raises(bnrewrite.UnsupportedModelError, match="cannot store the op node"):
         bnrewrite.convert(src, tmp_path / "o.h5")
     assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["input", "upsampling"])
+def test_huge_declared_tensor_refused_before_anything_runs(tmp_path, kind):
+    """A small file declaring a 112 GiB input (or an UpSampling by 4,000) is refused before
+    export or verification allocate it: one line, no OUT, and this process stays small."""
+    import resource
+
+    import tf_keras as K
+
+    if kind == "input":
+        i = K.Input((100000, 100000, 3))
+        x = K.layers.BatchNormalization()(i)
+    else:
+        i = K.Input((8, 8, 3))
+        x = K.layers.BatchNormalization()(K.layers.UpSampling2D(size=(4000, 4000))(i))
+    K.Model(i, x).save(tmp_path / "huge.h5")
+    assert (tmp_path / "huge.h5").stat().st_size < 100_000
+    with pytest.raises(bnrewrite.InputError, match="BNREWRITE_MAX_TENSOR_BYTES"):
+        bnrewrite.convert(tmp_path / "huge.h5", tmp_path / "huge.onnx")
+    assert not (tmp_path / "huge.onnx").exists()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 1024 * 1024  # KiB: well below the GiBs
