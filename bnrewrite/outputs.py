@@ -189,8 +189,11 @@ def install_signal_handlers() -> Callable[[], None]:
         signal.signal(s, _handler)
 
     def restore() -> None:
+        global _received, _pending
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
+        # a signal belongs to the run it stopped: a later run in this process starts clean
+        _received = _pending = None
 
     return restore
 
