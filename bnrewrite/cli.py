@@ -446,7 +446,9 @@ def _failure_reports(e, src, dst, report_path, html_path, force, state) -> None:
 
 
 @main.command("inspect")
-@click.argument("src", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="Files inspected at once, each in its own process (default: the core count).")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON on stdout (nothing else).")
 @click.option("--strict", is_flag=True, help="Exit 4 if there is any warning or error finding.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str),
@@ -457,12 +459,22 @@ def _failure_reports(e, src, dst, report_path, html_path, force, state) -> None:
               help="Python file defining the model's custom layer classes (the file is executed).")
 @_verbosity_options
 @_version_option
-def inspect_cmd(src, as_json, strict, html_path, force, unsafe, custom_path, quiet, verbose):
-    """Audit the BatchNormalization layers of SRC (.h5/.keras): a table, then findings with fixes."""
+def inspect_cmd(paths, jobs, as_json, strict, html_path, force, unsafe, custom_path, quiet, verbose):
+    """Audit the BatchNormalization layers (and unsafe content) of model files: a table, then
+    findings with fixes. PATHS are files, folders (searched recursively) or globs; several files
+    are inspected in parallel, each in its own process (--jobs), one record each with --json."""
     global _VERBOSE
     quiet, verbose = _flags(quiet, verbose)
     _VERBOSE = verbose
     state = {"started": False}
+    import os
+
+    first = paths[0]
+    one_model = os.path.isfile(first) or os.path.isfile(os.path.join(first, "saved_model.pb")) \
+        or not os.path.exists(first)
+    if len(paths) > 1 or jobs is not None or not one_model or any(c in first for c in "*?["):
+        sys.exit(_run(lambda: _inspect_many(paths, jobs, as_json, strict, html_path, unsafe, custom_path, quiet)))
+    src = paths[0]
 
     def body():
         import json
@@ -507,6 +519,49 @@ def inspect_cmd(src, as_json, strict, html_path, force, unsafe, custom_path, qui
             raise
 
     sys.exit(_run(guarded))
+
+
+def _inspect_many(paths, jobs, as_json, strict, html_path, unsafe, custom_path, quiet) -> int:
+    """``inspect`` over many files (bnrewrite.inspect_many): one isolated process per file."""
+    import json
+
+    from .errors import InputError
+    from .inspect_many import exit_code, expand, inspect_files
+
+    if html_path is not None:
+        raise InputError("--html takes one model file; inspect the files one at a time for HTML reports")
+    files, missing = expand(paths)
+    if missing:
+        raise InputError(f"{clean(missing[0])}: no such file (or no match)")
+    if not files:
+        raise InputError(f"no model files (.h5, .hdf5, .keras, SavedModel folders) under {clean(paths[0])}")
+    records = inspect_files(files, jobs=jobs, unsafe=unsafe, custom_objects_path=custom_path)
+    code = exit_code(records, strict)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    elif not quiet:
+        _print_many(_console(False), records)
+    return code
+
+
+def _print_many(console, records) -> None:
+    from rich import box
+    from rich.table import Table
+
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in ("file", "BN", "errors", "warnings", "info", "result"):
+        t.add_column(col, justify="right" if col in ("BN", "errors", "warnings", "info") else "left")
+    for r in records:
+        c = r.get("counts") or {}
+        result = (f"[red]{clean(r['error']['message'], 120, markup=True)}[/]" if r.get("error")
+                  else (r.get("worst_severity") or "no findings"))
+        t.add_row(clean(r["input"]["path"], 80, markup=True), str(c.get("bn_layers", "-")), str(c.get("error", "-")),
+                  str(c.get("warning", "-")), str(c.get("info", "-")), result)
+    console.print(t)
+    failed = sum(1 for r in records if r.get("error"))
+    console.print(f"{len(records)} file{'s' if len(records) != 1 else ''}, {failed} unreadable")
 
 
 def _custom_objects(path):
