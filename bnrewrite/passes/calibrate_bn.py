@@ -50,10 +50,14 @@ class CalibrateBN(Pass):
         ctx.artifacts["calibration"] = report
         # the new statistics by the layer's place in the original file, for the verification reference
         done = {r["layer"] for r in report["layers"]}
+        calibrated = [lay for lay in mg.layers().values() if lay.name in done]
         ctx.artifacts["calibrated_stats"] = {
             lay.origin: {k: lay.weights[k] for k in ("moving_mean", "moving_variance")}
-            for lay in mg.layers().values() if lay.name in done and lay.origin is not None
+            for lay in calibrated if lay.origin is not None
         }
+        # per channel, for the HTML report's before/after plots
+        report["per_channel"] = {lay.name: {k: [float(v) for v in lay.weights[k]]
+                                            for k in ("moving_mean", "moving_variance")} for lay in calibrated}
         return PassResult(self.name, changed=[r["layer"] for r in report["layers"]],
                           skipped=[{"layer": s["layer"], "node": None, "reason": s["reason"]}
                                    for s in report["skipped"]])
