@@ -102,15 +102,10 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
     ``tree`` is the weights tree of :mod:`bnrewrite.io.h5_extract` (mode ``weights``).
     Raises InputError when Keras cannot rebuild the model or load the weights (one line).
     """
-    import keras  # noqa: F401 - registers Keras's objects
-    from keras.src.saving import saving_lib, serialization_lib
+    from keras.src.saving import saving_lib
 
-    cfg = copy.deepcopy(config)  # Keras's deserializer may edit what it is given
-    cfg["compile_config"] = None  # load_model(compile=False)
     try:
-        with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
-            model = serialization_lib.deserialize_keras_object(
-                cfg, custom_objects=custom_objects, safe_mode=not unsafe)
+        model = deserialize_model(config, unsafe=unsafe, custom_objects=custom_objects)
     except InputError:
         raise
     except Exception as e:  # Keras raises many types for a bad config
@@ -136,6 +131,18 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
         raise InputError(f"Keras could not load the archive's weights ({len(errors)} object(s) could not be "
                          f"loaded; {what!r}: {_first_line(err)})")
     return model
+
+
+def deserialize_model(config: dict, *, unsafe: bool = False, custom_objects: dict | None = None):
+    """Keras 3's own model for a model config, as ``load_model(compile=False)`` deserializes it
+    (safe mode unless ``unsafe``, shared objects scope); no weights."""
+    import keras  # noqa: F401 - registers Keras's objects
+    from keras.src.saving import serialization_lib
+
+    cfg = copy.deepcopy(config)  # Keras's deserializer may edit what it is given
+    cfg["compile_config"] = None
+    with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
+        return serialization_lib.deserialize_keras_object(cfg, custom_objects=custom_objects, safe_mode=not unsafe)
 
 
 @functools.lru_cache(maxsize=None)

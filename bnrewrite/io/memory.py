@@ -127,25 +127,14 @@ def build_original(config: dict, weights: dict, framework: str, *, unsafe: bool 
     """The framework's own copy of the model read by :func:`read_memory`: ``config`` (already
     stripped of training flags by the caller) deserialized in safe mode, then each top-level
     layer's weights set from the copies taken when the model was read."""
-    cfg = copy.deepcopy(config)
     if framework == "tf_keras":
-        import tf_keras
-        from tf_keras.src.saving.serialization_lib import SafeModeScope
+        from ..build.tf_keras import model_from_config
 
-        from ..build.tf_keras import lambda_globals, require_tf_keras
-
-        require_tf_keras()
-        objects = {**(lambda_globals() if unsafe else {}), **(custom_objects or {})}
-        with tf_keras.utils.custom_object_scope(objects), SafeModeScope(not unsafe):
-            model = tf_keras.models.model_from_config(cfg, custom_objects=objects)
+        model = model_from_config(copy.deepcopy(config), custom_objects, unsafe)
     else:
-        import keras  # noqa: F401 - registers Keras's objects
-        from keras.src.saving import serialization_lib
+        from .keras_zip import deserialize_model
 
-        cfg["compile_config"] = None
-        with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
-            model = serialization_lib.deserialize_keras_object(cfg, custom_objects=custom_objects,
-                                                                 safe_mode=not unsafe)
+        model = deserialize_model(config, unsafe=unsafe, custom_objects=custom_objects)
     for layer in model.layers:
         values = weights.get(layer.name)
         if values is None:
