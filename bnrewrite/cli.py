@@ -249,7 +249,12 @@ def _console(quiet: bool, stderr: bool = False):
 @click.option("--custom-objects", "custom_path", type=click.Path(dir_okay=False, path_type=str),
               help="Python file defining the model's custom layer classes (the file is executed).")
 @click.option("--calibration", "calibration", type=click.Path(path_type=str),
-              help="Re-estimate every BN's statistics (AdaBN) on this .npy/.npz file or folder of shards.")
+              help="Re-estimate every BN's statistics (AdaBN) on this .npy/.npz file, folder of shards, "
+                   "or folder of .png/.jpg images.")
+@click.option("--preprocess", type=click.Choice(["scale", "tf", "torch", "caffe", "none"]),
+              help="For a --calibration folder of images: scale (default, x/255), or as keras.applications: "
+                   "tf ([-1, 1]), torch (x/255, ImageNet mean/std), caffe (BGR minus ImageNet means); "
+                   "none: raw 0-255.")
 @click.option("--variance", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True,
               help="Calibrated variance: unbiased (n-1, Bessel) or biased (n).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
@@ -270,7 +275,7 @@ def _console(quiet: bool, stderr: bool = False):
 @_verbosity_options
 @_version_option
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
-            report_path, html_path, fail_on, force, unsafe, custom_path, calibration, variance, batch_size,
+            report_path, html_path, fail_on, force, unsafe, custom_path, calibration, preprocess, variance, batch_size,
             max_samples, cache_mb, cache_dir, max_spill_gb, input_shapes, verify_data, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
@@ -328,7 +333,7 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 fold=not no_fold, keep_trainable=keep_trainable,
                 keep_timedistributed=keep_timedistributed, unsafe=unsafe,
                 custom_objects=custom_objects, report=None,
-                calibration=calibration, variance=variance, batch_size=batch_size,
+                calibration=calibration, preprocess=preprocess, variance=variance, batch_size=batch_size,
                 max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
                 input_shapes=shapes, verify_data=verify_data,
                 progress=stage, calibration_progress=calibrating,

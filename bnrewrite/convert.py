@@ -173,6 +173,7 @@ def convert(
     unsafe: bool = False,
     custom_objects: dict | None = None,
     calibration=None,
+    preprocess: str | None = None,
     batch_size: int = 32,
     max_samples: int | None = None,
     variance: str = "unbiased",
@@ -199,7 +200,9 @@ def convert(
     mean and variance are re-estimated exactly on that data -- a numpy array, a
     dict of arrays by input name, an iterable of batches, a ``tf.data.Dataset``,
     or a path to a ``.npy``/``.npz`` file or a folder of them (see
-    :mod:`bnrewrite.io.data`), read ``batch_size`` samples at a time, at most
+    :mod:`bnrewrite.io.data`) or a folder of ``.png``/``.jpg`` images (resized to the
+    input, then ``preprocess``: ``"scale"`` (default) [0, 1], ``"tf"``, ``"torch"``,
+    ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time, at most
     ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
     cached activations use up to ``cache_mb`` of RAM, then spill to disk.
     ``calibration_progress(done, total)`` is called per batch.
@@ -244,6 +247,7 @@ def convert(
 
         options = {
             "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
+            "preprocess": preprocess,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
             "cache_dir": cache_dir, "max_spill_gb": max_spill_gb,
             "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
@@ -436,6 +440,7 @@ def rewrite(
     unsafe: bool = False,
     custom_objects: dict | None = None,
     calibration=None,
+    preprocess: str | None = None,
     batch_size: int = 32,
     max_samples: int | None = None,
     variance: str = "unbiased",
@@ -475,6 +480,7 @@ def rewrite(
         rep.notes.extend(mg.source.get("notes", []))
         options = {
             "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
+            "preprocess": preprocess,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
             "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "custom_objects": custom_objects, **extra,
         }

@@ -8,7 +8,13 @@ Accepted sources (``source`` of :class:`CalibrationData`):
   at a time, never loaded whole), ``.npz`` (one array per model input, by
   input name; an ``.npz`` with a single array also fits a single-input model;
   members are streamed from the zip, compressed or not), or a folder of
-  ``.npy``/``.npz`` shards read in name order;
+  ``.npy``/``.npz`` shards read in name order, or a folder of images
+  (``.png``/``.jpg``/``.jpeg``, recursively; :mod:`bnrewrite.io.images`), decoded,
+  resized to the model input and preprocessed (``preprocess=``: ``scale``
+  (default, [0, 1]), ``tf``, ``torch``, ``caffe`` as in ``keras.applications``,
+  or ``none``); a folder holding both shards and images is refused. A
+  :class:`DataPath` carries a path with its ``preprocess`` and receives the
+  image counts (``bad_images``, ...) read from it;
 * an iterable of batches or a ``tf.data.Dataset``: each element is an array,
   a dict by input name, a tuple with one array per input, or a Keras-style
   ``(x, y)`` / ``(x, y, sample_weight)`` tuple, whose ``x`` is used. Elements
@@ -51,6 +57,25 @@ class InputSpec:
         return "(" + ", ".join("None" if d is None else str(d) for d in self.shape[1:]) + (",)" if len(self.shape) == 2 else ")")
 
 
+class DataPath(os.PathLike):
+    """A calibration path with its reading options; ``found`` receives what reading it found
+    (for an image folder: ``images``, ``bad_images``, ``bad_image_names``, ...)."""
+
+    def __init__(self, path, preprocess: str | None = None):
+        self.path = os.fspath(path)
+        self.preprocess = preprocess
+        self.found: dict = {}
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"DataPath({self.path!r}, preprocess={self.preprocess!r})"
+
+
 def _fmt_shape(shape) -> str:
     return str(tuple(int(d) for d in shape))
 
@@ -59,7 +84,7 @@ class CalibrationData:
     """Validated batches (one array per model input, in model input order)."""
 
     def __init__(self, source: Any, specs: list[InputSpec], *, batch_size: int = 32,
-                 max_samples: int | None = None):
+                 max_samples: int | None = None, preprocess: str | None = None):
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, not {batch_size}")
         if max_samples is not None and max_samples < 1:
@@ -68,7 +93,14 @@ class CalibrationData:
         self.batch_size = int(batch_size)
         self.max_samples = max_samples
         self.source = source
+        if isinstance(source, DataPath):
+            preprocess = source.preprocess if preprocess is None else preprocess
+        self.preprocess = preprocess
+        self.images = None  # an image folder: io.images.ImageFolder (its .stats: counts of bad images)
         self._chunks, self.description = self._open(source)
+        if self.preprocess is not None and self.images is None:
+            raise InputError(f"preprocess={self.preprocess!r} (--preprocess) applies to a folder of images only, "
+                             f"not to calibration data {self.description}")
         self.samples = 0  # counted as batches are read
 
     # ------------------------------------------------------------ opening
@@ -99,12 +131,41 @@ class CalibrationData:
     def _open_path(self, p: Path):
         check_data_path(p)
         if p.is_dir():
+            from .images import find_images
+
             shards = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SHARD_SUFFIXES)
+            images = find_images(p)
+            if shards and images:
+                raise InputError(f"{p}: folder mixes .npy/.npz shards ({shards[0].name}, ...) and images "
+                                 f"({images[0].relative_to(p).as_posix()}, ...); use one kind")
+            if images:
+                return self._open_images(p, images)
             if not shards:
-                raise InputError(f"{p}: folder has no .npy or .npz calibration shards")
+                raise InputError(f"{p}: folder has no .npy or .npz calibration shards and no .png/.jpg images")
             opened = [self._open_file(q) for q in shards]  # validates every shard's header first
             return (lambda: (c for chunks in opened for c in chunks())), f"{p} ({len(shards)} shards)"
         return self._open_file(p), str(p)
+
+    def _open_images(self, p: Path, files: list):
+        from .images import ImageFolder
+
+        if len(self.specs) != 1:
+            raise InputError(f"{p}: a folder of images feeds one input, but the model has {len(self.specs)} inputs "
+                             f"({', '.join(s.name for s in self.specs)})")
+        spec = self.specs[0]
+        folder = ImageFolder(p, files, spec, self.batch_size, self.preprocess)
+        self.images = folder
+        sink = self.source.found if isinstance(self.source, DataPath) else None
+
+        def chunks():
+            try:
+                for b in folder.batches():
+                    yield {spec.name: b}
+            finally:
+                if sink is not None:
+                    sink.clear()
+                    sink.update(folder.report())
+        return chunks, f"{p} ({len(files)} image files, preprocess {folder.mode})"
 
     def _open_file(self, p: Path):
         suffix = p.suffix.lower()

@@ -36,8 +36,19 @@ class CalibrateBN(Pass):
         o = ctx.options
         if o.get("calibration") is None:
             return PassResult(self.name)
+        import os
+
+        from ..errors import InputError
+        from ..io.data import DataPath
+
+        data, preprocess = o["calibration"], o.get("preprocess")
+        if isinstance(data, (str, os.PathLike)) and not isinstance(data, DataPath):
+            data = DataPath(data, preprocess)  # a folder of images: preprocessed, its bad images counted
+        elif preprocess is not None and not isinstance(data, DataPath):
+            raise InputError(f"preprocess={preprocess!r} applies to a folder of images only, "
+                             f"not to calibration data of type {type(data).__name__}")
         report = calibrate(
-            mg, o["calibration"],
+            mg, data,
             batch_size=o.get("batch_size") or DEFAULT_BATCH_SIZE,
             max_samples=o.get("max_samples"),
             variance=o.get("variance") or "unbiased",
@@ -47,6 +58,11 @@ class CalibrateBN(Pass):
             cache_dir=o.get("cache_dir"),
             max_spill_gb=o.get("max_spill_gb"),
         )
+        if isinstance(data, DataPath) and data.found:  # an image folder: what was read, what was bad
+            found = data.found
+            report["bad_images"] = found["bad_images"]
+            report["bad_image_names"] = list(found["bad_image_names"])
+            report["images"] = {k: v for k, v in found.items() if k not in ("bad_images", "bad_image_names")}
         ctx.artifacts["calibration"] = report
         # the new statistics by the layer's place in the original file, for the verification reference
         done = {r["layer"] for r in report["layers"]}
