@@ -133,8 +133,6 @@ def test_mixed_folder_and_preprocess_on_arrays_refused(image_folder, tmp_path):
 
 
 def test_cli_all_bad_folder_exit_2(tmp_path):
-    import keras
-
     src = tmp_path / "m.keras"
     _model().save(src)
     bad = tmp_path / "bad"
@@ -148,4 +146,18 @@ def test_cli_all_bad_folder_exit_2(tmp_path):
     assert "no usable calibration image" in line and "2 bad" in line, line
     assert not (tmp_path / "out.keras").exists()
     assert json.loads(report.read_text())["ok"] is False
-    del keras
+
+
+def test_cli_folder_report_counts_bad_images(image_folder, tmp_path):
+    root, good = image_folder
+    src = tmp_path / "m.keras"
+    _model().save(src)
+    report = tmp_path / "r.json"
+    proc = run_cli("convert", src, tmp_path / "out.keras", "--calibration", root, "--preprocess", "caffe",
+                   "--no-fold", "--report", report, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Input file read error" not in proc.stderr
+    cal = json.loads(report.read_text())["calibration"]
+    assert cal["samples"] == len(good) and cal["bad_images"] == 1, cal
+    assert cal["bad_image_names"][0].startswith("broken.png: ")
+    assert cal["images"]["preprocess"] == "caffe"
