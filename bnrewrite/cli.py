@@ -533,13 +533,20 @@ def _inspect_many(paths, jobs, as_json, strict, html_path, unsafe, custom_path, 
     from .errors import InputError
     from .inspect_many import exit_code, expand, inspect_files
 
-    if html_path is not None:
-        raise InputError("--html takes one model file; inspect the files one at a time for HTML reports")
-    files, missing = expand(paths)
-    if missing:
-        raise InputError(f"{clean(missing[0])}: no such file (or no match)")
-    if not files:
-        raise InputError(f"no model files (.h5, .hdf5, .keras, SavedModel folders) under {clean(paths[0])}")
+    try:
+        if html_path is not None:
+            raise InputError("--html takes one model file; inspect the files one at a time for HTML reports")
+        files, missing = expand(paths)
+        if missing:
+            raise InputError(f"{clean(missing[0])}: no such file (or no match)")
+        if not files:
+            raise InputError(f"{clean(paths[0])}: no model files (.h5, .hdf5, .keras, SavedModel folders) in it")
+    except InputError as e:
+        if as_json:  # CI reads stdout: one record with the error, as for one file
+            from .audit import failed_record
+
+            click.echo(json.dumps(failed_record(paths[0], e), indent=2))
+        raise
     records = inspect_files(files, jobs=jobs, unsafe=unsafe, custom_objects_path=custom_path)
     code = exit_code(records, strict)
     if as_json:

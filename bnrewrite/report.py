@@ -102,6 +102,10 @@ def print_calibration(console, c: dict) -> None:
         f"on {c.get('samples'):,} samples from {_t(c.get('data'))} ({_t(c.get('variance'))} variance, "
         f"{c.get('levels')} level{'s' if c.get('levels') != 1 else ''}, {c.get('seconds', 0):.1f} s)"
     )
+    bad = c.get("bad_images") or 0
+    if bad:  # never dropped silently: counted, and the first ones named
+        names = "; ".join(_t(n, TEXT_LIMIT) for n in (c.get("bad_image_names") or [])[:3])
+        console.print(f"  [yellow]skipped {bad} unreadable image{'s' if bad != 1 else ''}[/]" + (f": {names}" if names else ""))
     if layers:
         t = Table(show_lines=False)
         for col in ("layer", "values/channel", "mean before", "mean after", "variance before", "variance after"):
