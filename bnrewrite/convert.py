@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import InputError, VerificationError
-from .graph import ModelGraph
+from .graph import ModelGraph, framework_label
 from .io import WRITE_SUFFIXES, read_model
 from .io.onnx_writer import DEFAULT_OPSET
 from .outputs import check_interrupted, discard, place
@@ -397,7 +397,7 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
         return None, "", str(e)
     if stats:
         set_statistics(reference, stats)
-    who = "tf_keras" if mg.original.framework == "tf_keras" else "Keras 3"
+    who = framework_label(mg.original.framework)
     if mg.original.format == "memory":
         return reference, f"{who} copy of the original in-memory model", None
     if mg.original.format == "savedmodel":

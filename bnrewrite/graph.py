@@ -51,6 +51,11 @@ import numpy as np
 BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2")
 INPUT_CLASS = "InputLayer"
 FRAMEWORKS = ("tf_keras", "keras")
+
+
+def framework_label(framework: str) -> str:
+    """How messages name a framework: ``"tf_keras"`` or ``"Keras 3"``."""
+    return "Keras 3" if framework == "keras" else framework
 #: ``module`` of the framework-neutral ops passes create (each builder renders them natively)
 OPS_MODULE = "bnrewrite.ops"
 

@@ -28,8 +28,9 @@ import json
 
 import numpy as np
 
-from .errors import root_cause
-from .errors import UnsupportedModelError
+from .build.base import numpy_dtype
+from .errors import UnsupportedModelError, root_cause
+from .graph import framework_label
 from .io.original import Original
 
 
@@ -100,7 +101,7 @@ def build_reference(original: Original, *, custom_objects: dict | None = None, u
 
 
 def _label(original: Original) -> str:
-    return "tf_keras" if original.framework == "tf_keras" else "Keras 3"
+    return framework_label(original.framework)
 
 
 def _tf_keras_h5(config, weights, custom_objects, unsafe):
@@ -148,4 +149,4 @@ def set_statistics(model, stats: dict) -> None:
         for v in layer.weights:
             vname = (getattr(v, "path", None) or v.name).split(":")[0].rsplit("/", 1)[-1]
             if vname in values:
-                v.assign(np.asarray(values[vname]).astype(v.dtype.as_numpy_dtype if hasattr(v.dtype, "as_numpy_dtype") else str(v.dtype)))
+                v.assign(np.asarray(values[vname]).astype(numpy_dtype(v.dtype)))

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .build.base import numpy_dtype
 from .errors import root_cause
 from .errors import InputError
 
@@ -54,7 +55,7 @@ def check_tensor_bytes(model) -> None:
     tensors = list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]
     for t in tensors:
         dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
-        n = float(np.prod(dims, dtype=np.float64)) * np.dtype(_np_dtype(t.dtype)).itemsize
+        n = float(np.prod(dims, dtype=np.float64)) * np.dtype(numpy_dtype(t.dtype)).itemsize
         if n > cap:
             raise InputError(
                 f"the model declares a tensor of {fmt_bytes(int(min(n, 1 << 62)))} per sample "
@@ -72,8 +73,7 @@ def _outputs(layer) -> list:
     return [t for t in tf.nest.flatten(out) if hasattr(t, "shape")]
 
 
-def _np_dtype(dtype):
-    return getattr(dtype, "as_numpy_dtype", None) or str(dtype)
+
 
 
 @dataclass

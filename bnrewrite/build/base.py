@@ -9,8 +9,8 @@ import contextvars
 import numpy as np
 
 from ..errors import UnsupportedModelError, root_cause
-from ..graph import INPUT_CLASS, Layer, ModelGraph, is_op, map_refs
-from ..io.weights import key_weights, relative_name, weight_keys
+from ..graph import INPUT_CLASS, Layer, ModelGraph, framework_label, is_op, map_refs
+from ..io.weights import relative_name, weight_keys
 
 # (custom_objects, unsafe) for layers rebuilt without explicit arguments
 _OPTIONS: contextvars.ContextVar[tuple[dict, bool]] = contextvars.ContextVar(
@@ -148,7 +148,7 @@ class Builder:
 
     @property
     def label(self) -> str:
-        return {"tf_keras": "tf_keras", "keras": "Keras 3"}.get(self.framework, self.framework)
+        return framework_label(self.framework)
 
     def call_node(self, mg: ModelGraph, node: str, fn, tensors: dict) -> None:
         """Call ``fn`` with the node's args/kwargs, reading its inputs from ``tensors`` and
@@ -160,10 +160,6 @@ class Builder:
         result = fn(*args, **kwargs)
         for i, t in enumerate(self.flatten(result)):
             tensors[(node, i)] = t
-
-    def live_weights(self, klayer) -> dict[str, np.ndarray]:
-        """Weights of a live layer, keyed as the readers key them (:mod:`bnrewrite.io.weights`)."""
-        return key_weights([(n, np.asarray(v.numpy())) for n, v in self.variables(klayer)])
 
     def assign_weights(self, klayer, layer: Layer) -> None:
         """Set the live layer's variables from ``layer.weights``: by key, or by position when
@@ -192,10 +188,11 @@ class Builder:
                     f"layer {layer.name!r}: weight {k} has shape {np.shape(value)}, {self.label} expects "
                     f"{tuple(v.shape)}"
                 )
-            v.assign(np.asarray(value).astype(_np_dtype(v.dtype)))
+            v.assign(np.asarray(value).astype(numpy_dtype(v.dtype)))
 
 
-def _np_dtype(dtype):
+def numpy_dtype(dtype):
+    """The numpy dtype of a tf_keras (``tf.DType``) or Keras 3 (string) variable or tensor."""
     return getattr(dtype, "as_numpy_dtype", None) or np.dtype(str(dtype))
 
 

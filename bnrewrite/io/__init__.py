@@ -7,7 +7,6 @@ from pathlib import Path
 from ..errors import InputError
 from ..graph import ModelGraph
 
-READ_SUFFIXES = (".h5", ".hdf5", ".keras")
 WRITE_SUFFIXES = (".onnx", ".keras", ".h5")
 
 
