@@ -465,6 +465,177 @@ def _with_training_false(fn):
     return call
 
 
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class Shard:
+    """One shard of a calibration: its batches, its activation cache and a live model.
+
+    This is the whole interface an engine runs (:mod:`bnrewrite.engines`), in the
+    shard's own process or in the driver's:
+
+    * :meth:`describe` -- the plan, identical on every shard (levels, BN layers, inputs);
+    * :meth:`feed` ``(index, arrays)`` -- level 0 on one batch: its moments, and the
+      tensors later levels read go to this shard's cache;
+    * :meth:`level` ``(k, stats, indices)`` -- put the new statistics of level ``k - 1``
+      in place, run level ``k`` on these cached batches: their moments;
+    * :meth:`close` -- drop the cache (and its spill folder); what the shard did.
+
+    Moments come back per batch, ``{layer: (n, mean, M2)}``, and the driver merges
+    them in batch order: the result is the same bits whatever the shard count,
+    since a batch is computed alike wherever it runs (batches are never split).
+    Shards of one process share the live model (``runtime=``): every shard applies
+    the same statistics.
+    """
+
+    def __init__(self, mg: ModelGraph, *, custom_objects: dict | None = None, cache_mb: float = DEFAULT_CACHE_MB,
+                 cache_dir: str | None = None, max_disk_bytes: int | None = None, cap_given: bool = True,
+                 runtime: "_Runtime | None" = None):
+        self.rt = runtime or _Runtime(mg, custom_objects)
+        self.cache = _Cache(int(cache_mb * 2**20), cache_dir, max_disk_bytes, cap_given)
+        self.batches: list[int] = []
+        self.samples = 0
+        self._level = 0  # the level whose tensors the cache holds
+        self._stats_level = 0  # the level whose statistics are in place
+        self.seconds = 0.0
+        self._closed: dict | None = None
+
+    def describe(self) -> dict:
+        p = self.rt.plan
+        return {"specs": self.rt.specs, "levels": p.levels, "skipped": list(p.skipped),
+                "at_level": [list(dict.fromkeys(self.rt.mg.layer(b).name for b in p.at_level(k)))
+                             for k in range(p.levels)],
+                "bn_levels": {self.rt.mg.layer(b).name: lv for b, lv in p.bn_nodes.items()},
+                "calls": {name: sum(1 for b in p.bn_nodes if self.rt.mg.layer(b).name == name)
+                          for name in {self.rt.mg.layer(b).name for b in p.bn_nodes}}}
+
+    def feed(self, index: int, arrays: list) -> dict:
+        t = time.perf_counter()
+        out = self._run(0, index, arrays)
+        self.batches.append(index)
+        self.samples += int(len(arrays[0])) if arrays else 0
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def level(self, k: int, stats: dict, indices: list[int]) -> dict[int, dict]:
+        t = time.perf_counter()
+        if k != self._level:  # a new level: what no later level reads is dropped
+            for tensor in [t_ for t_, last in self.rt.plan.last_use.items() if self._level <= last < k]:
+                self.cache.drop(tensor)
+            self._level = k
+        if self._stats_level != k:
+            self.rt.apply(stats)
+            self._stats_level = k
+        out = {i: self._run(k, i, [self.cache.get(t_, i) for t_ in self.rt.function(k)[0]]) for i in indices}
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def _run(self, k: int, index: int, args: list) -> dict:
+        from .outputs import check_interrupted
+
+        check_interrupted()  # Keras's bare excepts can swallow a stop signal
+        loads, fn, values = self.rt.function(k)
+        stored, moments = fn(*args)
+        for t, value in zip(self.rt.plan.stores[k], stored):
+            self.cache.put(t, index, value)
+        out: dict[str, tuple] = {}
+        for name, (m, m2, dynamic), per_sample in zip(self.rt.level_layers[k], moments, values):
+            batch = _merge_samples(m, m2, per_sample if dynamic is None else int(dynamic))
+            if name in out:  # a shared layer: its calls at this level are merged in call order
+                merged = Moments(*out[name])
+                merged.add(*batch)
+                batch = (merged.n, merged.mean, merged.m2)
+            out[name] = batch
+        return out
+
+    def close(self) -> dict:
+        if self._closed is not None:
+            return self._closed
+        c = self.cache
+        c.close()
+        self._closed = {"samples": self.samples, "batches": len(self.batches), "seconds": round(self.seconds, 3),
+                "peak_ram_bytes": c.peak_ram_bytes, "spilled_bytes": c.spilled_bytes,
+                "peak_disk_bytes": c.peak_disk_bytes, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+        return self._closed
+
+
+class _Runtime:
+    """Per process: the live Keras model, the plan, and one traced function per level."""
+
+    def __init__(self, mg: ModelGraph, custom_objects: dict | None = None):
+        from .build import build_live
+
+        self.mg = mg
+        self.symbolic, self.live = build_live(mg, custom_objects)
+        shapes = {t: tuple(v.shape) for t, v in self.symbolic.items()}
+        self.specs = _input_specs(mg, shapes)
+        self.plan = plan(mg, shapes)
+        self.level_layers = [[mg.layer(b).name for b in self.plan.at_level(k)] for k in range(self.plan.levels)]
+        self.inference = {name: _has_training_arg(lay) for name, lay in self.live.items()}
+        self._fns: dict[int, tuple] = {}
+
+    def function(self, k: int):
+        if k not in self._fns:
+            self._fns[k] = _phase_function(self.mg, self.plan, k, self.live, self.symbolic, self.inference)
+        return self._fns[k]
+
+    def apply(self, stats: dict) -> None:
+        """Put new statistics (``{layer: (mean, variance)}``) in the graph and the live layers."""
+        from .build import builder
+
+        assign = builder(self.mg).assign_weights
+        for name, (mean, var) in stats.items():
+            lay = _layer_named(self.mg, name)
+            _store_stats(lay, mean, var)
+            assign(self.live[name], lay)  # later levels normalize with the new statistics
+
+
+def _layer_named(mg: ModelGraph, name: str):
+    return next(mg.layer(n) for n in mg.topo() if mg.layer(n).name == name)
+
+
+def _store_stats(lay, mean: np.ndarray, var: np.ndarray) -> None:
+    for key, value in (("moving_mean", mean), ("moving_variance", var)):
+        w = lay.weights[key]
+        lay.weights[key] = np.asarray(value).reshape(np.shape(w)).astype(np.asarray(w).dtype)
+
+
+def _final_stats(name: str, st: Moments, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    if st.n - ddof <= 0:
+        raise InputError(
+            f"calibration data too small: layer {name!r} sees {int(st.n)} value(s) per channel, "
+            f"{'at least 2 are needed for the unbiased variance' if ddof else 'need at least 1'}"
+        )
+    mean, var = st.mean, st.variance(ddof)
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise InputError(f"calibration gives non-finite statistics for layer {name!r}: its input has NaN or "
+                         "inf on the calibration data")
+    return mean, var
+
+
+def _progress_caller(progress):
+    """``progress(done, total)`` or, when it takes a third argument, ``progress(done, total, where)``
+    with ``where = {"level", "levels", "batch", "batches"}`` (1-based level and batch)."""
+    if progress is None:
+        return lambda *a: None
+    try:
+        params = inspect.signature(progress).parameters.values()
+        three = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3 or any(
+            p.kind == p.VAR_POSITIONAL for p in params)
+    except (TypeError, ValueError):
+        three = False
+    return (lambda done, total, where: progress(done, total, where)) if three else (
+        lambda done, total, where: progress(done, total))
+
+
 def calibrate(
     mg: ModelGraph,
     data,
@@ -475,85 +646,112 @@ def calibrate(
     cache_mb: float = DEFAULT_CACHE_MB,
     tmpdir: str | None = None,
     custom_objects: dict | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Callable | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_spill_gb: float | None = None,
+    engine: str = "local",
+    shards: int = 1,
 ) -> dict:
     """Re-estimate the moving statistics of every BN of ``mg`` in place (see the module docstring).
 
     ``data`` is any source :class:`~bnrewrite.io.data.CalibrationData` accepts.
-    Cached activations beyond ``cache_mb`` of RAM spill to a temporary folder in
-    ``cache_dir`` (``tmpdir`` is the older name; default: the system temp
-    folder), holding at most ``max_spill_gb`` GiB at a time (default:
-    :func:`default_max_spill_bytes`); reaching it raises :class:`InputError`.
-    ``progress(done, total)`` is called after each batch of each phase (``total``
-    is None while the number of batches is not yet known). Returns the
-    calibration report: samples, levels, and per layer the values seen per
-    channel and the old vs new statistics (min/mean/max over channels).
+    ``engine`` runs the shards (:mod:`bnrewrite.engines`): ``"local"`` (this
+    process) or ``"ray"`` / ``"ray:ADDRESS"``; ``shards`` splits the batches
+    between that many shards (round robin). The result does not depend on either.
+    Cached activations beyond ``cache_mb`` of RAM (per shard) spill to a
+    temporary folder in ``cache_dir`` (``tmpdir`` is the older name; default:
+    the system temp folder), holding at most ``max_spill_gb`` GiB at a time in
+    total (default: :func:`default_max_spill_bytes`); reaching it raises
+    :class:`InputError`. ``progress(done, total[, where])`` is called as batches
+    of each level finish (``total`` is None while the number of batches is not
+    yet known; ``where`` is described in :func:`_progress_caller`). Returns the
+    calibration report: samples, levels, per shard what it did, and per layer
+    the values seen per channel and the old vs new statistics (min/mean/max
+    over channels).
     """
+    from .engines import create_engine
+
     if variance not in VARIANCES:
         raise InputError(f"variance must be one of {', '.join(VARIANCES)}, not {variance!r}")
+    if int(shards) < 1:
+        raise InputError(f"shards must be at least 1, not {shards}")
+    shards = int(shards)
     ddof = 1 if variance == "unbiased" else 0
     t0 = time.perf_counter()
-    from .build import build_live
-
-    symbolic, live = build_live(mg, custom_objects)
-    shapes = {t: tuple(v.shape) for t, v in symbolic.items()}
-    specs = _input_specs(mg, shapes)
-    source = data if isinstance(data, CalibrationData) else CalibrationData(
-        data, specs, batch_size=batch_size, max_samples=max_samples)
-    p = plan(mg, shapes)
-    report: dict = {
-        "data": source.description, "samples": 0, "batches": 0, "batch_size": source.batch_size,
-        "variance": variance, "levels": p.levels, "layers": [], "skipped": list(p.skipped),
-    }
-    if not p.bn_nodes:
-        report["seconds"] = time.perf_counter() - t0
-        return report
-
+    eng = create_engine(engine)
     cap = default_max_spill_bytes(data) if max_spill_gb is None else int(max_spill_gb * 2**30)
-    cache = _Cache(int(cache_mb * 2**20), os.fspath(cache_dir) if cache_dir is not None else tmpdir, cap,
-                   cap_given=max_spill_gb is not None)
-    inference = {name: _has_training_arg(lay) for name, lay in live.items()}  # layers to call with training=False
-    old = {mg.layer(b).name: {k: np.array(mg.layer(b).weights[k]) for k in ("moving_mean", "moving_variance")}
-           for b in p.bn_nodes}
-    stats: dict[str, Moments] = {}
-    n_batches: int | None = None
-    done = 0
+    options = {"custom_objects": custom_objects, "cache_mb": cache_mb,
+               "cache_dir": os.fspath(cache_dir) if cache_dir is not None else tmpdir,
+               "max_disk_bytes": max(1, cap // shards), "cap_given": max_spill_gb is not None}
+    tell = _progress_caller(progress)
+    old = {}
+    for lay in mg.layers().values():
+        if "moving_mean" in lay.weights and "moving_variance" in lay.weights:
+            old[lay.name] = {k: np.array(lay.weights[k]) for k in ("moving_mean", "moving_variance")}
+    report: dict = {"engine": eng.name, "samples": 0, "batches": 0, "variance": variance, "layers": []}
+    closed: list[dict] = []
     try:
-        for k in range(p.levels):
-            loads, fn, values = _phase_function(mg, p, k, live, symbolic, inference)
-            level_layers = [mg.layer(b).name for b in p.at_level(k)]
-            batches = source.batches() if k == 0 else range(n_batches or 0)
-            count = 0
-            for item in batches:
-                args = item if k == 0 else [cache.get(t, item) for t in loads]
-                stored, moments = fn(*args)
-                for t, value in zip(p.stores[k], stored):
-                    cache.put(t, count, value)
-                for name, (m, m2, dynamic), per_sample in zip(level_layers, moments, values):
-                    per_sample = per_sample if dynamic is None else int(dynamic)
-                    stats.setdefault(name, Moments()).add(*_merge_samples(m, m2, per_sample))
-                count += 1
-                done += 1
-                if progress:
-                    progress(done, None if n_batches is None else n_batches * p.levels)
-            if k == 0:
-                n_batches = count
-                report["samples"], report["batches"] = source.samples, count
-            for t in [t for t, last in p.last_use.items() if last == k]:
-                cache.drop(t)
-            for name in dict.fromkeys(level_layers):
-                _set_stats(mg, _layer_by_name(mg, name, p), stats[name], ddof, live[name])
+        handles = eng.start(mg, Shard, options, shards)
+        info = eng.result(eng.call(handles[0], "describe"))
+        levels = info["levels"]
+        source = data if isinstance(data, CalibrationData) else CalibrationData(
+            data, info["specs"], batch_size=batch_size, max_samples=max_samples)
+        report.update({"data": source.description, "batch_size": source.batch_size, "levels": levels,
+                       "skipped": info["skipped"]})
+        if not levels:
+            return report
+        stats: dict[str, Moments] = {}
+        n_batches = source.expected_batches()
+        done = 0
+        per_batch: dict[int, dict] = {}
+
+        def take(index: int, moments: dict) -> None:
+            nonlocal done
+            per_batch[index] = moments
+            done += 1
+            total = None if n_batches is None else n_batches * levels
+            tell(done, total, {"level": level + 1, "levels": levels, "batch": len(per_batch),
+                               "batches": n_batches})
+
+        # level 0: the driver reads the data and deals whole batches round robin
+        level, count = 0, 0
+        pending: list[tuple[int, Any]] = []
+        for arrays in source.batches():
+            pending.append((count, eng.call(handles[count % shards], "feed", count, arrays)))
+            count += 1
+            while len(pending) > eng.in_flight * shards:  # bounded: a batch in flight per shard or two
+                i, fut = pending.pop(0)
+                take(i, eng.result(fut))
+        for i, fut in pending:
+            take(i, eng.result(fut))
+        n_batches = count
+        report["samples"], report["batches"] = source.samples, count
+        owner = [list(range(s, count, shards)) for s in range(shards)]
+        for level in range(levels):
+            if level:
+                per_batch = {}
+                new = {name: _final_stats(name, stats[name], ddof) for name in info["at_level"][level - 1]}
+                futures = [(eng.call(handles[s], "level", level, new, chunk), None)
+                           for s in range(shards) for chunk in _chunks(owner[s], eng.chunk)]
+                for fut, _ in futures:
+                    for i, m in eng.result(fut).items():
+                        take(i, m)
+            for i in range(count):  # merged in batch order: the same bits for any shard count
+                for name, m in per_batch[i].items():
+                    stats.setdefault(name, Moments()).add(*m)
+            for name in info["at_level"][level]:
+                _store_stats(_layer_named(mg, name), *_final_stats(name, stats[name], ddof))
+        closed = [eng.result(eng.call(h, "close")) for h in handles]
     finally:
-        cache.close()
+        eng.close()
+        report["seconds"] = time.perf_counter() - t0
 
     for name, st in stats.items():
-        lay = _layer_by_name(mg, name, p)
+        lay = _layer_named(mg, name)
         report["layers"].append({
             "layer": name,
-            "calls": sum(1 for b in p.bn_nodes if mg.layer(b).name == name),
-            "level": min(lv for b, lv in p.bn_nodes.items() if mg.layer(b).name == name),
+            "calls": info["calls"][name],
+            "level": info["bn_levels"][name],
             "channels": int(st.mean.size),
             "values_per_channel": int(st.n),
             "old_mean": _summary(old[name]["moving_mean"]),
@@ -561,34 +759,13 @@ def calibrate(
             "old_variance": _summary(old[name]["moving_variance"]),
             "new_variance": _summary(lay.weights["moving_variance"]),
         })
-    report["cache"] = {"budget_mb": cache_mb, "peak_ram_bytes": cache.peak_ram_bytes,
-                       "spilled_bytes": cache.spilled_bytes, "peak_disk_bytes": cache.peak_disk_bytes,
-                       "max_spill_bytes": cache.max_disk}
-    report["seconds"] = time.perf_counter() - t0
+    report["shards"] = [{"shard": s, **c} for s, c in enumerate(closed)]
+    report["cache"] = {"budget_mb": cache_mb, "max_spill_bytes": cap,
+                       **{k: sum(c[k] for c in closed) for k in ("peak_ram_bytes", "spilled_bytes",
+                                                                  "peak_disk_bytes")}}
     return report
 
 
-def _layer_by_name(mg: ModelGraph, name: str, p: Plan):
-    return next(mg.layer(b) for b in p.bn_nodes if mg.layer(b).name == name)
-
-
-def _set_stats(mg: ModelGraph, lay, st: Moments, ddof: int, klayer) -> None:
-    """Write the new statistics into the graph's layer and the live Keras layer."""
-    from .build import builder
-
-    assign_weights = builder(mg).assign_weights
-
-    name = lay.name
-    if st.n - ddof <= 0:
-        raise InputError(
-            f"calibration data too small: layer {name!r} sees {int(st.n)} value(s) per channel, "
-            f"{'at least 2 are needed for the unbiased variance' if ddof else 'need at least 1'}"
-        )
-    mean, var = st.mean, st.variance(ddof)
-    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
-        raise InputError(f"calibration gives non-finite statistics for layer {name!r}: its input has NaN or "
-                         "inf on the calibration data")
-    for key, value in (("moving_mean", mean), ("moving_variance", var)):
-        w = lay.weights[key]
-        lay.weights[key] = value.reshape(np.shape(w)).astype(np.asarray(w).dtype)
-    assign_weights(klayer, lay)  # later phases normalize with the new statistics
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), max(1, size)):
+        yield items[i:i + size]

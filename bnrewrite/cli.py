@@ -217,6 +217,17 @@ def _progress(console):
                     transient=True, disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
 
 
+def _check_engine(value: str) -> str:
+    from .engines import parse_engine
+    from .errors import InputError
+
+    try:
+        parse_engine(value)
+    except InputError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 def _console(quiet: bool, stderr: bool = False):
     from rich.console import Console
 
@@ -250,11 +261,15 @@ def _console(quiet: bool, stderr: bool = False):
               help="Python file defining the model's custom layer classes (the file is executed).")
 @click.option("--calibration", "calibration", type=click.Path(path_type=str),
               help="Re-estimate every BN's statistics (AdaBN) on this .npy/.npz file, folder of shards, "
-                   "or folder of .png/.jpg images.")
+                   "folder of .png/.jpg images, or .tfrecord file (with --tfrecord-feature).")
 @click.option("--preprocess", type=click.Choice(["scale", "tf", "torch", "caffe", "none"]),
               help="For a --calibration folder of images: scale (default, x/255), or as keras.applications: "
                    "tf ([-1, 1]), torch (x/255, ImageNet mean/std), caffe (BGR minus ImageNet means); "
                    "none: raw 0-255.")
+@click.option("--tfrecord-feature", "tfrecord_feature", metavar="NAME",
+              help="For --calibration .tfrecord/.tfrec data: the tf.train.Example feature to read "
+                   "(float_list/int64_list reshaped to the input, PNG/JPEG bytes as images with --preprocess, "
+                   "or tf.io.serialize_tensor bytes).")
 @click.option("--variance", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True,
               help="Calibrated variance: unbiased (n-1, Bessel) or biased (n).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
@@ -267,6 +282,12 @@ def _console(quiet: bool, stderr: bool = False):
 @click.option("--max-spill-gb", "max_spill_gb", type=click.FloatRange(0),
               help="Most disk space calibration may spill to, in GB (default: 4x the calibration data, "
                    "at least 8).")
+@click.option("--engine", default="local", show_default=True, metavar="local|ray[:ADDRESS]",
+              callback=lambda ctx, param, value: _check_engine(value),
+              help="Where calibration shards run: this process, or Ray actors (a local Ray instance, or the "
+                   "cluster at ADDRESS; needs the extra: pip install \"bnrewrite[ray]\").")
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(1),
+              help="Split the calibration batches over this many shards (the statistics do not depend on it).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
               help="Verify with these sizes for an input's open dimensions (sample dims, no batch); "
                    "repeat per input. Default: a size the model's own pooling/striding accepts.")
@@ -275,8 +296,10 @@ def _console(quiet: bool, stderr: bool = False):
 @_verbosity_options
 @_version_option
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
-            report_path, html_path, fail_on, force, unsafe, custom_path, calibration, preprocess, variance, batch_size,
-            max_samples, cache_mb, cache_dir, max_spill_gb, input_shapes, verify_data, quiet, verbose):
+            report_path, html_path, fail_on, force, unsafe, custom_path, calibration, preprocess, tfrecord_feature,
+            variance, batch_size,
+            max_samples, cache_mb, cache_dir, max_spill_gb, engine, shards, input_shapes, verify_data, quiet,
+            verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
     quiet, verbose = _flags(quiet, verbose)
@@ -321,8 +344,10 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
         with _progress(console) as bar:
             task = bar.add_task("converting", total=None)
 
-            def calibrating(done, total):
-                bar.update(task, description="calibrating BatchNormalization statistics",
+            def calibrating(done, total, where):
+                batches = where["batches"]
+                bar.update(task, description=f"calibrating BN statistics: level {where['level']}/{where['levels']}, "
+                           f"batch {where['batch']}/{'?' if batches is None else batches}",
                            completed=done, total=total)
 
             def stage(msg):
@@ -333,8 +358,10 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 fold=not no_fold, keep_trainable=keep_trainable,
                 keep_timedistributed=keep_timedistributed, unsafe=unsafe,
                 custom_objects=custom_objects, report=None,
-                calibration=calibration, preprocess=preprocess, variance=variance, batch_size=batch_size,
+                calibration=calibration, preprocess=preprocess, tfrecord_feature=tfrecord_feature,
+                variance=variance, batch_size=batch_size,
                 max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
+                engine=engine, shards=shards,
                 input_shapes=shapes, verify_data=verify_data,
                 progress=stage, calibration_progress=calibrating,
             )

@@ -174,12 +174,15 @@ def convert(
     custom_objects: dict | None = None,
     calibration=None,
     preprocess: str | None = None,
+    tfrecord_feature: str | None = None,
     batch_size: int = 32,
     max_samples: int | None = None,
     variance: str = "unbiased",
     cache_mb: float = 1024,
     cache_dir: str | os.PathLike | None = None,
     max_spill_gb: float | None = None,
+    engine: str = "local",
+    shards: int = 1,
     report: str | os.PathLike | None = None,
     input_shapes: dict | None = None,
     verify_data=None,
@@ -200,12 +203,17 @@ def convert(
     mean and variance are re-estimated exactly on that data -- a numpy array, a
     dict of arrays by input name, an iterable of batches, a ``tf.data.Dataset``,
     or a path to a ``.npy``/``.npz`` file or a folder of them (see
-    :mod:`bnrewrite.io.data`) or a folder of ``.png``/``.jpg`` images (resized to the
+    :mod:`bnrewrite.io.data`), a ``.tfrecord`` file of ``tf.train.Example`` records
+    read for the feature ``tfrecord_feature``, or a folder of ``.png``/``.jpg`` images (resized to the
     input, then ``preprocess``: ``"scale"`` (default) [0, 1], ``"tf"``, ``"torch"``,
     ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time, at most
     ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
     cached activations use up to ``cache_mb`` of RAM, then spill to disk.
-    ``calibration_progress(done, total)`` is called per batch.
+    ``engine`` (``"local"``, ``"ray"`` or ``"ray:ADDRESS"``) and ``shards`` spread
+    calibration over processes or machines (:mod:`bnrewrite.engines`); the
+    statistics are the same for any engine and shard count.
+    ``calibration_progress(done, total[, where])`` is called as batches finish
+    (``where``: level and batch, see :func:`bnrewrite.calibration.calibrate`).
     ``input_shapes`` (``{"input": [64, 64, 3]}``, sample dims) sets the sizes of open
     dimensions for verification; ``verify_data`` verifies on real samples instead of
     seeded random ones (same sources as ``calibration``).
@@ -247,9 +255,9 @@ def convert(
 
         options = {
             "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
-            "preprocess": preprocess,
+            "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
-            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb,
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
             "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
         }
         ctx = PassContext(keep_trainable=keep_trainable, options=options)
@@ -441,12 +449,15 @@ def rewrite(
     custom_objects: dict | None = None,
     calibration=None,
     preprocess: str | None = None,
+    tfrecord_feature: str | None = None,
     batch_size: int = 32,
     max_samples: int | None = None,
     variance: str = "unbiased",
     cache_mb: float = 1024,
     cache_dir: str | os.PathLike | None = None,
     max_spill_gb: float | None = None,
+    engine: str = "local",
+    shards: int = 1,
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-4,
@@ -480,9 +491,10 @@ def rewrite(
         rep.notes.extend(mg.source.get("notes", []))
         options = {
             "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
-            "preprocess": preprocess,
+            "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
-            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "custom_objects": custom_objects, **extra,
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
+            "custom_objects": custom_objects, **extra,
         }
         ctx = PassContext(keep_trainable=keep_trainable, options=options)
         from .audit import audit, compare

@@ -12,9 +12,16 @@ Accepted sources (``source`` of :class:`CalibrationData`):
   (``.png``/``.jpg``/``.jpeg``, recursively; :mod:`bnrewrite.io.images`), decoded,
   resized to the model input and preprocessed (``preprocess=``: ``scale``
   (default, [0, 1]), ``tf``, ``torch``, ``caffe`` as in ``keras.applications``,
-  or ``none``); a folder holding both shards and images is refused. A
-  :class:`DataPath` carries a path with its ``preprocess`` and receives the
-  image counts (``bad_images``, ...) read from it;
+  or ``none``); a ``.tfrecord``/``.tfrec`` file of ``tf.train.Example`` records
+  or a folder of them (:mod:`bnrewrite.io.tfrecord`; single-input models), of
+  which one named feature (``feature=``, required) is read: ``float_list`` /
+  ``int64_list`` values reshaped to the input's sample shape, encoded PNG/JPEG
+  images read as the files of an image folder (``preprocess`` applies), or
+  tensors from ``tf.io.serialize_tensor``. A folder holding more than one kind
+  (shards, images, TFRecord files) is refused. ``preprocess`` is refused for
+  data other than images, ``feature`` for data other than TFRecord files. A
+  :class:`DataPath` carries a path with its ``preprocess`` and ``feature`` and
+  receives the image counts (``bad_images``, ...) read from it;
 * an iterable of batches or a ``tf.data.Dataset``: each element is an array,
   a dict by input name, a tuple with one array per input, or a Keras-style
   ``(x, y)`` / ``(x, y, sample_weight)`` tuple, whose ``x`` is used. Elements
@@ -58,12 +65,14 @@ class InputSpec:
 
 
 class DataPath(os.PathLike):
-    """A calibration path with its reading options; ``found`` receives what reading it found
-    (for an image folder: ``images``, ``bad_images``, ``bad_image_names``, ...)."""
+    """A calibration path with its reading options (``preprocess`` for images, ``feature``: the feature
+    of a TFRecord file to read); ``found`` receives what reading it found (for images, from a folder
+    or a TFRecord feature: ``images``, ``bad_images``, ``bad_image_names``, ...)."""
 
-    def __init__(self, path, preprocess: str | None = None):
+    def __init__(self, path, preprocess: str | None = None, feature: str | None = None):
         self.path = os.fspath(path)
         self.preprocess = preprocess
+        self.feature = feature
         self.found: dict = {}
 
     def __fspath__(self) -> str:
@@ -73,7 +82,7 @@ class DataPath(os.PathLike):
         return self.path
 
     def __repr__(self) -> str:
-        return f"DataPath({self.path!r}, preprocess={self.preprocess!r})"
+        return f"DataPath({self.path!r}, preprocess={self.preprocess!r}, feature={self.feature!r})"
 
 
 def _fmt_shape(shape) -> str:
@@ -84,7 +93,7 @@ class CalibrationData:
     """Validated batches (one array per model input, in model input order)."""
 
     def __init__(self, source: Any, specs: list[InputSpec], *, batch_size: int = 32,
-                 max_samples: int | None = None, preprocess: str | None = None):
+                 max_samples: int | None = None, preprocess: str | None = None, feature: str | None = None):
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, not {batch_size}")
         if max_samples is not None and max_samples < 1:
@@ -95,12 +104,19 @@ class CalibrationData:
         self.source = source
         if isinstance(source, DataPath):
             preprocess = source.preprocess if preprocess is None else preprocess
-        self.preprocess = preprocess
-        self.images = None  # an image folder: io.images.ImageFolder (its .stats: counts of bad images)
+            feature = source.feature if feature is None else feature
+        self.preprocess, self.feature = preprocess, feature
+        self.images = None  # images (folder or TFRecord feature): io.images.EncodedImages (.stats: bad images)
+        self.tfrecord = None  # a TFRecord feature's reader (io.tfrecord)
+        self.expected_samples: int | None = 0  # known up front for arrays and files, else None
         self._chunks, self.description = self._open(source)
         if self.preprocess is not None and self.images is None:
-            raise InputError(f"preprocess={self.preprocess!r} (--preprocess) applies to a folder of images only, "
-                             f"not to calibration data {self.description}")
+            raise InputError(f"preprocess={self.preprocess!r} (--preprocess) applies to images only (a folder "
+                             f"of images or a .tfrecord feature of PNG/JPEG bytes), not to calibration data "
+                             f"{self.description}")
+        if self.feature is not None and self.tfrecord is None:
+            raise InputError(f"feature={self.feature!r} (--tfrecord-feature) applies to .tfrecord/.tfrec files "
+                             f"only, not to calibration data {self.description}")
         self.samples = 0  # counted as batches are read
 
     # ------------------------------------------------------------ opening
@@ -111,14 +127,18 @@ class CalibrationData:
             return self._open_path(Path(source))
         if isinstance(source, np.ndarray):
             arrays = self._by_input({names[0]: source} if len(names) == 1 else source, "array")
+            self._expect(len(source) if source.ndim else None)
             return (lambda: iter([arrays])), f"array {_fmt_shape(source.shape)}"
         if isinstance(source, dict):
             arrays = self._by_input(source, "dict")
+            self._expect(min((len(a) for a in arrays.values() if a.ndim), default=None))
             return (lambda: iter([arrays])), f"dict of {len(arrays)} arrays"
         if (isinstance(source, (list, tuple)) and len(names) > 1 and len(source) == len(names)
                 and all(isinstance(a, np.ndarray) for a in source)):
             arrays = self._by_input(dict(zip(names, source)), "list")
+            self._expect(min((len(a) for a in arrays.values() if a.ndim), default=None))
             return (lambda: iter([arrays])), f"{len(arrays)} arrays"
+        self.expected_samples = None
         if hasattr(source, "as_numpy_iterator"):  # tf.data.Dataset
             return (lambda: (self._element(e) for e in source.as_numpy_iterator())), "tf.data.Dataset"
         if hasattr(source, "__iter__"):  # read once: a single-pass generator is enough
@@ -130,42 +150,77 @@ class CalibrationData:
 
     def _open_path(self, p: Path):
         check_data_path(p)
+        from .tfrecord import is_tfrecord
+
         if p.is_dir():
             from .images import find_images
 
-            shards = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SHARD_SUFFIXES)
+            files = sorted(q for q in p.iterdir() if q.is_file())
+            shards = [q for q in files if q.suffix.lower() in SHARD_SUFFIXES]
+            records = [q for q in files if is_tfrecord(q)]
             images = find_images(p)
-            if shards and images:
-                raise InputError(f"{p}: folder mixes .npy/.npz shards ({shards[0].name}, ...) and images "
-                                 f"({images[0].relative_to(p).as_posix()}, ...); use one kind")
+            kinds = [(what, found[0].relative_to(p).as_posix()) for what, found in
+                     ((".npy/.npz shards", shards), (".tfrecord files", records), ("images", images)) if found]
+            if len(kinds) > 1:
+                raise InputError(f"{p}: folder mixes " + " and ".join(f"{w} ({first}, ...)" for w, first in kinds)
+                                 + "; use one kind")
             if images:
                 return self._open_images(p, images)
+            if records:
+                return self._open_tfrecord(p, records)
             if not shards:
-                raise InputError(f"{p}: folder has no .npy or .npz calibration shards and no .png/.jpg images")
+                raise InputError(f"{p}: folder has no .npy or .npz calibration shards, no .tfrecord files "
+                                 "and no .png/.jpg images")
             opened = [self._open_file(q) for q in shards]  # validates every shard's header first
             return (lambda: (c for chunks in opened for c in chunks())), f"{p} ({len(shards)} shards)"
+        if is_tfrecord(p):
+            return self._open_tfrecord(p, [p])
         return self._open_file(p), str(p)
 
-    def _open_images(self, p: Path, files: list):
-        from .images import ImageFolder
-
+    def _one_input(self, p: Path, what: str) -> InputSpec:
         if len(self.specs) != 1:
-            raise InputError(f"{p}: a folder of images feeds one input, but the model has {len(self.specs)} inputs "
+            raise InputError(f"{p}: {what} feeds one input, but the model has {len(self.specs)} inputs "
                              f"({', '.join(s.name for s in self.specs)})")
-        spec = self.specs[0]
-        folder = ImageFolder(p, files, spec, self.batch_size, self.preprocess)
-        self.images = folder
+        return self.specs[0]
+
+    def _reporting(self, reader, spec: InputSpec):
+        """Chunks of an image reader; its counts go to the DataPath's ``found`` when reading ends."""
         sink = self.source.found if isinstance(self.source, DataPath) else None
 
         def chunks():
             try:
-                for b in folder.batches():
+                for b in reader.batches():
                     yield {spec.name: b}
             finally:
                 if sink is not None:
                     sink.clear()
-                    sink.update(folder.report())
-        return chunks, f"{p} ({len(files)} image files, preprocess {folder.mode})"
+                    sink.update(reader.report())
+        return chunks
+
+    def _open_images(self, p: Path, files: list):
+        from .images import ImageFolder
+
+        spec = self._one_input(p, "a folder of images")
+        folder = ImageFolder(p, files, spec, self.batch_size, self.preprocess)
+        self._expect(len(files))
+        self.images = folder
+        return self._reporting(folder, spec), f"{p} ({len(files)} image files, preprocess {folder.mode})"
+
+    def _open_tfrecord(self, p: Path, files: list):
+        from .tfrecord import TFRecordImages, open_feature
+
+        spec = self._one_input(p, "a .tfrecord feature")
+        reader = open_feature(p, files, spec, self.feature, self.batch_size, self.preprocess)
+        self.tfrecord = reader
+        n = reader.records.count()  # known once every file is scanned: a single file, at open
+        self._expect(n)
+        what = f"{len(files)} .tfrecord files, " if n is None else f"{n:,} record{'s' if n != 1 else ''}, "
+        description = f"{p} ({what}{reader.describe()})"
+        if isinstance(reader, TFRecordImages):
+            self.images = reader
+            return self._reporting(reader, spec), description
+        self._check_static(spec, (0, *reader.shape), reader.dtype, f"{p} feature {self.feature!r}")
+        return (lambda: ({spec.name: b} for b in reader.batches())), description
 
     def _open_file(self, p: Path):
         suffix = p.suffix.lower()
@@ -177,15 +232,20 @@ class CalibrationData:
                 )
             stream = _NpyWindows(p)
             self._check_static(self.specs[0], stream.shape, stream.dtype, str(p))
+            self._expect(stream.shape[0])
             return lambda: ({self.specs[0].name: w} for w in stream.windows(self.batch_size))
         if suffix == ".npz":
             members = _npz_members(p)
             chosen = self._match_members(members, p)
+            rows = []
             for spec in self.specs:
                 shape, dtype = _npz_header(p, chosen[spec.name])
                 self._check_static(spec, shape, dtype, f"{p}:{chosen[spec.name][:-4]}")
+                rows.append(shape[0])
+            self._expect(min(rows))
             return lambda: _npz_stream(p, chosen, self.batch_size)
-        raise InputError(f"{p}: calibration data must be .npy, .npz or a folder of them, not {p.suffix!r}")
+        raise InputError(f"{p}: calibration data must be .npy, .npz, .tfrecord/.tfrec, a folder of them or "
+                         f"of .png/.jpg images, not {p.suffix!r}")
 
     def _match_members(self, members: list[str], p: Path) -> dict[str, str]:
         arrays = {m[:-4] for m in members if m.endswith(".npy")}
@@ -278,6 +338,19 @@ class CalibrationData:
             yield from self._emit({n: np.stack([c[n] for c in pending]) for n in pending[0]})
         if self.samples == 0:
             raise InputError(f"calibration data {self.description} is empty (no samples)")
+
+    def _expect(self, n: int | None) -> None:
+        self.expected_samples = None if n is None or self.expected_samples is None else self.expected_samples + n
+
+    def expected_batches(self) -> int | None:
+        """The number of batches :meth:`batches` will give, when known before reading (arrays,
+        ``.npy``/``.npz`` files, image folders: bad images may make it smaller); else None."""
+        n = self.expected_samples
+        if n is None:
+            return None
+        if self.max_samples is not None:
+            n = min(n, self.max_samples)
+        return -(-n // self.batch_size)
 
     def _full(self) -> bool:
         return self.max_samples is not None and self.samples >= self.max_samples

@@ -21,6 +21,9 @@ folders are not followed). Each file is
 A file that cannot be read or decoded is counted as a bad image (the count and
 the first names go into the calibration report), never silently dropped; a
 folder with no usable image is an :class:`~bnrewrite.errors.InputError`.
+
+Steps 2-4 are :class:`EncodedImages`, also used for a TFRecord feature of
+encoded images (:mod:`bnrewrite.io.tfrecord`), so both read images the same way.
 """
 
 from __future__ import annotations
@@ -98,79 +101,60 @@ def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     return x
 
 
-class ImageFolder:
-    """The images of a folder as batches ``(n, H, W, C)`` float32, preprocessed.
+def image_size(spec, where, mode: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a model input fed with images, or an InputError saying why it cannot be."""
+    shape = tuple(spec.shape)
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] not in (1, 3):
+        raise InputError(
+            f"{where}: calibration images need a model input of shape (height, width, 1 or 3) with a fixed "
+            f"height and width; input {spec.name!r} expects samples of shape {spec.sample_shape()}"
+        )
+    if shape[3] == 1 and mode in ("torch", "caffe"):
+        raise InputError(f"preprocess {mode!r} needs 3 (RGB) channels; input {spec.name!r} has 1")
+    return int(shape[1]), int(shape[2]), int(shape[3])
 
-    ``stats`` is filled while reading: ``images`` (decoded), ``bad_images`` and
-    ``bad_image_names`` (the first few, with the reason), ``skipped_not_regular``.
+
+class EncodedImages:
+    """Encoded PNG/JPEG images as batches ``(n, H, W, C)`` float32, preprocessed.
+
+    The one decode -> resize -> batch -> preprocess path, shared by a folder of
+    image files (:class:`ImageFolder`) and a TFRecord feature of image bytes
+    (:mod:`bnrewrite.io.tfrecord`); a subclass only says where the encoded
+    bytes come from (:meth:`_encoded`). ``stats`` is filled while reading:
+    ``images`` (decoded), ``bad_images`` and ``bad_image_names`` (the first
+    few, with the reason).
     """
 
-    def __init__(self, folder: Path, files: list[Path], spec, batch_size: int, mode: str | None):
-        self.folder, self.files, self.batch_size = folder, files, batch_size
+    def __init__(self, where, spec, batch_size: int, mode: str | None):
+        self.where, self.batch_size = where, batch_size
         self.mode = check_preprocess(mode)
-        shape = tuple(spec.shape)
-        if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] not in (1, 3):
-            raise InputError(
-                f"{folder}: calibration images need a model input of shape (height, width, 1 or 3) with a fixed "
-                f"height and width; input {spec.name!r} expects samples of shape {spec.sample_shape()}"
-            )
-        self.height, self.width, self.channels = int(shape[1]), int(shape[2]), int(shape[3])
-        if self.channels == 1 and self.mode in ("torch", "caffe"):
-            raise InputError(f"preprocess {self.mode!r} needs 3 (RGB) channels; input {spec.name!r} has 1")
+        self.height, self.width, self.channels = image_size(spec, where, self.mode)
         self.stats = self._empty_stats()
+        self._error: InputError | None = None
 
     def _empty_stats(self) -> dict:
-        return {"files": len(self.files), "images": 0, "bad_images": 0, "bad_image_names": [],
-                "skipped_not_regular": 0, "skipped_names": [], "preprocess": self.mode,
+        return {"images": 0, "bad_images": 0, "bad_image_names": [], "preprocess": self.mode,
                 "size": [self.height, self.width, self.channels]}
 
-    def _name(self, f: Path) -> str:
-        return f.relative_to(self.folder).as_posix()
+    def _encoded(self) -> Iterator[tuple[str, bytes]]:
+        """(name for the report, encoded bytes) of each image; unreadable ones are counted here, not yielded."""
+        raise NotImplementedError
 
-    def _bad(self, f: Path, why: str) -> None:
+    def _among(self) -> str:
+        """What was searched, for the no-usable-image error ("7 files")."""
+        raise NotImplementedError
+
+    def _bad(self, name: str, why: str) -> None:
         self.stats["bad_images"] += 1
         if len(self.stats["bad_image_names"]) < BAD_NAMES_SHOWN:
-            self.stats["bad_image_names"].append(f"{self._name(f)}: {why}")
+            self.stats["bad_image_names"].append(f"{name}: {why}")
 
-    def _read(self, f: Path) -> bytes | None:
-        try:
-            st = os.stat(f)
-        except OSError as e:
-            self._bad(f, f"cannot read it ({e.strerror or e})")
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self.stats["skipped_not_regular"] += 1
-            if len(self.stats["skipped_names"]) < BAD_NAMES_SHOWN:
-                self.stats["skipped_names"].append(self._name(f))
-            return None
-        if st.st_size > MAX_IMAGE_BYTES:
-            self._bad(f, f"{st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed per image")
-            return None
-        from .safe_files import open_regular
-
-        try:
-            with open_regular(f) as fh:
-                data = fh.read(MAX_IMAGE_BYTES + 1)
-        except InputError as e:  # swapped for a FIFO/device after the stat, or unreadable
-            self.stats["skipped_not_regular"] += 1
-            if len(self.stats["skipped_names"]) < BAD_NAMES_SHOWN:
-                self.stats["skipped_names"].append(self._name(f))
-            del e
-            return None
-        except OSError as e:
-            self._bad(f, f"cannot read it ({e.strerror or e})")
-            return None
-        if len(data) > MAX_IMAGE_BYTES:
-            self._bad(f, f"more than the {MAX_IMAGE_BYTES} bytes allowed per image")
-            return None
-        return data
-
-    def _decode(self, f: Path, data: bytes):
+    def _decode(self, name: str, data: bytes):
         import tensorflow as tf
 
         if data.startswith(_PNG_MAGIC):
             if len(data) < 24:
-                self._bad(f, "truncated PNG")
+                self._bad(name, "truncated PNG")
                 return None
             w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
             decode = lambda: tf.io.decode_png(data, channels=self.channels, dtype=tf.uint8)  # noqa: E731
@@ -179,32 +163,32 @@ class ImageFolder:
                 with _capture_stderr() as said:
                     h, w = (int(d) for d in tf.io.extract_jpeg_shape(data)[:2].numpy())
             except tf.errors.OpError as e:
-                self._bad(f, f"not a decodable JPEG ({_first_line(e)}{_said(said)})")
+                self._bad(name, f"not a decodable JPEG ({_first_line(e)}{_said(said)})")
                 return None
             decode = lambda: tf.io.decode_jpeg(data, channels=self.channels)  # noqa: E731
         else:
-            self._bad(f, "not a PNG or JPEG file")
+            self._bad(name, "not a PNG or JPEG file")
             return None
         if w * h > MAX_IMAGE_PIXELS or w == 0 or h == 0:
-            self._bad(f, f"declares {w}x{h} pixels (at most {MAX_IMAGE_PIXELS} allowed)")
+            self._bad(name, f"declares {w}x{h} pixels (at most {MAX_IMAGE_PIXELS} allowed)")
             return None
         try:
             with _capture_stderr() as said:
                 img = decode().numpy()
         except tf.errors.OpError as e:
-            self._bad(f, f"cannot be decoded ({_first_line(e)}{_said(said)})")
+            self._bad(name, f"cannot be decoded ({_first_line(e)}{_said(said)})")
             return None
         self.stats["images"] += 1
         return img
 
     def _decoded(self) -> Iterator[np.ndarray]:
-        for f in self.files:
-            data = self._read(f)
-            if data is None:
-                continue
-            img = self._decode(f, data)
-            if img is not None:
-                yield img
+        try:
+            for name, data in self._encoded():
+                img = self._decode(name, data)
+                if img is not None:
+                    yield img
+        except InputError as e:  # kept for batches(): raised inside tf.data it would come out as an OpError
+            self._error = e
 
     def dataset(self):
         """The ``tf.data`` pipeline: decoded images -> resized float32 -> batches -> prefetch."""
@@ -219,22 +203,90 @@ class ImageFolder:
 
     def batches(self) -> Iterator[np.ndarray]:
         self.stats = self._empty_stats()
+        self._error = None
         for batch in self.dataset().as_numpy_iterator():
+            if self._error is not None:  # the reader stopped early: no partial batch after it
+                break
             yield preprocess(np.array(batch, np.float32), self.mode)
+        if self._error is not None:
+            raise self._error
         if self.stats["images"] == 0:
             raise InputError(self.no_images_message())
 
-    def no_images_message(self) -> str:
+    def _no_images_reasons(self) -> list[str]:
         s = self.stats
-        parts = []
-        if s["bad_images"]:
-            parts.append(f"{s['bad_images']} bad, e.g. {s['bad_image_names'][0]}")
-        if s["skipped_not_regular"]:
-            parts.append(f"{s['skipped_not_regular']} not regular files, e.g. {s['skipped_names'][0]}")
-        return f"{self.folder}: no usable calibration image among {len(self.files)} files ({'; '.join(parts)})"
+        return [f"{s['bad_images']} bad, e.g. {s['bad_image_names'][0]}"] if s["bad_images"] else []
+
+    def no_images_message(self) -> str:
+        reasons = "; ".join(self._no_images_reasons())
+        return f"{self.where}: no usable calibration image among {self._among()} ({reasons})"
 
     def report(self) -> dict:
         return dict(self.stats)
+
+
+class ImageFolder(EncodedImages):
+    """The image files of a folder; besides the counts of :class:`EncodedImages`, ``stats`` has
+    ``files`` and ``skipped_not_regular`` / ``skipped_names`` (symlinks to devices or FIFOs)."""
+
+    def __init__(self, folder: Path, files: list[Path], spec, batch_size: int, mode: str | None):
+        self.folder, self.files = folder, files
+        super().__init__(folder, spec, batch_size, mode)
+
+    def _empty_stats(self) -> dict:
+        return {"files": len(self.files), **super()._empty_stats(), "skipped_not_regular": 0, "skipped_names": []}
+
+    def _among(self) -> str:
+        return f"{len(self.files)} files"
+
+    def _name(self, f: Path) -> str:
+        return f.relative_to(self.folder).as_posix()
+
+    def _skipped(self, f: Path) -> None:
+        self.stats["skipped_not_regular"] += 1
+        if len(self.stats["skipped_names"]) < BAD_NAMES_SHOWN:
+            self.stats["skipped_names"].append(self._name(f))
+
+    def _read(self, f: Path) -> bytes | None:
+        try:
+            st = os.stat(f)
+        except OSError as e:
+            self._bad(self._name(f), f"cannot read it ({e.strerror or e})")
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._skipped(f)
+            return None
+        if st.st_size > MAX_IMAGE_BYTES:
+            self._bad(self._name(f), f"{st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed per image")
+            return None
+        from .safe_files import open_regular
+
+        try:
+            with open_regular(f) as fh:
+                data = fh.read(MAX_IMAGE_BYTES + 1)
+        except InputError:  # swapped for a FIFO/device after the stat, or unreadable
+            self._skipped(f)
+            return None
+        except OSError as e:
+            self._bad(self._name(f), f"cannot read it ({e.strerror or e})")
+            return None
+        if len(data) > MAX_IMAGE_BYTES:
+            self._bad(self._name(f), f"more than the {MAX_IMAGE_BYTES} bytes allowed per image")
+            return None
+        return data
+
+    def _encoded(self) -> Iterator[tuple[str, bytes]]:
+        for f in self.files:
+            data = self._read(f)
+            if data is not None:
+                yield self._name(f), data
+
+    def _no_images_reasons(self) -> list[str]:
+        s = self.stats
+        reasons = super()._no_images_reasons()
+        if s["skipped_not_regular"]:
+            reasons.append(f"{s['skipped_not_regular']} not regular files, e.g. {s['skipped_names'][0]}")
+        return reasons
 
 
 _STDERR_LOCK = threading.Lock()

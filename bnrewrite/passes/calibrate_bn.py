@@ -41,12 +41,14 @@ class CalibrateBN(Pass):
         from ..errors import InputError
         from ..io.data import DataPath
 
-        data, preprocess = o["calibration"], o.get("preprocess")
+        data, preprocess, feature = o["calibration"], o.get("preprocess"), o.get("tfrecord_feature")
         if isinstance(data, (str, os.PathLike)) and not isinstance(data, DataPath):
-            data = DataPath(data, preprocess)  # a folder of images: preprocessed, its bad images counted
-        elif preprocess is not None and not isinstance(data, DataPath):
-            raise InputError(f"preprocess={preprocess!r} applies to a folder of images only, "
-                             f"not to calibration data of type {type(data).__name__}")
+            data = DataPath(data, preprocess, feature)  # images preprocessed and bad ones counted; a tfrecord's feature
+        elif not isinstance(data, DataPath):
+            for option, value in (("preprocess", preprocess), ("tfrecord_feature", feature)):
+                if value is not None:
+                    raise InputError(f"{option}={value!r} applies to calibration files only, "
+                                     f"not to calibration data of type {type(data).__name__}")
         report = calibrate(
             mg, data,
             batch_size=o.get("batch_size") or DEFAULT_BATCH_SIZE,
@@ -57,6 +59,8 @@ class CalibrateBN(Pass):
             progress=o.get("calibration_progress"),
             cache_dir=o.get("cache_dir"),
             max_spill_gb=o.get("max_spill_gb"),
+            engine=o.get("engine") or "local",
+            shards=o.get("shards") or 1,
         )
         if isinstance(data, DataPath) and data.found:  # an image folder: what was read, what was bad
             found = data.found

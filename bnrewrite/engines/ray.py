@@ -1,0 +1,161 @@
+"""The Ray engine: each shard is a Ray actor -- its own process, its batches, its cache.
+
+``--engine ray`` starts a local Ray instance for the run (all this machine's
+CPUs) and stops it afterwards; ``--engine ray:ADDRESS`` (or ``ray:auto``)
+joins an existing cluster and leaves it running, as does a Ray that the
+calling program already initialised. Every node needs bnrewrite installed with
+the same TensorFlow/Keras versions as the driver (``pip install
+"bnrewrite[ray]"``).
+
+Actors ask for ``min(1, CPUs / shards)`` CPUs with the SPREAD strategy, so N
+shards always fit and spread over the nodes. The model graph is put in the
+object store once (without the original file's copy, which only the driver
+verifies against) and every actor rebuilds its live model from it. Batches
+reach an actor as call arguments (zero-copy from the object store); moments
+come back per batch (a few floats per channel), so traffic after level 0 is
+the statistics only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+
+from ..errors import BnrewriteError, InputError, root_cause
+from .base import Engine
+
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+CLOSE_TIMEOUT = 60  # seconds for an actor to remove its spill folder
+
+
+class _ShardActor:
+    """The remote side: one shard, methods called by name (calls run one at a time, in order)."""
+
+    def __init__(self, factory, mg, options):
+        self.shard = factory(mg, **options)
+
+    def call(self, method, *args):
+        return getattr(self.shard, method)(*args)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError('the ray engine needs Ray: pip install "bnrewrite[ray]"') from None
+    return ray
+
+
+class RayEngine(Engine):
+    name = "ray"
+    in_flight = 2
+    chunk = 4
+
+    def __init__(self, address: str | None = None):
+        super().__init__(address)
+        self.actors: list = []
+        self._started = False
+        self._session: str | None = None
+
+    def start(self, mg, factory, options, shards):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            self._init(ray)
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        remote = ray.remote(_ShardActor).options(
+            num_cpus=min(1.0, cpus / shards), scheduling_strategy="SPREAD", max_restarts=0,
+            runtime_env={"env_vars": WORKER_ENV})
+        shipped = copy.copy(mg)
+        shipped.original = None  # the shards never verify; the driver keeps the original
+        ref = ray.put(shipped)
+        self.actors = [remote.remote(factory, ref, options) for _ in range(shards)]
+        return list(range(shards))
+
+    def _init(self, ray) -> None:
+        # Ray installs its own SIGTERM/SIGINT handlers in the driver; ours (bnrewrite.outputs) must stay,
+        # so that a stop signal still removes temporaries and exits 128+N.
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                      configure_logging=True)
+        try:
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=self._session_dir(), **kwargs)
+        except Exception as e:  # noqa: BLE001 -- Ray raises ConnectionError, RuntimeError, ValueError...
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            raise InputError(f"cannot start {where}: {root_cause(e)}") from None
+        finally:
+            for s, h in saved.items():
+                if h is not None:
+                    signal.signal(s, h)
+        self._started = True
+
+    def _session_dir(self) -> str | None:
+        """A registered temp folder for the local Ray instance's session files (removed afterwards,
+        and on a stop signal), rather than Ray's shared /tmp/ray; Ray's default when the path would
+        make its Unix socket paths too long (107 bytes)."""
+        from ..outputs import make_temp_dir
+
+        folder = make_temp_dir("bnrewrite-ray-", None)
+        if len(folder) > 40:
+            self._remove_session_dir(folder)
+            return None
+        self._session = folder
+        return folder
+
+    @staticmethod
+    def _remove_session_dir(folder: str) -> None:
+        import shutil
+
+        from ..outputs import unregister_temp
+
+        shutil.rmtree(folder, ignore_errors=True)
+        unregister_temp(folder)
+
+    def call(self, handle, method, *args):
+        return self.actors[handle].call.remote(method, *args)
+
+    def result(self, future):
+        ray = _import_ray()
+        try:
+            return ray.get(future)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BnrewriteError):
+                raise cause from None
+            raise InputError(f"a calibration shard failed: {root_cause(cause or e)}") from None
+        except ray.exceptions.RayActorError as e:
+            raise InputError(f"a calibration shard (Ray actor) died: {_first_line(e)}; if it ran out of memory, "
+                             "use more shards or a smaller --cache-mb") from None
+
+    def close(self):
+        if not self.actors and not self._started:
+            return
+        ray = _import_ray()
+        try:
+            refs = [a.call.remote("close") for a in self.actors]  # spill folders live on the shards' hosts
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=CLOSE_TIMEOUT)
+        except Exception:  # noqa: BLE001 -- closing after a failure: the first error is the one reported
+            pass
+        finally:
+            for a in self.actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001
+                    pass
+            self.actors = []
+            if self._started:
+                ray.shutdown()
+                self._started = False
+            if self._session is not None:
+                self._remove_session_dir(self._session)
+                self._session = None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(e).__name__
