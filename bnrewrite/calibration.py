@@ -77,7 +77,11 @@ from .io.data import CalibrationData, InputSpec
 
 VARIANCES = ("unbiased", "biased")
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_CACHE_MB = 1024
+MAX_AUTO_BATCH = 256
+AUTO_BATCH_BYTES = 128 * 2**20  # the largest activation of a batch, when the batch size is chosen
+DEFAULT_CACHE_MB = None  # automatic: see cache_budget_mb
+MIN_AUTO_CACHE_MB = 1024
+AUTO_CACHE_FRACTION = 0.5  # of the memory available when calibration starts, shared by a host's shards
 DEFAULT_MAX_SPILL_BYTES = 8 * 2**30  # spill cap when the data size is unknown (see default_max_spill_bytes)
 
 
@@ -257,6 +261,7 @@ class _Cache:
         self.spilled_bytes = 0  # written in total
         self.disk_bytes = 0  # on disk now
         self.peak_disk_bytes = 0
+        self.peak_live_bytes = 0  # RAM + disk: the live cache, whatever its place
         self._serial = 0
 
     @staticmethod
@@ -270,6 +275,7 @@ class _Cache:
             self.ram[(tensor, batch)] = value
             self.ram_bytes += nbytes
             self.peak_ram_bytes = max(self.peak_ram_bytes, self.ram_bytes)
+            self.peak_live_bytes = max(self.peak_live_bytes, self.ram_bytes + self.disk_bytes)
             return
         if self.disk_bytes + nbytes > self.max_disk:
             raise InputError(
@@ -294,6 +300,7 @@ class _Cache:
         self.spilled_bytes += arr.nbytes
         self.disk_bytes += arr.nbytes
         self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+        self.peak_live_bytes = max(self.peak_live_bytes, self.ram_bytes + self.disk_bytes)
 
     def get(self, tensor: tuple, batch: int):
         if (tensor, batch) in self.ram:
@@ -372,6 +379,30 @@ def default_max_spill_bytes(data) -> int:
     """
     size = _data_bytes(data)
     return max(DEFAULT_MAX_SPILL_BYTES, 4 * size) if size else DEFAULT_MAX_SPILL_BYTES
+
+
+def _available_mb() -> float | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), in MiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cache_budget_mb(cache_mb: float | None, shards: int = 1) -> float:
+    """The RAM budget of one shard's activation cache: ``cache_mb`` when given; else automatic:
+    half the memory available now, split between ``shards`` (they may share a host), at least
+    1024 MiB -- the cache stays in RAM where it fits and spills only beyond that."""
+    if cache_mb is not None:
+        return float(cache_mb)
+    avail = _available_mb()
+    if avail is None:
+        return float(MIN_AUTO_CACHE_MB)
+    return max(float(MIN_AUTO_CACHE_MB), AUTO_CACHE_FRACTION * avail / max(1, shards))
 
 
 # ---------------------------------------------------------------- running
@@ -496,11 +527,13 @@ class Shard:
     the same statistics.
     """
 
-    def __init__(self, mg: ModelGraph, *, custom_objects: dict | None = None, cache_mb: float = DEFAULT_CACHE_MB,
-                 cache_dir: str | None = None, max_disk_bytes: int | None = None, cap_given: bool = True,
-                 runtime: "_Runtime | None" = None):
+    def __init__(self, mg: ModelGraph, *, custom_objects: dict | None = None, cache_mb: float | None = None,
+                 shards: int = 1, cache_dir: str | None = None, max_disk_bytes: int | None = None,
+                 cap_given: bool = True, runtime: "_Runtime | None" = None):
         self.rt = runtime or _Runtime(mg, custom_objects)
-        self.cache = _Cache(int(cache_mb * 2**20), cache_dir, max_disk_bytes, cap_given)
+        # measured here: on Ray, the shard's own host
+        self.cache_mb = cache_budget_mb(cache_mb, shards)
+        self.cache = _Cache(int(self.cache_mb * 2**20), cache_dir, max_disk_bytes, cap_given)
         self.batches: list[int] = []
         self.samples = 0
         self._level = 0  # the level whose tensors the cache holds
@@ -511,6 +544,7 @@ class Shard:
     def describe(self) -> dict:
         p = self.rt.plan
         return {"specs": self.rt.specs, "levels": p.levels, "skipped": list(p.skipped),
+                "batch_size": self.rt.auto_batch_size(),
                 "at_level": [list(dict.fromkeys(self.rt.mg.layer(b).name for b in p.at_level(k)))
                              for k in range(p.levels)],
                 "bn_levels": {self.rt.mg.layer(b).name: lv for b, lv in p.bn_nodes.items()},
@@ -562,8 +596,9 @@ class Shard:
         c = self.cache
         c.close()
         self._closed = {"samples": self.samples, "batches": len(self.batches), "seconds": round(self.seconds, 3),
-                "peak_ram_bytes": c.peak_ram_bytes, "spilled_bytes": c.spilled_bytes,
-                "peak_disk_bytes": c.peak_disk_bytes, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+                        "cache_budget_mb": round(self.cache_mb, 1), "peak_live_bytes": c.peak_live_bytes,
+                        "peak_ram_bytes": c.peak_ram_bytes, "spilled_bytes": c.spilled_bytes,
+                        "peak_disk_bytes": c.peak_disk_bytes, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
         return self._closed
 
 
@@ -581,6 +616,25 @@ class _Runtime:
         self.level_layers = [[mg.layer(b).name for b in self.plan.at_level(k)] for k in range(self.plan.levels)]
         self.inference = {name: _has_training_arg(lay) for name, lay in self.live.items()}
         self._fns: dict[int, tuple] = {}
+
+    def auto_batch_size(self) -> int:
+        """The batch size when none is given: as many samples as keep the largest activation that
+        calibration computes within AUTO_BATCH_BYTES, a multiple of 32 between 32 and 256 -- each
+        level is one function call per batch, and fewer, larger calls cost less per sample.
+        32 when a computed tensor has an open dimension."""
+        from .build.base import numpy_dtype
+
+        nodes = {n for phase in self.plan.phases for n in phase} | set(self.mg.inputs)
+        biggest = 0
+        for (node, _), t in self.symbolic.items():
+            if node not in nodes:
+                continue
+            dims = tuple(t.shape)[1:]
+            if None in dims:
+                return DEFAULT_BATCH_SIZE
+            biggest = max(biggest, int(np.prod(dims, dtype=np.int64)) * np.dtype(numpy_dtype(t.dtype)).itemsize)
+        n = AUTO_BATCH_BYTES // max(1, biggest)
+        return int(min(MAX_AUTO_BATCH, max(DEFAULT_BATCH_SIZE, n // DEFAULT_BATCH_SIZE * DEFAULT_BATCH_SIZE)))
 
     def function(self, k: int):
         if k not in self._fns:
@@ -640,10 +694,10 @@ def calibrate(
     mg: ModelGraph,
     data,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     max_samples: int | None = None,
     variance: str = "unbiased",
-    cache_mb: float = DEFAULT_CACHE_MB,
+    cache_mb: float | None = DEFAULT_CACHE_MB,
     tmpdir: str | None = None,
     custom_objects: dict | None = None,
     progress: Callable | None = None,
@@ -654,12 +708,13 @@ def calibrate(
 ) -> dict:
     """Re-estimate the moving statistics of every BN of ``mg`` in place (see the module docstring).
 
-    ``data`` is any source :class:`~bnrewrite.io.data.CalibrationData` accepts.
+    ``data`` is any source :class:`~bnrewrite.io.data.CalibrationData` accepts, read
+    ``batch_size`` samples at a time (default: :meth:`_Runtime.auto_batch_size`).
     ``engine`` runs the shards (:mod:`bnrewrite.engines`): ``"local"`` (this
     process) or ``"ray"`` / ``"ray:ADDRESS"``; ``shards`` splits the batches
     between that many shards (round robin). The result does not depend on either.
-    Cached activations beyond ``cache_mb`` of RAM (per shard) spill to a
-    temporary folder in ``cache_dir`` (``tmpdir`` is the older name; default:
+    Cached activations beyond ``cache_mb`` of RAM per shard (default
+    :func:`cache_budget_mb`: half the available memory) spill to a temporary folder in ``cache_dir`` (``tmpdir`` is the older name; default:
     the system temp folder), holding at most ``max_spill_gb`` GiB at a time in
     total (default: :func:`default_max_spill_bytes`); reaching it raises
     :class:`InputError`. ``progress(done, total[, where])`` is called as batches
@@ -680,7 +735,7 @@ def calibrate(
     t0 = time.perf_counter()
     eng = create_engine(engine)
     cap = default_max_spill_bytes(data) if max_spill_gb is None else int(max_spill_gb * 2**30)
-    options = {"custom_objects": custom_objects, "cache_mb": cache_mb,
+    options = {"custom_objects": custom_objects, "cache_mb": cache_mb, "shards": shards,
                "cache_dir": os.fspath(cache_dir) if cache_dir is not None else tmpdir,
                "max_disk_bytes": max(1, cap // shards), "cap_given": max_spill_gb is not None}
     tell = _progress_caller(progress)
@@ -695,7 +750,7 @@ def calibrate(
         info = eng.result(eng.call(handles[0], "describe"))
         levels = info["levels"]
         source = data if isinstance(data, CalibrationData) else CalibrationData(
-            data, info["specs"], batch_size=batch_size, max_samples=max_samples)
+            data, info["specs"], batch_size=batch_size or info["batch_size"], max_samples=max_samples)
         report.update({"data": source.description, "batch_size": source.batch_size, "levels": levels,
                        "skipped": info["skipped"]})
         if not levels:
@@ -760,9 +815,9 @@ def calibrate(
             "new_variance": _summary(lay.weights["moving_variance"]),
         })
     report["shards"] = [{"shard": s, **c} for s, c in enumerate(closed)]
-    report["cache"] = {"budget_mb": cache_mb, "max_spill_bytes": cap,
-                       **{k: sum(c[k] for c in closed) for k in ("peak_ram_bytes", "spilled_bytes",
-                                                                  "peak_disk_bytes")}}
+    report["cache"] = {"budget_mb": "auto" if cache_mb is None else cache_mb, "max_spill_bytes": cap,
+                       **{k: sum(c[k] for c in closed) for k in ("peak_live_bytes", "peak_ram_bytes",
+                                                                  "spilled_bytes", "peak_disk_bytes")}}
     return report
 
 

@@ -217,6 +217,18 @@ def _progress(console):
                     transient=True, disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
 
 
+def _check_cache_mb(value) -> float | None:
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a number of MB >= 0")
+    return mb
+
+
 def _check_engine(value: str) -> str:
     from .engines import parse_engine
     from .errors import InputError
@@ -272,11 +284,13 @@ def _console(quiet: bool, stderr: bool = False):
                    "or tf.io.serialize_tensor bytes).")
 @click.option("--variance", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True,
               help="Calibrated variance: unbiased (n-1, Bessel) or biased (n).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
-              help="Calibration batch size (the result does not depend on it).")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Calibration batch size (the result does not depend on it). Default: chosen so that the "
+                   "largest activation of a batch stays within 128 MiB (32 to 256 samples).")
 @click.option("--max-samples", type=click.IntRange(1), help="Use at most this many calibration samples.")
-@click.option("--cache-mb", default=1024, show_default=True, type=click.FloatRange(0),
-              help="RAM for activations cached during calibration; beyond it they spill to a temp folder.")
+@click.option("--cache-mb", default="auto", show_default=True, callback=lambda c, p, v: _check_cache_mb(v),
+              help="RAM (MB) for activations cached during calibration, per shard; beyond it they spill to a "
+                   "temp folder. auto: half the memory available (split between shards), at least 1024.")
 @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=str),
               help="Folder for the calibration spill files (default: the system temp folder, $TMPDIR).")
 @click.option("--max-spill-gb", "max_spill_gb", type=click.FloatRange(0),

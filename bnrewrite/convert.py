@@ -175,10 +175,10 @@ def convert(
     calibration=None,
     preprocess: str | None = None,
     tfrecord_feature: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_samples: int | None = None,
     variance: str = "unbiased",
-    cache_mb: float = 1024,
+    cache_mb: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_spill_gb: float | None = None,
     engine: str = "local",
@@ -206,9 +206,11 @@ def convert(
     :mod:`bnrewrite.io.data`), a ``.tfrecord`` file of ``tf.train.Example`` records
     read for the feature ``tfrecord_feature``, or a folder of ``.png``/``.jpg`` images (resized to the
     input, then ``preprocess``: ``"scale"`` (default) [0, 1], ``"tf"``, ``"torch"``,
-    ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time, at most
+    ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time (default: chosen so that the
+    largest activation of a batch stays within 128 MiB, 32 to 256), at most
     ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
-    cached activations use up to ``cache_mb`` of RAM, then spill to disk.
+    cached activations use up to ``cache_mb`` of RAM (default: half the available
+    memory, at least 1024 MiB), then spill to disk.
     ``engine`` (``"local"``, ``"ray"`` or ``"ray:ADDRESS"``) and ``shards`` spread
     calibration over processes or machines (:mod:`bnrewrite.engines`); the
     statistics are the same for any engine and shard count.
@@ -450,10 +452,10 @@ def rewrite(
     calibration=None,
     preprocess: str | None = None,
     tfrecord_feature: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_samples: int | None = None,
     variance: str = "unbiased",
-    cache_mb: float = 1024,
+    cache_mb: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_spill_gb: float | None = None,
     engine: str = "local",

@@ -257,3 +257,21 @@ def test_ray_resnet50_three_shards_same_statistics(resnet50_small, ray_cluster):
     assert rep1["levels"] == rep["levels"] == 49 and len(rep["layers"]) == 53
     assert_same(got, one)
     assert [s["samples"] for s in rep["shards"]] == [16, 16, 8]
+
+
+def test_automatic_cache_budget(monkeypatch, tmp_path):
+    """Default cache: half the available memory split between shards, at least 1024 MB; a number wins."""
+    from bnrewrite import calibration as C
+
+    monkeypatch.setattr(C, "_available_mb", lambda: 20000.0)
+    assert C.cache_budget_mb(None) == 10000.0
+    assert C.cache_budget_mb(None, shards=4) == 2500.0
+    assert C.cache_budget_mb(None, shards=40) == 1024.0
+    assert C.cache_budget_mb(300.0, shards=4) == 300.0
+    monkeypatch.setattr(C, "_available_mb", lambda: None)
+    assert C.cache_budget_mb(None) == 1024.0
+
+    proc = run_cli("convert", FIX / "lone_bn.h5", "out.onnx", "--calibration", FIX / "lone_bn_calib.npy",
+                   "--cache-mb", "lots", cwd=tmp_path)
+    assert_one_line_error(proc)
+    assert "--cache-mb" in proc.stderr and not (tmp_path / "out.onnx").exists()

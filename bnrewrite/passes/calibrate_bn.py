@@ -31,7 +31,7 @@ class CalibrateBN(Pass):
         return mg.bn_nodes()
 
     def run(self, mg: ModelGraph, ctx: PassContext) -> PassResult:
-        from ..calibration import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_MB, calibrate
+        from ..calibration import calibrate
 
         o = ctx.options
         if o.get("calibration") is None:
@@ -51,10 +51,10 @@ class CalibrateBN(Pass):
                                      f"not to calibration data of type {type(data).__name__}")
         report = calibrate(
             mg, data,
-            batch_size=o.get("batch_size") or DEFAULT_BATCH_SIZE,
+            batch_size=o.get("batch_size"),  # None: chosen from the model's activation sizes
             max_samples=o.get("max_samples"),
             variance=o.get("variance") or "unbiased",
-            cache_mb=DEFAULT_CACHE_MB if o.get("cache_mb") is None else o["cache_mb"],
+            cache_mb=o.get("cache_mb"),  # None: automatic (half the available memory)
             custom_objects=o.get("custom_objects"),
             progress=o.get("calibration_progress"),
             cache_dir=o.get("cache_dir"),
