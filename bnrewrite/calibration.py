@@ -382,15 +382,11 @@ def default_max_spill_bytes(data) -> int:
 
 
 def _available_mb() -> float | None:
-    """MemAvailable of /proc/meminfo (what can be allocated without swapping), in MiB."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    """MemAvailable (what can be allocated without swapping), in MiB."""
+    from .io.h5_extract import proc_kib
+
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    return None if kib is None else kib / 1024
 
 
 def cache_budget_mb(cache_mb: float | None, shards: int = 1) -> float:
@@ -497,14 +493,11 @@ def _with_training_false(fn):
 
 
 def _peak_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """This process's peak RSS in MiB (on Ray: the shard's own process)."""
+    from .io.h5_extract import proc_kib
+
+    kib = proc_kib("/proc/self/status", "VmHWM")
+    return None if kib is None else kib / 1024
 
 
 class Shard:

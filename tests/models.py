@@ -148,6 +148,21 @@ def _predict(model, names, inputs):
 # model definitions (K = tf_keras or keras)
 # --------------------------------------------------------------------------
 
+def dense_stack(K, rng):
+    """x(6) -> Dense(8) -> bn1 -> relu -> Dense(5) -> bn2 -> Dense(3), random BN statistics: two BN levels
+    (calibration tests compare it with a numpy layer-by-layer AdaBN)."""
+    x = K.Input((6,), name="x")
+    h = K.layers.Dense(8, name="d1")(x)
+    h = K.layers.BatchNormalization(name="bn1")(h)
+    h = K.layers.ReLU(name="relu")(h)
+    h = K.layers.Dense(5, name="d2")(h)
+    h = K.layers.BatchNormalization(name="bn2")(h)
+    y = K.layers.Dense(3, name="out")(h)
+    m = K.Model(x, y)
+    randomize_bn(m, K, rng)
+    return m
+
+
 def def_conv_bn(K):
     """BN after Conv2D, DepthwiseConv2D and Dense; single input, single output."""
     L = K.layers

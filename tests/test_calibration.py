@@ -67,20 +67,6 @@ def adabn_reference(model, K, data, bn_layers, ddof=1):
 
 
 # ----------------------------------------------------------------- models
-def _dense_stack(K, rng):
-    """x(6) -> Dense(8) -> bn1 -> relu -> Dense(5) -> bn2 -> Dense(3)."""
-    x = K.Input((6,), name="x")
-    h = K.layers.Dense(8, name="d1")(x)
-    h = K.layers.BatchNormalization(name="bn1")(h)
-    h = K.layers.ReLU(name="relu")(h)
-    h = K.layers.Dense(5, name="d2")(h)
-    h = K.layers.BatchNormalization(name="bn2")(h)
-    y = K.layers.Dense(3, name="out")(h)
-    m = K.Model(x, y)
-    models.randomize_bn(m, K, rng)
-    return m
-
-
 def _residual(K, rng):
     """Conv block with a projection shortcut, BNs at levels 0, 0, 1, 2 and a skip across levels."""
     x = K.Input((10, 10, 3), name="img")
@@ -124,7 +110,7 @@ def calib_models(tmp_path_factory):
     K = models.framework("keras")
     d = tmp_path_factory.mktemp("calib_models")
     out = {}
-    for i, (name, make) in enumerate([("dense_stack", _dense_stack), ("residual", _residual), ("shared", _shared)]):
+    for i, (name, make) in enumerate([("dense_stack", models.dense_stack), ("residual", _residual), ("shared", _shared)]):
         m = make(K, np.random.default_rng(100 + i))
         p = d / f"{name}.keras"
         m.save(p)

@@ -34,15 +34,7 @@ FIX = ROOT / "fixtures"
 @pytest.fixture(scope="module")
 def two_level(tmp_path_factory):
     """x(6) -> Dense(8) -> bn1 -> relu -> Dense(5) -> bn2 -> Dense(3), random BN statistics, as .keras."""
-    K = models.framework("keras")
-    x = K.Input((6,), name="x")
-    h = K.layers.Dense(8, name="d1")(x)
-    h = K.layers.BatchNormalization(name="bn1")(h)
-    h = K.layers.ReLU(name="relu")(h)
-    h = K.layers.Dense(5, name="d2")(h)
-    h = K.layers.BatchNormalization(name="bn2")(h)
-    m = K.Model(x, K.layers.Dense(3, name="out")(h))
-    models.randomize_bn(m, K, np.random.default_rng(3))
+    m = models.dense_stack(models.framework("keras"), np.random.default_rng(3))
     path = tmp_path_factory.mktemp("engines") / "two_level.keras"
     m.save(path)
     W = {n: m.get_layer(n).get_weights() for n in ("d1", "d2", "bn1")}
@@ -275,3 +267,41 @@ def test_automatic_cache_budget(monkeypatch, tmp_path):
                    "--cache-mb", "lots", cwd=tmp_path)
     assert_one_line_error(proc)
     assert "--cache-mb" in proc.stderr and not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_ray_sigterm_cleans_up(two_level, tmp_path):
+    """SIGTERM while Ray shards calibrate: exit 143, no OUT, every shard's spill folder and the Ray
+    session folder removed, no Ray process of this run left."""
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("ray", reason='the ray extra is not installed (pip install "bnrewrite[ray]")')
+    tmp = tempfile.mkdtemp(prefix="bnr", dir="/tmp")
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    np.save(tmp_path / "d.npy", np.random.default_rng(2).normal(0, 1, (20000, 6)).astype("float32"))
+    env = dict(os.environ, TMPDIR=tmp)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnrewrite", "convert", str(two_level[0]), "out.onnx", "--calibration", "d.npy",
+         "--batch-size", "1", "--engine", "ray", "--shards", "2", "--cache-mb", "0", "--cache-dir", str(spill)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(spill.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # a shard has made its spill folder: calibration is under way
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 143, err[-2000:]
+        assert "Traceback" not in err
+        assert not (tmp_path / "out.onnx").exists()
+        assert list(spill.iterdir()) == []
+        assert os.listdir(tmp) == []  # the Ray session folder too
+        left = subprocess.run(["pgrep", "-f", tmp], capture_output=True, text=True).stdout.split()
+        assert left == [], left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -649,17 +649,23 @@ def _run(read) -> dict:
         return {"error": "memory: "}
 
 
-def _peak_rss_kib():
-    """This process's own peak RSS (VmHWM belongs to the address space, so unlike ru_maxrss it
-    does not count the parent's pages inherited at fork, before exec)."""
+def proc_kib(path: str, field: str) -> int | None:
+    """A ``kB`` field of a /proc file (``VmHWM`` of /proc/self/status, ``MemAvailable`` of
+    /proc/meminfo), or None where there is no /proc."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return None
+
+
+def _peak_rss_kib():
+    """This process's own peak RSS (VmHWM belongs to the address space, so unlike ru_maxrss it
+    does not count the parent's pages inherited at fork, before exec)."""
+    return proc_kib("/proc/self/status", "VmHWM")
 
 
 if __name__ == "__main__":
