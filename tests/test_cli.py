@@ -14,12 +14,12 @@ import models
 from conftest import ROOT, assert_close
 
 
-def run_cli(*args, cwd):
-    env = dict(os.environ)
+def run_cli(*args, cwd, env_extra=None, timeout=300):
+    env = dict(os.environ, **(env_extra or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run(
         [sys.executable, "-m", "bnrewrite", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
     )
 
 

@@ -72,7 +72,12 @@ def assert_same(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray instance with 2 CPUs for this module's Ray tests (its files in a short temp folder)."""
+    """A local Ray instance with 2 CPUs for this module's Ray tests (its files in a short temp folder;
+    its auth token in the environment, so Ray writes no ~/.ray/auth_token)."""
+    import secrets
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))  # before Ray is imported
     ray = pytest.importorskip("ray", reason='the ray extra is not installed (pip install "bnrewrite[ray]")')
     tmp = tempfile.mkdtemp(prefix="bnr", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=tmp,
@@ -80,6 +85,8 @@ def ray_cluster():
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 # ----------------------------------------------------------------- local shards
@@ -204,11 +211,13 @@ def test_cli_ray_starts_and_stops_its_own_ray(tmp_path):
         data = np.random.default_rng(5).normal(3, 2, (300, 1)).astype("float32")
         np.save(tmp_path / "d.npy", data)
         reports = {}
+        home = tmp_path / "home"
+        home.mkdir()
         for name, extra in (("local", []), ("ray", ["--engine", "ray", "--shards", "3"])):
-            env_tmp = {"TMPDIR": tmp}
-            proc = _run_cli_env(env_tmp, "convert", FIX / "lone_bn.h5", f"{name}.keras", "--no-fold",
-                                "--calibration", "d.npy", "--batch-size", "8", "--report", f"{name}.json",
-                                *extra, cwd=tmp_path)
+            env_tmp = {"TMPDIR": tmp, "HOME": str(home)}
+            proc = run_cli("convert", FIX / "lone_bn.h5", f"{name}.keras", "--no-fold",
+                           "--calibration", "d.npy", "--batch-size", "8", "--report", f"{name}.json",
+                           *extra, cwd=tmp_path, env_extra=env_tmp, timeout=600)
             assert proc.returncode == 0, proc.stderr[-3000:]
             reports[name] = json.loads((tmp_path / f"{name}.json").read_text())["calibration"]
         local, ray_ = reports["local"], reports["ray"]
@@ -217,17 +226,9 @@ def test_cli_ray_starts_and_stops_its_own_ray(tmp_path):
         x = data.astype(np.float64)
         np.testing.assert_allclose(ray_["per_channel"]["bn"]["moving_variance"], x.var(0, ddof=1), rtol=1e-6)
         assert os.listdir(tmp) == []
+        assert not (home / ".ray").exists()  # Ray's auth token was kept in memory, not written to ~/.ray
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run_cli_env(env_extra, *args, cwd):
-    import subprocess
-
-    env = dict(os.environ, **env_extra)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "bnrewrite", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

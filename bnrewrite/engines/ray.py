@@ -28,6 +28,7 @@ from .base import Engine
 
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 CLOSE_TIMEOUT = 60  # seconds for an actor to remove its spill folder
+CONNECT_TIMEOUT = 10  # seconds for a cluster address to accept a connection
 
 
 class _ShardActor:
@@ -58,8 +59,14 @@ class RayEngine(Engine):
         self.actors: list = []
         self._started = False
         self._session: str | None = None
+        self._env: dict[str, str | None] = {}  # environment variables set for our own instance, to restore
 
     def start(self, mg, factory, options, shards):
+        import sys
+
+        if not self.address and "ray" not in sys.modules:
+            # before Ray is imported: its token loader reads the environment once
+            self._env = _private_token()
         ray = _import_ray()
         if not ray.is_initialized():
             self._init(ray)
@@ -81,12 +88,15 @@ class RayEngine(Engine):
                       configure_logging=True)
         try:
             if self.address:
+                _check_reachable(self.address)
                 ray.init(address=self.address, **kwargs)
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=self._session_dir(), **kwargs)
+        except InputError:
+            raise
         except Exception as e:  # noqa: BLE001 -- Ray raises ConnectionError, RuntimeError, ValueError...
-            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-            raise InputError(f"cannot start {where}: {root_cause(e)}") from None
+            what = f"join the Ray cluster at {self.address}" if self.address else "start a local Ray instance"
+            raise InputError(f"cannot {what}: {root_cause(e)}") from None
         finally:
             for s, h in saved.items():
                 if h is not None:
@@ -133,6 +143,7 @@ class RayEngine(Engine):
 
     def close(self):
         if not self.actors and not self._started:
+            self._restore_env()
             return
         ray = _import_ray()
         try:
@@ -154,6 +165,51 @@ class RayEngine(Engine):
             if self._session is not None:
                 self._remove_session_dir(self._session)
                 self._session = None
+            self._restore_env()
+
+    def _restore_env(self) -> None:
+        for key, value in self._env.items():  # the token of our own instance goes with it
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._env = {}
+
+
+def _private_token() -> dict[str, str | None]:
+    """Token authentication for the local instance without a file: Ray >= 2.5x turns token auth on
+    for a new local instance and, with no token configured, writes one to ~/.ray/auth_token -- a
+    file outside what the user named. A random token in this process's environment (inherited by
+    Ray's processes) keeps auth on and writes nothing. Set before Ray is imported (its token loader
+    reads the environment once); a program that imported Ray itself gets Ray's own behaviour.
+    Returns the previous values to restore; a token or mode the user configured is left alone."""
+    import secrets
+    from pathlib import Path
+
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    if any(k in os.environ for k in keys) or (Path.home() / ".ray" / "auth_token").exists():
+        return {}
+    previous = {k: os.environ.get(k) for k in keys[:2]}
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return previous
+
+
+def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A ``host:port`` address must accept a TCP connection within ``timeout`` seconds: Ray itself
+    retries a dead address for minutes. ``auto`` and ``ray://`` (Ray Client) addresses are Ray's to resolve."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"Ray address {address!r} is not HOST:PORT, auto or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                         "`ray start --head`, or use --engine ray for a local one") from None
 
 
 def _first_line(e: BaseException) -> str:
