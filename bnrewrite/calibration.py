@@ -44,10 +44,22 @@ level ``< k`` only (BNs of level ``k - 1`` are applied at its start, with their
 new statistics) and accumulates the moments of the level-``k`` BN inputs. The
 tensors a later phase reads (each BN's input, skip connections) are cached per
 batch, so every layer runs once over the data in total -- not once per level.
-The cache lives in RAM up to ``cache_mb`` and spills to files in a temporary
-folder beyond it (read back with ``pread``, so resident memory stays bounded
+The cache lives in RAM up to ``cache_mb`` (default: half the memory available,
+:func:`cache_budget_mb`) and spills to files in a temporary folder beyond it (read back with ``pread``, so resident memory stays bounded
 however large the data). Each phase is one ``tf.function`` traced once; layers
 after the last BN are never run.
+
+Shards
+======
+
+The work is split by whole batches between :class:`Shard` objects, run by an
+engine (:mod:`bnrewrite.engines`: this process, or Ray actors). The driver
+reads the data and deals batch ``i`` to shard ``i mod N``; each shard keeps the
+cached tensors of its own batches. Level ``k`` is: every shard puts the new
+statistics of level ``k - 1`` in place and runs level ``k`` on its batches,
+returning each batch's moments; the driver merges them in batch order. A
+batch is computed alike wherever it runs and the merge order is fixed, so the
+statistics are the same bits for any shard count and engine.
 
 A BN layer shared by several calls is estimated over the inputs of all its
 calls when they are at the same level; if they are at different levels its own

@@ -212,7 +212,7 @@ def _progress(console):
 
     # done/total and the time left (ETA) when the calibration data's size is known; rich shows "-:--:--"
     # for the ETA and "n/?" while the total is unknown (a generator, a tf.data.Dataset of unknown size)
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                     transient=True, disable=console.quiet or not console.is_terminal)  # no bar in logs or with -q
 
@@ -360,7 +360,7 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
 
             def calibrating(done, total, where):
                 batches = where["batches"]
-                bar.update(task, description=f"calibrating BN statistics: level {where['level']}/{where['levels']}, "
+                bar.update(task, description=f"calibrating: level {where['level']}/{where['levels']}, "
                            f"batch {where['batch']}/{'?' if batches is None else batches}",
                            completed=done, total=total)
 
