@@ -620,6 +620,7 @@ class _Runtime:
         self.plan = plan(mg, shapes)
         self.level_layers = [[mg.layer(b).name for b in self.plan.at_level(k)] for k in range(self.plan.levels)]
         self.inference = {name: _has_training_arg(lay) for name, lay in self.live.items()}
+        self.layers = mg.layers()
         self._fns: dict[int, tuple] = {}
 
     def auto_batch_size(self) -> int:
@@ -652,13 +653,9 @@ class _Runtime:
 
         assign = builder(self.mg).assign_weights
         for name, (mean, var) in stats.items():
-            lay = _layer_named(self.mg, name)
+            lay = self.layers[name]
             _store_stats(lay, mean, var)
             assign(self.live[name], lay)  # later levels normalize with the new statistics
-
-
-def _layer_named(mg: ModelGraph, name: str):
-    return next(mg.layer(n) for n in mg.topo() if mg.layer(n).name == name)
 
 
 def _store_stats(lay, mean: np.ndarray, var: np.ndarray) -> None:
@@ -744,8 +741,9 @@ def calibrate(
                "cache_dir": os.fspath(cache_dir) if cache_dir is not None else tmpdir,
                "max_disk_bytes": max(1, cap // shards), "cap_given": max_spill_gb is not None}
     tell = _progress_caller(progress)
+    layers = mg.layers()
     old = {}
-    for lay in mg.layers().values():
+    for lay in layers.values():
         if "moving_mean" in lay.weights and "moving_variance" in lay.weights:
             old[lay.name] = {k: np.array(lay.weights[k]) for k in ("moving_mean", "moving_variance")}
     report: dict = {"engine": eng.name, "samples": 0, "batches": 0, "variance": variance, "layers": []}
@@ -791,23 +789,23 @@ def calibrate(
             if level:
                 per_batch = {}
                 new = {name: _final_stats(name, stats[name], ddof) for name in info["at_level"][level - 1]}
-                futures = [(eng.call(handles[s], "level", level, new, chunk), None)
+                futures = [eng.call(handles[s], "level", level, new, chunk)
                            for s in range(shards) for chunk in _chunks(owner[s], eng.chunk)]
-                for fut, _ in futures:
+                for fut in futures:
                     for i, m in eng.result(fut).items():
                         take(i, m)
             for i in range(count):  # merged in batch order: the same bits for any shard count
                 for name, m in per_batch[i].items():
                     stats.setdefault(name, Moments()).add(*m)
             for name in info["at_level"][level]:
-                _store_stats(_layer_named(mg, name), *_final_stats(name, stats[name], ddof))
+                _store_stats(layers[name], *_final_stats(name, stats[name], ddof))
         closed = [eng.result(eng.call(h, "close")) for h in handles]
     finally:
         eng.close()
         report["seconds"] = time.perf_counter() - t0
 
     for name, st in stats.items():
-        lay = _layer_named(mg, name)
+        lay = layers[name]
         report["layers"].append({
             "layer": name,
             "calls": info["calls"][name],

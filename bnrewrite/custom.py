@@ -30,6 +30,9 @@ from pathlib import Path
 from .errors import InputError
 
 
+MODULE_PREFIX = "bnrewrite_custom_"  # the module a --custom-objects file is loaded as (not importable elsewhere)
+
+
 def load_custom_objects(path) -> dict:
     """Execute the Python file ``path`` and return its custom Keras objects by name."""
     p = Path(path)
@@ -39,7 +42,7 @@ def load_custom_objects(path) -> dict:
         raise InputError(f"--custom-objects {p}: expected a Python file (.py)")
     import keras
 
-    mod_name = f"bnrewrite_custom_{abs(hash(str(p.resolve())))}"
+    mod_name = f"{MODULE_PREFIX}{abs(hash(str(p.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, p)
     if spec is None or spec.loader is None:
         raise InputError(f"--custom-objects {p}: cannot be imported as a Python module")

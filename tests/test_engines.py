@@ -306,3 +306,30 @@ def test_cli_ray_sigterm_cleans_up(two_level, tmp_path):
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_ray_with_custom_objects_file(ray_cluster, tmp_path):
+    """Layers from a --custom-objects file reach the actors (their module exists only in the driver)."""
+    import keras
+
+    import bnrewrite
+    from bnrewrite.calibration import calibrate
+    from bnrewrite.custom import load_custom_objects
+    from hardening_models import CUSTOM_MODULE
+
+    (tmp_path / "my_layers.py").write_text(CUSTOM_MODULE)
+    objs = load_custom_objects(tmp_path / "my_layers.py")
+    x = keras.Input((4,), name="x")
+    h = keras.layers.BatchNormalization(name="bn")(objs["Scale"](factor=3.0, name="scale")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    model.save(tmp_path / "custom.keras")
+    data = np.random.default_rng(12).normal(1, 2, (90, 4)).astype("float32")
+    stats = {}
+    for engine, shards in (("local", 1), ("ray", 2)):
+        mg = bnrewrite.load(tmp_path / "custom.keras", custom_objects=objs)
+        calibrate(mg, data, batch_size=16, custom_objects=objs, engine=engine, shards=shards)
+        stats[engine] = {k: np.array(mg.layer("bn").weights[k]) for k in ("moving_mean", "moving_variance")}
+    y = data.astype(np.float64) * 3.0  # Scale's weights are ones
+    for k in stats["local"]:
+        np.testing.assert_array_equal(stats["ray"][k], stats["local"][k], err_msg=k)
+    np.testing.assert_allclose(stats["ray"]["moving_variance"], y.var(0, ddof=1), rtol=1e-6)

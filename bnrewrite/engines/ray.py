@@ -74,6 +74,7 @@ class RayEngine(Engine):
         remote = ray.remote(_ShardActor).options(
             num_cpus=min(1.0, cpus / shards), scheduling_strategy="SPREAD", max_restarts=0,
             runtime_env={"env_vars": WORKER_ENV})
+        _ship_custom_modules(ray, options.get("custom_objects"))
         shipped = copy.copy(mg)
         shipped.original = None  # the shards never verify; the driver keeps the original
         ref = ray.put(shipped)
@@ -174,6 +175,20 @@ class RayEngine(Engine):
             else:
                 os.environ[key] = value
         self._env = {}
+
+
+def _ship_custom_modules(ray, custom_objects: dict | None) -> None:
+    """Classes from a ``--custom-objects`` file live in a module that exists only in this process;
+    Ray's cloudpickle sends such a module's classes by value, so that the actors can rebuild the
+    layers (classes of importable modules go by reference, as usual)."""
+    import sys
+
+    from ..custom import MODULE_PREFIX
+
+    for obj in (custom_objects or {}).values():
+        name = getattr(obj, "__module__", "") or ""
+        if name.startswith(MODULE_PREFIX) and name in sys.modules:
+            ray.cloudpickle.register_pickle_by_value(sys.modules[name])
 
 
 def _private_token() -> dict[str, str | None]:
