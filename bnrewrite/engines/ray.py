@@ -143,8 +143,8 @@ class RayEngine(Engine):
                              "use more shards or a smaller --cache-mb") from None
 
     def close(self):
-        if not self.actors and not self._started:
-            self._restore_env()
+        if not self.actors and not self._started:  # Ray never started (or failed to)
+            self._forget_local()
             return
         ray = _import_ray()
         try:
@@ -163,13 +163,14 @@ class RayEngine(Engine):
             if self._started:
                 ray.shutdown()
                 self._started = False
-            if self._session is not None:
-                self._remove_session_dir(self._session)
-                self._session = None
-            self._restore_env()
+            self._forget_local()
 
-    def _restore_env(self) -> None:
-        for key, value in self._env.items():  # the token of our own instance goes with it
+    def _forget_local(self) -> None:
+        """Remove our local instance's session folder and restore the environment its token was in."""
+        if self._session is not None:
+            self._remove_session_dir(self._session)
+            self._session = None
+        for key, value in self._env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
