@@ -306,7 +306,8 @@ def _console(quiet: bool, stderr: bool = False):
               help="Verify with these sizes for an input's open dimensions (sample dims, no batch); "
                    "repeat per input. Default: a size the model's own pooling/striding accepts.")
 @click.option("--verify-data", "verify_data", type=click.Path(path_type=str),
-              help="Verify on the first samples of this .npy/.npz file (or folder) instead of random inputs.")
+              help="Verify on the first samples of this .npy/.npz file (or folder), image folder or TFRecord data "
+                   "(read with --preprocess/--tfrecord-feature) instead of random inputs.")
 @_verbosity_options
 @_version_option
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,

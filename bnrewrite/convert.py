@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 from .errors import InputError, VerificationError
 from .graph import ModelGraph, framework_label
 from .io import WRITE_SUFFIXES, read_model
+from .io.data import with_options
 from .io.onnx_writer import DEFAULT_OPSET
 from .outputs import check_interrupted, discard, place
 from .passes import Pass, PassContext, PassManager, default_passes
@@ -218,7 +219,8 @@ def convert(
     (``where``: level and batch, see :func:`bnrewrite.calibration.calibrate`).
     ``input_shapes`` (``{"input": [64, 64, 3]}``, sample dims) sets the sizes of open
     dimensions for verification; ``verify_data`` verifies on real samples instead of
-    seeded random ones (same sources as ``calibration``).
+    seeded random ones (same sources as ``calibration``; an image folder or TFRecord
+    file is read with ``preprocess`` and ``tfrecord_feature``, as for calibration).
     Returns a :class:`ConvertReport`; raises :class:`~bnrewrite.errors.InputError`
     (exit 2) for bad input and :class:`~bnrewrite.errors.VerificationError`
     (exit 3) when the written output does not match. ``report`` also writes the
@@ -307,7 +309,8 @@ def convert(
                 say("verifying against the original model")
                 v = _verify(mg, model, tmp, fmt, target.framework, atol=atol, rtol=rtol,
                             custom_objects=custom_objects, unsafe=unsafe, input_shapes=input_shapes,
-                            verify_data=verify_data, stats=ctx.artifacts.get("calibrated_stats"),
+                            verify_data=with_options(verify_data, preprocess, tfrecord_feature),
+                            stats=ctx.artifacts.get("calibrated_stats"),
                             changed_by=ctx.artifacts.get("changes_function"))
                 rep.verification = v.to_dict()
                 rep.timings["verify_s"] = time.perf_counter() - t
@@ -514,7 +517,8 @@ def rewrite(
             reference, label, why = _reference(mg, custom_objects, unsafe, ctx.artifacts.get("calibrated_stats"),
                                                ctx.artifacts.get("changes_function"))
             v = run_verify(lambda xs: run_model(new, xs), mg.framework, new, reference, atol=atol, rtol=rtol,
-                           input_shapes=input_shapes, verify_data=verify_data, reference_label=label,
+                           input_shapes=input_shapes, reference_label=label,
+                           verify_data=with_options(verify_data, preprocess, tfrecord_feature),
                            no_reference=why)
             rep.verification = v.to_dict()
             if not v.ok:

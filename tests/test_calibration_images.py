@@ -161,3 +161,26 @@ def test_cli_folder_report_counts_bad_images(image_folder, tmp_path):
     assert cal["samples"] == len(good) and cal["bad_images"] == 1, cal
     assert cal["bad_image_names"][0].startswith("broken.png: ")
     assert cal["images"]["preprocess"] == "caffe"
+
+
+def test_verify_data_folder_read_with_calibration_preprocess(image_folder, monkeypatch):
+    """``verify_data=`` an image folder is read with the calibration's ``preprocess`` (it used to be read
+    with the default, scale): the verification inputs equal keras.applications' caffe preprocessing."""
+    import bnrewrite
+    from bnrewrite import verify
+
+    root, good = image_folder
+    seen = []
+    real = verify._data_inputs
+
+    def spy(data, specs, batch):
+        xs = real(data, specs, batch)
+        seen.append(xs[0])
+        return xs
+
+    monkeypatch.setattr(verify, "_data_inputs", spy)
+    _, rep = bnrewrite.rewrite(_model(), calibration=root, preprocess="caffe", verify_data=root, batch_size=4,
+                               return_report=True)
+    assert rep.verification["ok"]
+    want = _reference(good, "caffe")
+    np.testing.assert_allclose(seen[0], want[:len(seen[0])], rtol=1e-5, atol=1e-3)

@@ -85,6 +85,31 @@ class DataPath(os.PathLike):
         return f"DataPath({self.path!r}, preprocess={self.preprocess!r}, feature={self.feature!r})"
 
 
+def with_options(path, preprocess: str | None = None, feature: str | None = None):
+    """``path`` as a :class:`DataPath` with the options that apply to what it holds (an image
+    folder: ``preprocess``; TFRecord files: ``preprocess`` and ``feature``; arrays: neither), so
+    that ``--verify-data`` reads its data as ``--calibration``'s options say. Anything that is not
+    a plain path, or no option given: returned as is."""
+    if isinstance(path, DataPath) or not isinstance(path, (str, os.PathLike)) or (preprocess is None
+                                                                                   and feature is None):
+        return path
+    from .images import find_images
+    from .tfrecord import is_tfrecord
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            records = any(is_tfrecord(q) for q in p.iterdir() if q.is_file())
+            images = not records and bool(find_images(p))
+        else:
+            records, images = is_tfrecord(p), False
+    except OSError:
+        return path  # reading it will say what is wrong
+    if records:
+        return DataPath(path, preprocess, feature)
+    return DataPath(path, preprocess) if images else path
+
+
 def _fmt_shape(shape) -> str:
     return str(tuple(int(d) for d in shape))
 
