@@ -84,13 +84,14 @@ import networkx as nx
 import numpy as np
 
 from .errors import InputError
-from .graph import INPUT_CLASS, ModelGraph
+from .graph import INPUT_CLASS, ModelGraph, is_op
 from .io.data import CalibrationData, InputSpec
 
 VARIANCES = ("unbiased", "biased")
 DEFAULT_BATCH_SIZE = 32
 MAX_AUTO_BATCH = 256
 AUTO_BATCH_BYTES = 128 * 2**20  # the largest activation of a batch, when the batch size is chosen
+BATCH_OPAQUE = ("TFOpLambda", "SlicingOpLambda", "Lambda")  # may reshape across the batch axis
 DEFAULT_CACHE_MB = None  # automatic: see cache_budget_mb
 MIN_AUTO_CACHE_MB = 1024
 AUTO_CACHE_FRACTION = 0.5  # of the memory available when calibration starts, shared by a host's shards
@@ -423,8 +424,10 @@ def _input_specs(mg: ModelGraph, shapes) -> list[InputSpec]:
 
 
 def _has_training_arg(layer) -> bool:
+    """Whether a live layer's ``call`` takes ``training`` (a framework op such as Keras 3's
+    ``keras.ops.reshape`` for an unwrapped TimeDistributed is a plain function)."""
     try:
-        return "training" in inspect.signature(layer.call).parameters
+        return "training" in inspect.signature(getattr(layer, "call", layer)).parameters
     except (TypeError, ValueError):
         return False
 
@@ -627,10 +630,13 @@ class _Runtime:
         """The batch size when none is given: as many samples as keep the largest activation that
         calibration computes within AUTO_BATCH_BYTES, a multiple of 32 between 32 and 256 -- each
         level is one function call per batch, and fewer, larger calls cost less per sample.
-        32 when a computed tensor has an open dimension."""
+        32 when a computed tensor has an open dimension, or when the batch axis may not be the
+        samples' (an unwrapped TimeDistributed's reshape to batch x time, a TF op or Lambda)."""
         from .build.base import numpy_dtype
 
         nodes = {n for phase in self.plan.phases for n in phase} | set(self.mg.inputs)
+        if any(is_op(self.mg.layer(n)) or self.mg.layer(n).class_name in BATCH_OPAQUE for n in nodes):
+            return DEFAULT_BATCH_SIZE  # a reshape may fold other axes into the batch: sizes per sample unknown
         biggest = 0
         for (node, _), t in self.symbolic.items():
             if node not in nodes:

@@ -333,3 +333,32 @@ def test_ray_with_custom_objects_file(ray_cluster, tmp_path):
     for k in stats["local"]:
         np.testing.assert_array_equal(stats["ray"][k], stats["local"][k], err_msg=k)
     np.testing.assert_allclose(stats["ray"]["moving_variance"], y.var(0, ddof=1), rtol=1e-6)
+
+
+def test_automatic_batch_size(two_level, tmp_path):
+    """Chosen from the largest activation (128 MiB per batch, 32..256 in steps of 32); 32 when the batch
+    axis may hold more than samples (an unwrapped TimeDistributed's reshape)."""
+    import keras
+
+    import bnrewrite
+    from bnrewrite.calibration import calibrate
+    from bnrewrite.passes import PassContext, PassManager, UnwrapTimeDistributed
+
+    _, rep = run(two_level[0], two_level[2][:300])
+    assert rep["batch_size"] == 256  # 8 floats per sample: the cap
+    x = keras.Input((64, 64, 64), name="x")  # 1 MiB per sample -> 128 samples
+    m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(64, 1, name="c")(x)))
+    data = np.random.default_rng(1).normal(0, 1, (4, 64, 64, 64)).astype("float32")
+    assert calibrate(bnrewrite.load(m), data)["batch_size"] == 128
+    x = keras.Input((6, 8, 8, 4), name="clip")  # TimeDistributed(Conv2D) -> BN, unwrapped to a reshape
+    y = keras.layers.TimeDistributed(keras.layers.Conv2D(4, 1), name="td")(x)
+    m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(y))
+    mg = bnrewrite.load(m)
+    PassManager([UnwrapTimeDistributed()]).run(mg, PassContext())
+    clips = np.random.default_rng(2).normal(0, 1, (10, 6, 8, 8, 4)).astype("float32")
+    rep = calibrate(mg, clips)
+    assert rep["batch_size"] == 32 and rep["samples"] == 10
+    # Keras 3 unwrapped TimeDistributed (a keras.ops.reshape node): statistics over batch, time and space
+    h = keras.Model(x, y).predict(clips, verbose=0).astype(np.float64)
+    np.testing.assert_allclose(mg.layer("bn").weights["moving_mean"], h.mean((0, 1, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mg.layer("bn").weights["moving_variance"], h.var((0, 1, 2, 3), ddof=1), rtol=1e-5)
