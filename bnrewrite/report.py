@@ -92,6 +92,10 @@ def _range(d: dict) -> str:
     return f"{d['min']:.4g} .. {d['max']:.4g}" if d["min"] != d["max"] else f"{d['min']:.4g}"
 
 
+def _mb(n) -> str:
+    return f"{(n or 0) / 2**20:,.0f} MB"
+
+
 def print_calibration(console, c: dict) -> None:
     """Per calibrated layer: values seen per channel, old -> new mean and variance (range over channels)."""
     layers = c.get("layers", [])
@@ -102,6 +106,12 @@ def print_calibration(console, c: dict) -> None:
         f"on {c.get('samples'):,} samples from {_t(c.get('data'))} ({_t(c.get('variance'))} variance, "
         f"{c.get('levels')} level{'s' if c.get('levels') != 1 else ''}, {c.get('seconds', 0):.1f} s)"
     )
+    cache, shards = c.get("cache") or {}, c.get("shards") or []
+    if cache:  # where the activations lived, and where the work ran
+        where = (f"{len(shards)} shards on {c.get('engine')} ("
+                 + ", ".join(f"{s.get('samples', 0):,}" for s in shards) + " samples)") if len(shards) > 1 else ""
+        console.print(f"  batch {c.get('batch_size')}, live activation cache {_mb(cache.get('peak_live_bytes'))}"
+                      f", spilled {_mb(cache.get('spilled_bytes'))}" + (f"; {where}" if where else ""))
     bad = c.get("bad_images") or 0
     if bad:  # never dropped silently: counted, and the first ones named
         names = "; ".join(_t(n, TEXT_LIMIT) for n in (c.get("bad_image_names") or [])[:3])
