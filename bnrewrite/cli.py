@@ -125,6 +125,18 @@ def _run(fn):
             outputs.remove_temps()  # anything left registered is a leftover
 
 
+def _on_failure(body, record):
+    """``body`` calling ``record(e)`` on a failure (not on a stop signal) before :func:`_run` reports it."""
+    def run():
+        try:
+            return body()
+        except Exception as e:
+            record(e)
+            raise
+
+    return run
+
+
 class _Group(click.Group):
     """Usage errors (bad option, bad value, missing argument) as one ``bnrewrite: error:`` line, exit 2."""
 
@@ -399,17 +411,8 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                        err=True)
         return code
 
-    def guarded():
-        try:
-            return body()
-        except KeyboardInterrupt:
-            raise
-        except BaseException as e:  # record the failure in the report, then let _run report it
-            if isinstance(e, Exception):
-                _failure_reports(e, src, dst, report_path, html_path, force, state)
-            raise
-
-    sys.exit(_run(guarded))
+    sys.exit(_run(_on_failure(body, lambda e: _failure_reports(e, src, dst, report_path, html_path, force,
+                                                                state))))
 
 
 def _same_name(a, b) -> bool:
@@ -551,21 +554,15 @@ def inspect_cmd(paths, jobs, as_json, strict, html_path, force, unsafe, custom_p
             write_inspect_html(record, result, html_path, force=force)
         return code
 
-    def guarded():
-        try:
-            return body()
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            if as_json:  # CI reads stdout: one record with the error
-                import json
+    def json_record(e: Exception) -> None:
+        if as_json:  # CI reads stdout: one record with the error
+            import json
 
-                from .audit import failed_record
+            from .audit import failed_record
 
-                click.echo(json.dumps(failed_record(src, e), indent=2))
-            raise
+            click.echo(json.dumps(failed_record(src, e), indent=2))
 
-    sys.exit(_run(guarded))
+    sys.exit(_run(_on_failure(body, json_record)))
 
 
 def _inspect_many(paths, jobs, as_json, strict, html_path, unsafe, custom_path, quiet) -> int:

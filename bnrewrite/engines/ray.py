@@ -139,7 +139,7 @@ class RayEngine(Engine):
                 raise cause from None
             raise InputError(f"a calibration shard failed: {root_cause(cause or e)}") from None
         except ray.exceptions.RayActorError as e:
-            raise InputError(f"a calibration shard (Ray actor) died: {_first_line(e)}; if it ran out of memory, "
+            raise InputError(f"a calibration shard (Ray actor) died: {root_cause(e, 300)}; if it ran out of memory, "
                              "use more shards or a smaller --cache-mb") from None
 
     def close(self):
@@ -226,8 +226,3 @@ def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
     except OSError as e:
         raise InputError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
                          "`ray start --head`, or use --engine ray for a local one") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(e).__name__

@@ -93,21 +93,27 @@ def with_options(path, preprocess: str | None = None, feature: str | None = None
     if isinstance(path, DataPath) or not isinstance(path, (str, os.PathLike)) or (preprocess is None
                                                                                    and feature is None):
         return path
-    from .images import find_images
     from .tfrecord import is_tfrecord
 
     p = Path(path)
     try:
-        if p.is_dir():
-            records = any(is_tfrecord(q) for q in p.iterdir() if q.is_file())
-            images = not records and bool(find_images(p))
-        else:
-            records, images = is_tfrecord(p), False
+        shards, records, images = folder_contents(p) if p.is_dir() else ([], [p] if is_tfrecord(p) else [], [])
     except OSError:
         return path  # reading it will say what is wrong
-    if records:
+    if records and not images and not shards:
         return DataPath(path, preprocess, feature)
-    return DataPath(path, preprocess) if images else path
+    return DataPath(path, preprocess) if images and not records and not shards else path
+
+
+def folder_contents(p: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """A calibration folder's ``.npy``/``.npz`` shards and TFRecord files (its own files, in name
+    order) and its images (recursively)."""
+    from .images import find_images
+    from .tfrecord import is_tfrecord
+
+    files = sorted(q for q in p.iterdir() if q.is_file())
+    return ([q for q in files if q.suffix.lower() in SHARD_SUFFIXES], [q for q in files if is_tfrecord(q)],
+            find_images(p))
 
 
 def _fmt_shape(shape) -> str:
@@ -178,12 +184,7 @@ class CalibrationData:
         from .tfrecord import is_tfrecord
 
         if p.is_dir():
-            from .images import find_images
-
-            files = sorted(q for q in p.iterdir() if q.is_file())
-            shards = [q for q in files if q.suffix.lower() in SHARD_SUFFIXES]
-            records = [q for q in files if is_tfrecord(q)]
-            images = find_images(p)
+            shards, records, images = folder_contents(p)
             kinds = [(what, found[0].relative_to(p).as_posix()) for what, found in
                      ((".npy/.npz shards", shards), (".tfrecord files", records), ("images", images)) if found]
             if len(kinds) > 1:
