@@ -88,6 +88,21 @@ def _residual(K, rng):
     return m
 
 
+def _chain3(K, rng):
+    """x(6) -> Dense(8) -> bn1 -> relu -> Dense(6) -> bn2 -> relu -> Dense(5) -> bn3: three levels, each
+    BN's input read by the next level only (the cache's batch-by-batch release is visible in its peak)."""
+    x = K.Input((6,), name="x")
+    h = x
+    for i, width in enumerate((8, 6, 5), 1):
+        h = K.layers.Dense(width, name=f"d{i}")(h)
+        h = K.layers.BatchNormalization(name=f"bn{i}")(h)
+        if i < 3:
+            h = K.layers.ReLU(name=f"relu{i}")(h)
+    m = K.Model(x, h)
+    models.randomize_bn(m, K, rng)
+    return m
+
+
 def _shared(K, rng):
     """One BN shared by two parallel branches (same level) and one called twice in a chain."""
     a = K.Input((4,), name="a")
@@ -110,7 +125,8 @@ def calib_models(tmp_path_factory):
     K = models.framework("keras")
     d = tmp_path_factory.mktemp("calib_models")
     out = {}
-    for i, (name, make) in enumerate([("dense_stack", models.dense_stack), ("residual", _residual), ("shared", _shared)]):
+    for i, (name, make) in enumerate([("dense_stack", models.dense_stack), ("residual", _residual), ("shared", _shared),
+                                          ("chain3", _chain3)]):
         m = make(K, np.random.default_rng(100 + i))
         p = d / f"{name}.keras"
         m.save(p)
@@ -222,6 +238,44 @@ def test_two_stacked_bns_match_numpy_reference(calib_models, tmp_path):
         got_mean, got_var = keras_bn_stats(keras_out, name)
         np.testing.assert_allclose(got_mean, mean, rtol=1e-4, atol=1e-4, err_msg=name)
         np.testing.assert_allclose(got_var, var, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_cache_frees_each_batch_after_its_last_reader(calib_models):
+    """Level 1 reads bn1's input for the last time and caches bn2's: each batch of the first is freed
+    as soon as level 1 has run on it, so the live cache peaks at all of bn1's input plus one batch
+    of bn2's (8 * 200 + 6 * 32 floats), not both in full. Statistics: numpy, layer by layer; with
+    everything spilled, the same bits."""
+    import bnrewrite
+    import keras
+    from bnrewrite.calibration import calibrate
+
+    path = calib_models["chain3"]
+    m = keras.saving.load_model(path)
+    data = np.random.default_rng(11).normal(0.5, 2.0, (200, 6)).astype("float32")
+    h, want = data.astype(np.float64), {}
+    for i in (1, 2, 3):
+        kernel, bias = m.get_layer(f"d{i}").get_weights()
+        h = h @ kernel + bias
+        want[f"bn{i}"] = (h.mean(0), h.var(0, ddof=1))
+        gamma, beta = m.get_layer(f"bn{i}").get_weights()[:2]
+        h = np.maximum((h - want[f"bn{i}"][0]) / np.sqrt(want[f"bn{i}"][1] + 1e-3) * gamma + beta, 0)
+
+    got = {}
+    for cache_mb in (1024, 0):
+        mg = bnrewrite.load(path)
+        rep = calibrate(mg, data, batch_size=32, cache_mb=cache_mb)
+        got[cache_mb] = {n: [np.array(mg.layer(n).weights[k]) for k in ("moving_mean", "moving_variance")]
+                         for n in want}
+        if cache_mb:
+            assert rep["cache"]["peak_live_bytes"] == 4 * (8 * 200 + 6 * 32)
+            assert rep["cache"]["spilled_bytes"] == 0
+        else:  # spilled bytes stay on disk until the tensor's file is removed at the level's end
+            assert rep["cache"]["spilled_bytes"] == 4 * (8 + 6) * 200 == rep["cache"]["peak_disk_bytes"]
+    for name, (mean, var) in want.items():
+        np.testing.assert_allclose(got[1024][name][0], mean, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got[1024][name][1], var, rtol=1e-5, atol=1e-5, err_msg=name)
+        for a, b in zip(got[1024][name], got[0][name]):
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.parametrize("cache_mb", [1024, 0], ids=["ram", "spilled"])
