@@ -28,7 +28,7 @@ from .io import WRITE_SUFFIXES, read_model
 from .io.data import with_options
 from .io.onnx_writer import DEFAULT_OPSET
 from .outputs import check_interrupted, discard, place
-from .passes import Pass, PassContext, PassManager, default_passes
+from .passes import PASS_OPTIONS, CalibrateBN, Pass, PassContext, PassManager, default_passes
 
 
 @dataclass
@@ -150,8 +150,23 @@ def check_finite(mg: ModelGraph, *, skip_bn_stats: bool = False) -> None:
                 )
 
 
-def run_passes(mg: ModelGraph, passes: Iterable[Pass] | None, ctx: PassContext, options: dict) -> list[dict]:
-    chosen = default_passes(**options) if passes is None else list(passes)
+def choose_passes(passes: Iterable[Pass] | None, options: dict) -> list[Pass]:
+    """The default pipeline configured from ``options``, or the caller's own list. Options that
+    configure the default passes are refused beside an explicit list rather than ignored: they
+    belong to the passes' constructors there (``FoldBN(keep_trainable=True)``, ``CalibrateBN(data)``)."""
+    if passes is None:
+        return default_passes(**options)
+    given = [k for k, default in PASS_OPTIONS.items()
+             if (options.get(k) is not None if default is None else options.get(k, default) != default)]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} the default passes; with passes=[...] "
+            "give such options to the passes themselves (e.g. FoldBN(keep_trainable=True), CalibrateBN(data))"
+        )
+    return list(passes)
+
+
+def run_passes(mg: ModelGraph, chosen: list[Pass], ctx: PassContext) -> list[dict]:
     results = [r.to_dict() for r in PassManager(chosen).run(mg, ctx)]
     ctx.artifacts["changes_function"] = [p.name for p, r in zip(chosen, results)
                                          if getattr(p, "changes_function", False) and r["changed"]]
@@ -198,7 +213,10 @@ def convert(
     against a copy of it made by its own framework.
 
     ``passes`` replaces the default pass list (``bnrewrite.passes.default_passes``);
-    ``fold=False`` and ``keep_timedistributed=True`` switch default passes off.
+    ``fold=False`` and ``keep_timedistributed=True`` switch default passes off,
+    ``keep_trainable`` and ``calibration`` configure them. With an explicit
+    ``passes`` list those four are refused (InputError): each pass takes its
+    options when constructed (``FoldBN(keep_trainable=True)``, ``CalibrateBN(data)``).
 
     ``calibration`` turns on AdaBN (the ``calibrate_bn`` pass): every BN's moving
     mean and variance are re-estimated exactly on that data -- a numpy array, a
@@ -246,9 +264,18 @@ def convert(
                     inputs=[calibration if isinstance(calibration, (str, os.PathLike)) else None,
                             verify_data if isinstance(verify_data, (str, os.PathLike)) else None])
         fmt = output_format(dst)
+        options = {
+            "fold": fold, "keep_trainable": keep_trainable, "keep_timedistributed": keep_timedistributed,
+            "calibration": calibration, "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
+            "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
+            "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
+        }
+        chosen = choose_passes(passes, options)
+        calibrating = any(isinstance(p, CalibrateBN) for p in chosen)
         say(f"reading {src}")
         mg = read_model(src, unsafe=unsafe, custom_objects=custom_objects)
-        check_finite(mg, skip_bn_stats=calibration is not None)
+        check_finite(mg, skip_bn_stats=calibrating)
         from .build import rebuild_options
 
         # custom layers and (with unsafe) Lambda bytecode for every rebuild: passes, writer, verification
@@ -257,23 +284,16 @@ def convert(
         rep.notes.extend(mg.source.get("notes", []))
         rep.timings["read_s"] = time.perf_counter() - t0
 
-        options = {
-            "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
-            "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
-            "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
-            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
-            "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
-        }
-        ctx = PassContext(keep_trainable=keep_trainable, options=options)
+        ctx = PassContext(options=options)
         from .audit import audit, compare
 
         before = audit(mg)
         check_interrupted()
         t = time.perf_counter()
         say("running passes")
-        rep.passes = run_passes(mg, passes, ctx, options)
+        rep.passes = run_passes(mg, chosen, ctx)
         rep.timings["passes_s"] = time.perf_counter() - t
-        if calibration is not None:
+        if calibrating:
             check_finite(mg)  # statistics calibration did not replace
         rep.calibration = ctx.artifacts.get("calibration")
         calibrated = [r["layer"] for r in (rep.calibration or {}).get("layers", [])]
@@ -489,24 +509,26 @@ def rewrite(
     t0 = time.perf_counter()
     if input_shapes is not None:
         input_shapes = {str(k): [int(d) for d in v] for k, v in input_shapes.items()}
+    options = {
+        "fold": fold, "keep_trainable": keep_trainable, "keep_timedistributed": keep_timedistributed,
+        "calibration": calibration, "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
+        "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
+        "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
+        "custom_objects": custom_objects, **extra,
+    }
+    chosen = choose_passes(passes, options)
+    calibrating = any(isinstance(p, CalibrateBN) for p in chosen)
     with rebuild_options(custom_objects, unsafe):
         mg = read_model(model, unsafe=unsafe, custom_objects=custom_objects)
-        check_finite(mg, skip_bn_stats=calibration is not None)
+        check_finite(mg, skip_bn_stats=calibrating)
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
-        options = {
-            "fold": fold, "keep_timedistributed": keep_timedistributed, "calibration": calibration,
-            "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
-            "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
-            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
-            "custom_objects": custom_objects, **extra,
-        }
-        ctx = PassContext(keep_trainable=keep_trainable, options=options)
+        ctx = PassContext(options=options)
         from .audit import audit, compare
 
         before = audit(mg)
-        rep.passes = run_passes(mg, passes, ctx, options)
-        if calibration is not None:
+        rep.passes = run_passes(mg, chosen, ctx)
+        if calibrating:
             check_finite(mg)
         rep.calibration = ctx.artifacts.get("calibration")
         calibrated = [r["layer"] for r in (rep.calibration or {}).get("layers", [])]

@@ -278,6 +278,26 @@ def test_cache_frees_each_batch_after_its_last_reader(calib_models):
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def test_calibrate_bn_in_an_explicit_pipeline(calib_models, tmp_path):
+    """``CalibrateBN(data, batch_size=...)`` in ``passes=[...]`` calibrates like ``calibration=data``:
+    the written .keras, loaded by Keras, holds numpy's statistics."""
+    import bnrewrite
+    import keras
+    from bnrewrite.passes import CalibrateBN, InferenceMode
+
+    path = calib_models["dense_stack"]
+    m = keras.saving.load_model(path)
+    data = np.random.default_rng(12).normal(1.0, 2.0, (300, 6)).astype("float32")
+    kernel, bias = m.get_layer("d1").get_weights()
+    h1 = data.astype(np.float64) @ kernel + bias
+    out = tmp_path / "explicit.keras"
+    rep = bnrewrite.convert(path, out, passes=[InferenceMode(), CalibrateBN(data, batch_size=64, shards=2)])
+    assert rep.calibration["batch_size"] == 64 and len(rep.calibration["shards"]) == 2
+    got_mean, got_var = keras_bn_stats(out, "bn1")
+    np.testing.assert_allclose(got_mean, h1.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_var, h1.var(0, ddof=1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cache_mb", [1024, 0], ids=["ram", "spilled"])
 def test_residual_block_matches_keras_layer_by_layer(calib_models, tmp_path, cache_mb):
     """Levels 0/0/1/2 with a skip across levels, Conv/Depthwise BNs; also with every cached tensor spilled."""

@@ -460,6 +460,28 @@ def test_inference_mode_keep_trainable(store):
     assert_all_close(keras_predict(model, saved.xs), saved.ys, "keep_trainable .keras predict")
 
 
+def test_explicit_passes_take_their_options_when_constructed(store, tmp_path):
+    """``keep_trainable`` given to the passes themselves does what ``keep_trainable=True`` does for
+    the default pipeline; given to convert beside an explicit list it is refused, not ignored."""
+    saved, _ = td_training(store, 16)
+    rep, dst = store.convert(saved, ".keras", tag="keeptrain-explicit",
+                             passes=[InferenceMode(keep_trainable=True), UnwrapTimeDistributed(),
+                                     FoldBN(keep_trainable=True)])
+    assert pass_entry(rep, "fold_bn")["changed"] == []
+    model = keras_load(dst)
+    bns = bn_layers(model)
+    assert sorted(l.name for l in bns) == ["bn_fc", "bn_train", "td_bn"] and all(l.trainable for l in bns)
+    assert_all_close(keras_predict(model, saved.xs), saved.ys, "explicit keep_trainable .keras predict")
+
+    out = tmp_path / "refused.onnx"
+    for opts, named in (({"keep_trainable": True}, "keep_trainable"), ({"fold": False}, "fold"),
+                        ({"calibration": saved.xs[0], "keep_timedistributed": True},
+                         "keep_timedistributed, calibration")):
+        with pytest.raises(bnrewrite.InputError, match=f"^{named} configure.*FoldBN\\(keep_trainable=True\\)"):
+            bnrewrite.convert(saved.path, out, passes=[InferenceMode(), FoldBN()], **opts)
+        assert not out.exists()
+
+
 def test_inference_mode_freezes_nested_td_bn(store):
     """A BN inside TimeDistributed(TimeDistributed(...)) is frozen like any other."""
     saved = td_mix_saved(store, "k3", 4)

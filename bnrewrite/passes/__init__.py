@@ -17,9 +17,16 @@ DEFAULT_PASSES: list[type[Pass]] = [
 ]
 
 
+#: convert() options that configure the default passes; with an explicit ``passes=[...]``
+#: they belong to the passes' constructors (e.g. ``FoldBN(keep_trainable=True)``).
+PASS_OPTIONS = {"fold": True, "keep_trainable": False, "keep_timedistributed": False, "calibration": None}
+
+
 def default_passes(**options) -> list[Pass]:
-    """Instances of the default passes, minus those switched off by ``options``."""
-    return [cls() for cls in DEFAULT_PASSES if cls.enabled(options)]
+    """The default passes configured from ``convert()``'s keyword arguments (each pass's
+    :meth:`~Pass.from_options`), minus those the options switch off."""
+    return [p for cls in DEFAULT_PASSES if (p := cls.from_options(options)) is not None]
 
 
-__all__ = ["CalibrateBN", "FoldBN", "InferenceMode", "UnwrapTimeDistributed", "Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "default_passes"]
+__all__ = ["CalibrateBN", "FoldBN", "InferenceMode", "UnwrapTimeDistributed", "Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "PASS_OPTIONS",
+           "default_passes"]

@@ -12,6 +12,13 @@ Shaped after torch.fx passes and onnxscript rewrite rules:
 :class:`PassManager` runs passes in order and names the pass (and node) that
 failed. Adding a pass is one file in this package plus one line in
 ``DEFAULT_PASSES`` (``bnrewrite/passes/__init__.py``).
+
+A pass's options are given when it is constructed (``FoldBN(keep_trainable=True)``,
+``CalibrateBN(data, batch_size=64)``); :meth:`Pass.from_options` builds the
+default pipeline's instances from ``convert()``'s keyword arguments. The
+:class:`PassContext` a run shares carries no options a built-in pass reads: only
+what passes leave for the report (``artifacts``), and ``convert()``'s keyword
+arguments (``options``, read-only) for a user's own pass that wants them.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from ..graph import ModelGraph
 
 @dataclass
 class PassContext:
-    """Options the passes read (set from convert()'s keyword arguments)."""
+    """What a run of passes shares: ``convert()``'s keyword arguments (``options``,
+    for user passes; built-in passes take theirs when constructed) and what passes
+    leave for the report (``artifacts``)."""
 
-    keep_trainable: bool = False
     options: dict = field(default_factory=dict)
     #: what passes leave for the report (e.g. ``"calibration"``)
     artifacts: dict = field(default_factory=dict)
@@ -63,6 +71,12 @@ class Pass:
     def enabled(cls, options: dict) -> bool:
         """Whether convert() options leave this pass on (e.g. ``fold=False``)."""
         return True
+
+    @classmethod
+    def from_options(cls, options: dict) -> "Pass | None":
+        """This pass as the default pipeline runs it for ``convert()``'s keyword arguments,
+        or None when they switch it off."""
+        return cls() if cls.enabled(options) else None
 
     def candidates(self, mg: ModelGraph) -> Iterable[str]:
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """calibrate_bn: AdaBN -- reset and re-estimate every BN's moving statistics on calibration data.
 
-Runs only when ``convert(..., calibration=DATA)`` (``--calibration``) is given.
+In the default pipeline only when ``convert(..., calibration=DATA)``
+(``--calibration``) is given; in an explicit pipeline as ``CalibrateBN(DATA, ...)``.
 The statistics are the exact population mean and variance of each BN's input
 over the data, layer by layer so that every BN sees inputs normalized by the
 new statistics upstream; the algorithm and its math are in
@@ -15,33 +16,58 @@ calibrate are reported as skipped with the reason.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..graph import ModelGraph
 from .base import Pass, PassContext, PassResult
 
 
 class CalibrateBN(Pass):
+    """AdaBN on ``data`` (any source :class:`~bnrewrite.io.data.CalibrationData` reads);
+    the keyword options are :func:`bnrewrite.calibration.calibrate`'s, plus ``preprocess``
+    and ``tfrecord_feature`` for a calibration path (an image folder, TFRecord files)."""
+
     name = "calibrate_bn"
     description = "re-estimate BN moving mean/variance exactly on calibration data (AdaBN)"
 
+    def __init__(self, data, *, preprocess: str | None = None, tfrecord_feature: str | None = None,
+                 batch_size: int | None = None, max_samples: int | None = None, variance: str = "unbiased",
+                 cache_mb: float | None = None, cache_dir=None, max_spill_gb: float | None = None,
+                 engine: str = "local", shards: int = 1, custom_objects: dict | None = None,
+                 progress: Callable | None = None):
+        self.data = data
+        self.preprocess, self.tfrecord_feature = preprocess, tfrecord_feature
+        self.calibrate_options = {
+            "batch_size": batch_size,  # None: chosen from the model's activation sizes
+            "max_samples": max_samples, "variance": variance,
+            "cache_mb": cache_mb,  # None: automatic (half the available memory)
+            "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
+            "custom_objects": custom_objects, "progress": progress,
+        }
+
     @classmethod
-    def enabled(cls, options: dict) -> bool:
-        return options.get("calibration") is not None
+    def from_options(cls, options: dict) -> "CalibrateBN | None":
+        if options.get("calibration") is None:
+            return None
+        return cls(options["calibration"], preprocess=options.get("preprocess"),
+                   tfrecord_feature=options.get("tfrecord_feature"), batch_size=options.get("batch_size"),
+                   max_samples=options.get("max_samples"), variance=options.get("variance") or "unbiased",
+                   cache_mb=options.get("cache_mb"), cache_dir=options.get("cache_dir"),
+                   max_spill_gb=options.get("max_spill_gb"), engine=options.get("engine") or "local",
+                   shards=options.get("shards") or 1, custom_objects=options.get("custom_objects"),
+                   progress=options.get("calibration_progress"))
 
     def candidates(self, mg: ModelGraph):
         return mg.bn_nodes()
 
     def run(self, mg: ModelGraph, ctx: PassContext) -> PassResult:
-        from ..calibration import calibrate
-
-        o = ctx.options
-        if o.get("calibration") is None:
-            return PassResult(self.name)
         import os
 
+        from ..calibration import calibrate
         from ..errors import InputError
         from ..io.data import DataPath
 
-        data, preprocess, feature = o["calibration"], o.get("preprocess"), o.get("tfrecord_feature")
+        data, preprocess, feature = self.data, self.preprocess, self.tfrecord_feature
         if isinstance(data, (str, os.PathLike)) and not isinstance(data, DataPath):
             data = DataPath(data, preprocess, feature)  # images preprocessed and bad ones counted; a tfrecord's feature
         elif not isinstance(data, DataPath):
@@ -49,19 +75,7 @@ class CalibrateBN(Pass):
                 if value is not None:
                     raise InputError(f"{option}={value!r} applies to calibration files only, "
                                      f"not to calibration data of type {type(data).__name__}")
-        report = calibrate(
-            mg, data,
-            batch_size=o.get("batch_size"),  # None: chosen from the model's activation sizes
-            max_samples=o.get("max_samples"),
-            variance=o.get("variance") or "unbiased",
-            cache_mb=o.get("cache_mb"),  # None: automatic (half the available memory)
-            custom_objects=o.get("custom_objects"),
-            progress=o.get("calibration_progress"),
-            cache_dir=o.get("cache_dir"),
-            max_spill_gb=o.get("max_spill_gb"),
-            engine=o.get("engine") or "local",
-            shards=o.get("shards") or 1,
-        )
+        report = calibrate(mg, data, **self.calibrate_options)
         if isinstance(data, DataPath) and data.found:  # an image folder: what was read, what was bad
             found = data.found
             report["bad_images"] = found["bad_images"]

@@ -86,16 +86,19 @@ class FoldBN(Pass):
     name = "fold_bn"
     description = "fold BN into the preceding Dense/Conv/DepthwiseConv/ConvTranspose kernel and bias"
 
+    def __init__(self, keep_trainable: bool = False):
+        self.keep_trainable = keep_trainable  # BNs kept as layers, for training
+
     @classmethod
-    def enabled(cls, options: dict) -> bool:
-        return bool(options.get("fold", True))
+    def from_options(cls, options: dict) -> "FoldBN | None":
+        return cls(keep_trainable=bool(options.get("keep_trainable"))) if options.get("fold", True) else None
 
     def candidates(self, mg: ModelGraph):
         return [n for n in mg.topo() if mg.layer(n).is_bn()]
 
     def check(self, mg: ModelGraph, node: str, ctx: PassContext) -> str | None:
         bn = mg.layer(node)
-        if ctx.keep_trainable:
+        if self.keep_trainable:
             return "--keep-trainable keeps BN layers for training"
         if len(mg.calls(bn.name)) > 1:
             return "the BN layer is shared by several calls"

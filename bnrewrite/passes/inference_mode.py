@@ -26,6 +26,13 @@ class InferenceMode(Pass):
     name = "inference_mode"
     description = "explicit training=False on BN calls (and baked-in training=True elsewhere); freeze BN"
 
+    def __init__(self, keep_trainable: bool = False):
+        self.keep_trainable = keep_trainable  # leave BN layers' trainable flag alone
+
+    @classmethod
+    def from_options(cls, options: dict) -> "InferenceMode":
+        return cls(keep_trainable=bool(options.get("keep_trainable")))
+
     def candidates(self, mg: ModelGraph):
         for n in mg.topo():
             lay = mg.layer(n)
@@ -39,7 +46,7 @@ class InferenceMode(Pass):
         lay = data["layer"]
         changed = data["kwargs"].get("training") is not False
         data["kwargs"]["training"] = False
-        if (lay.is_bn() or lay.wraps_bn()) and not ctx.keep_trainable:
+        if (lay.is_bn() or lay.wraps_bn()) and not self.keep_trainable:
             for cfg in (lay.config, *(w.get("config") for w in lay.wrapped_configs())):
                 if cfg is not None and cfg.get("trainable", True) is not False:
                     cfg["trainable"] = False
