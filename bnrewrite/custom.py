@@ -27,7 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 MODULE_PREFIX = "bnrewrite_custom_"  # the module a --custom-objects file is loaded as (not importable elsewhere)
@@ -58,7 +58,7 @@ def load_custom_objects(path) -> dict:
             raise
         where = _user_frame(e, p)
         raise InputError(
-            f"--custom-objects {p}: importing it failed{where}: {type(e).__name__}: {_first_line(e)}"
+            f"--custom-objects {p}: importing it failed{where}: {type(e).__name__}: {first_line(e, empty='')}"
         ) from e
     finally:
         sys.dont_write_bytecode = no_pyc
@@ -86,11 +86,6 @@ def load_custom_objects(path) -> dict:
             f"--custom-objects {p}: defines no Keras (keras or tf_keras) layer class and no 'custom_objects' dict"
         )
     return found
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else "")[:200]
 
 
 def _user_frame(e: BaseException, p: Path) -> str:

@@ -95,6 +95,15 @@ def with_path(e: InputError, path) -> InputError:
     return new
 
 
+def first_line(e: BaseException, limit: int = 200, empty: str | None = None) -> str:
+    """The first line of an error's message, at most ``limit`` characters (TensorFlow's errors:
+    their ``message``, without the op context). ``empty`` when there is none (default: the
+    error's class name)."""
+    text = getattr(e, "message", None)
+    lines = (text if isinstance(text, str) and text.strip() else str(e)).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__ if empty is None else empty)[:limit]
+
+
 def root_cause(e: BaseException, limit: int = 400) -> str:
     """A framework error on one line, keeping its root cause: Keras wraps the real reason
     in its own first line ("Exception encountered when calling ...", "Could not

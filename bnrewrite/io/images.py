@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PREPROCESS_MODES = ("scale", "tf", "torch", "caffe", "none")
@@ -163,7 +163,7 @@ class EncodedImages:
                 with _capture_stderr() as said:
                     h, w = (int(d) for d in tf.io.extract_jpeg_shape(data)[:2].numpy())
             except tf.errors.OpError as e:
-                self._bad(name, f"not a decodable JPEG ({_first_line(e)}{_said(said)})")
+                self._bad(name, f"not a decodable JPEG ({first_line(e)}{_said(said)})")
                 return None
             decode = lambda: tf.io.decode_jpeg(data, channels=self.channels)  # noqa: E731
         else:
@@ -176,7 +176,7 @@ class EncodedImages:
             with _capture_stderr() as said:
                 img = decode().numpy()
         except tf.errors.OpError as e:
-            self._bad(name, f"cannot be decoded ({_first_line(e)}{_said(said)})")
+            self._bad(name, f"cannot be decoded ({first_line(e)}{_said(said)})")
             return None
         self.stats["images"] += 1
         return img
@@ -316,8 +316,3 @@ def _capture_stderr():
 
 def _said(said: list[str]) -> str:
     return f"; {said[0].strip()[:120]}" if said else ""
-
-
-def _first_line(e: BaseException) -> str:
-    text = getattr(e, "message", None) or str(e)
-    return (text.strip().splitlines() or [type(e).__name__])[0][:200]

@@ -65,7 +65,7 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
             custom_classes=frozenset(custom_objects or ()), bn_classes=bn_subclass_names(custom_objects),
         )
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-        raise InputError(f"{path}: malformed config.json ({type(e).__name__}: {_first_line(e)})") from None
+        raise InputError(f"{path}: malformed config.json ({type(e).__name__}: {root_cause(e, 300)})") from None
     except InputError as e:
         raise with_path(e, path) from None
 
@@ -109,7 +109,7 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
     except InputError:
         raise
     except Exception as e:  # Keras raises many types for a bad config
-        raise InputError(f"Keras could not rebuild the model from config.json ({_first_line(e)})") from None
+        raise InputError(f"Keras could not rebuild the model from config.json ({root_cause(e, 300)})") from None
 
     failed: set = set()
     errors: dict = {}
@@ -121,7 +121,7 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
             visited_saveables=set(), failed_saveables=failed, error_msgs=errors,
         )
     except Exception as e:  # noqa: BLE001 - a structure _load_state does not expect
-        raise InputError(f"Keras could not load the archive's weights ({_first_line(e)})") from None
+        raise InputError(f"Keras could not load the archive's weights ({root_cause(e, 300)})") from None
     finally:
         store.close()
     if failed:
@@ -129,7 +129,7 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
         saveable, err = next(iter(errors.values()))
         what = getattr(saveable, "name", type(saveable).__name__)
         raise InputError(f"Keras could not load the archive's weights ({len(errors)} object(s) could not be "
-                         f"loaded; {what!r}: {_first_line(err)})")
+                         f"loaded; {what!r}: {root_cause(err, 300)})")
     return model
 
 
@@ -167,8 +167,4 @@ def _json(path, member: str, raw: bytes):
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise InputError(f"{path}: {member} is not valid JSON ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return root_cause(e, 300)
+        raise InputError(f"{path}: {member} is not valid JSON ({root_cause(e, 300)})") from None

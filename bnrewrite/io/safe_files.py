@@ -38,7 +38,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a member first / an empty archive
@@ -238,11 +238,6 @@ def describe_content(path) -> str:
 # zip members
 # --------------------------------------------------------------------------
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:200]
-
-
 def read_zip_members(path, caps: dict[str, int], required=(), *, what: str = "zip archive") -> dict[str, bytes]:
     """Read the members named in ``caps`` (name -> most bytes allowed) from the zip ``path``.
 
@@ -274,7 +269,7 @@ def read_zip_members(path, caps: dict[str, int], required=(), *, what: str = "zi
                     out[name] = _read_member(path, z, info, caps[name], what)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error,
                 NotImplementedError, RuntimeError, ValueError, OverflowError) as e:
-            raise InputError(f"{path}: not a readable {what} ({_first_line(e)})") from None
+            raise InputError(f"{path}: not a readable {what} ({first_line(e)})") from None
     return out
 
 
