@@ -273,7 +273,7 @@ class _Cache:
         self._dir: str | None = None
         self.ram: dict[tuple, Any] = {}  # (tensor, batch) -> tensor
         self.disk: dict[tuple, tuple] = {}  # (tensor, batch) -> (fd, offset, shape, dtype)
-        self.files: dict[tuple, tuple[int, str, list]] = {}  # tensor -> (fd, path, [size])
+        self.files: dict[tuple, tuple[int, str, list]] = {}  # tensor -> (fd, path, [end, on disk])
         self.ram_bytes = 0
         self.peak_ram_bytes = 0
         self.spilled_bytes = 0  # written in total
@@ -315,6 +315,7 @@ class _Cache:
             raise
         self.disk[(tensor, batch)] = (fd, size[0], arr.shape, arr.dtype)
         size[0] += arr.nbytes
+        size[1] += arr.nbytes
         self.spilled_bytes += arr.nbytes
         self.disk_bytes += arr.nbytes
         self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
@@ -329,11 +330,18 @@ class _Cache:
 
     def release(self, tensor: tuple, batch: int) -> None:
         """One batch of a tensor has had its last reader: its RAM is free at once (the next
-        batch's outputs reuse it). Spilled bytes stay on disk until :meth:`drop` removes the file."""
+        batch's outputs reuse it), and its spilled bytes are punched out of the file where the
+        file system can (Linux ``fallocate``; else they stay until :meth:`drop` removes the file)."""
         value = self.ram.pop((tensor, batch), None)
         if value is not None:
             self.ram_bytes -= self._nbytes(value)
-        self.disk.pop((tensor, batch), None)
+        spilled = self.disk.pop((tensor, batch), None)
+        if spilled is not None:
+            fd, offset, shape, dtype = spilled
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if nbytes and _punch_hole(fd, offset, nbytes):
+                self.files[tensor][2][1] -= nbytes
+                self.disk_bytes -= nbytes
 
     def drop(self, tensor: tuple) -> None:
         for key in [k for k in self.ram if k[0] == tensor]:
@@ -342,7 +350,7 @@ class _Cache:
             del self.disk[key]
         if tensor in self.files:
             fd, path, size = self.files.pop(tensor)
-            self.disk_bytes -= size[0]
+            self.disk_bytes -= size[1]
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):  # a stop signal may have removed the folder
                 os.unlink(path)
@@ -356,7 +364,7 @@ class _Cache:
             self._serial += 1
             path = os.path.join(self._dir, f"{self._serial}.bin")
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            self.files[tensor] = (fd, path, [0])
+            self.files[tensor] = (fd, path, [0, 0])  # [append offset, bytes still on disk]
         return self.files[tensor]
 
     def close(self) -> None:
@@ -368,6 +376,29 @@ class _Cache:
 
             shutil.rmtree(self._dir, ignore_errors=True)
             unregister_temp(self._dir)
+
+
+_FALLOC_PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+_fallocate = None
+
+
+def _punch_hole(fd: int, offset: int, nbytes: int) -> bool:
+    """Free ``nbytes`` at ``offset`` of a spill file (reads there return zeros). False where the
+    platform or file system cannot; blocks only partly inside the range stay allocated, so the
+    bytes counted as freed can exceed those actually freed by less than a block per call."""
+    global _fallocate
+    if _fallocate is None:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            f = getattr(libc, "fallocate64", None) or libc.fallocate  # 64-bit offsets on every ABI
+            f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            f.restype = ctypes.c_int
+            _fallocate = f
+        except (AttributeError, OSError):
+            _fallocate = False
+    return bool(_fallocate) and _fallocate(fd, _FALLOC_PUNCH_HOLE_KEEP_SIZE, offset, nbytes) == 0
 
 
 def _data_bytes(data) -> int | None:

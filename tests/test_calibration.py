@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -243,8 +244,8 @@ def test_two_stacked_bns_match_numpy_reference(calib_models, tmp_path):
 def test_cache_frees_each_batch_after_its_last_reader(calib_models):
     """Level 1 reads bn1's input for the last time and caches bn2's: each batch of the first is freed
     as soon as level 1 has run on it, so the live cache peaks at all of bn1's input plus one batch
-    of bn2's (8 * 200 + 6 * 32 floats), not both in full. Statistics: numpy, layer by layer; with
-    everything spilled, the same bits."""
+    of bn2's (8 * 200 + 6 * 32 floats), not both in full; spilled, the same on disk. Statistics:
+    numpy, layer by layer; with everything spilled, the same bits."""
     import bnrewrite
     import keras
     from bnrewrite.calibration import calibrate
@@ -269,8 +270,10 @@ def test_cache_frees_each_batch_after_its_last_reader(calib_models):
         if cache_mb:
             assert rep["cache"]["peak_live_bytes"] == 4 * (8 * 200 + 6 * 32)
             assert rep["cache"]["spilled_bytes"] == 0
-        else:  # spilled bytes stay on disk until the tensor's file is removed at the level's end
-            assert rep["cache"]["spilled_bytes"] == 4 * (8 + 6) * 200 == rep["cache"]["peak_disk_bytes"]
+        else:  # spilled: a batch's bytes are punched out of the file after its last reader (Linux)
+            assert rep["cache"]["spilled_bytes"] == 4 * (8 + 6) * 200
+            assert rep["cache"]["peak_disk_bytes"] == (4 * (8 * 200 + 6 * 32) if sys.platform == "linux"
+                                                       else 4 * (8 + 6) * 200)
     for name, (mean, var) in want.items():
         np.testing.assert_allclose(got[1024][name][0], mean, rtol=1e-5, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(got[1024][name][1], var, rtol=1e-5, atol=1e-5, err_msg=name)
