@@ -269,7 +269,8 @@ def convert(
             "calibration": calibration, "preprocess": preprocess, "tfrecord_feature": tfrecord_feature,
             "batch_size": batch_size, "max_samples": max_samples, "variance": variance, "cache_mb": cache_mb,
             "cache_dir": cache_dir, "max_spill_gb": max_spill_gb, "engine": engine, "shards": shards,
-            "custom_objects": custom_objects, "calibration_progress": calibration_progress, **extra,
+            "custom_objects": custom_objects, "calibration_progress": calibration_progress,
+            "output_format": fmt, **extra,
         }
         chosen = choose_passes(passes, options)
         calibrating = any(isinstance(p, CalibrateBN) for p in chosen)

@@ -128,6 +128,16 @@ def reshape_op(name: str, newshape: list) -> Layer:
                  module=OPS_MODULE, registered_name="Reshape")
 
 
+def reshape_like_op(name: str, lead: int, shape: list) -> Layer:
+    """Reshape ``x`` to the first ``lead`` dimensions of a second tensor ``like``, read at run
+    time, followed by ``shape``: the reshape back of an unwrapped TimeDistributed whose time
+    length is open (``(B*T, *e) -> (B, T, *e)`` with B and T both dynamic). Only the Keras 3
+    builder renders it (an internal layer), and only for ONNX output: a Keras file could not
+    store it without custom code."""
+    return Layer(name, "ReshapeLike", {"name": name, "lead": int(lead), "shape": [int(d) for d in shape]},
+                 module=OPS_MODULE, registered_name="ReshapeLike")
+
+
 def is_op(layer: Layer) -> bool:
     return layer.module == OPS_MODULE
 

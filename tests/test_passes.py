@@ -429,6 +429,53 @@ def test_unwrap_skips_td_lstm(store, fw):
     assert mg.inbound("bn_after") == [("td_lstm", 0)]
 
 
+@pytest.fixture(scope="module")
+def open_time_td(tmp_path_factory):
+    """Keras 3: frames of open length (None, 8, 8, 2) through TimeDistributed Conv2D -> BN -> relu ->
+    MaxPooling2D -> Flatten, mean over time, Dense; random BN statistics. Keras 3 runs these wrappers
+    as a vectorized_map (the time length is unknown), which tf2onnx exports as a pfor loop."""
+    import keras
+
+    L = keras.layers
+    x = keras.Input((None, 8, 8, 2), name="frames")
+    h = L.TimeDistributed(L.Conv2D(4, 3, padding="same"), name="td_conv")(x)
+    h = L.TimeDistributed(L.BatchNormalization(), name="td_bn")(h)
+    h = L.TimeDistributed(L.Activation("relu"), name="td_act")(h)
+    h = L.TimeDistributed(L.MaxPooling2D(2), name="td_pool")(h)
+    h = L.TimeDistributed(L.Flatten(), name="td_flat")(h)
+    y = L.Dense(3, name="out")(L.GlobalAveragePooling1D(name="time_mean")(h))
+    m = keras.Model(x, y)
+    pm.randomize_bn(m, keras, np.random.default_rng(481))
+    path = tmp_path_factory.mktemp("open_time") / "open_time_td.keras"
+    m.save(path)
+    return path, m
+
+
+def test_unwrap_open_time_length_for_onnx(open_time_td, tmp_path):
+    """ONNX output: the wrappers are unwrapped although T is unknown -- the reshape back reads B
+    and T at run time -- and the BN folds into the conv through it; onnxruntime matches Keras's own
+    predict at several time lengths. Keras output: the wrappers stay (a .keras file could not store
+    the run-time reshape), with the reason, and Keras matches too."""
+    path, m = open_time_td
+    dst = tmp_path / "open_time.onnx"
+    rep = bnrewrite.convert(path, dst)
+    unwrap = pass_entry(rep, "unwrap_timedistributed")
+    assert {"td_conv", "td_bn", "td_pool", "td_flat"} <= set(unwrap["changed"]), unwrap
+    assert pass_entry(rep, "fold_bn")["changed"] == ["td_bn"]
+    ops = onnx_ops(dst)
+    assert "Loop" not in ops and "BatchNormalization" not in ops, dict(ops)
+    rng = np.random.default_rng(482)
+    for T in (1, 3, 6):
+        xs = rng.normal(size=(2, T, 8, 8, 2)).astype("float32")
+        # Keras called eagerly: its predict() retraced for a new T returns wrong values for these wrappers
+        assert_all_close(run_onnx(dst, {"frames": xs}), [np.asarray(m(xs, training=False))], f"open-time TD, T={T}")
+
+    rep_k = bnrewrite.convert(path, tmp_path / "open_time.keras")
+    reason = skipped_reason(pass_entry(rep_k, "unwrap_timedistributed"), "td_conv")
+    assert reason and "time length" in reason and "unknown" in reason
+    assert rep_k.verification["ok"]
+
+
 # ====================================================================== 6
 # inference_mode: frozen BN in the .keras output
 

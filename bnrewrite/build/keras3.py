@@ -18,6 +18,37 @@ from ..graph import Layer, is_op
 from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
+_RESHAPE_LIKE = None
+
+
+def _reshape_like(layer: Layer):
+    """A live layer for :func:`bnrewrite.graph.reshape_like_op`: ``reshape(x, (*shape(like)[:lead],
+    *shape))``, the leading dimensions read at run time (a functional Keras 3 graph has no op for a
+    shape that is only known then)."""
+    global _RESHAPE_LIKE
+    if _RESHAPE_LIKE is None:
+        import keras
+
+        class ReshapeLike(keras.layers.Layer):
+            def __init__(self, lead: int, shape: tuple, **kwargs):
+                super().__init__(**kwargs)
+                self.lead, self.target = int(lead), tuple(shape)
+
+            def call(self, x, like):
+                lead = keras.ops.shape(like)[:self.lead]
+                return keras.ops.reshape(x, (*lead, *self.target))
+
+            def compute_output_shape(self, x_shape, like_shape):
+                return (*like_shape[:self.lead], *self.target)
+
+            def get_config(self):
+                return {**super().get_config(), "lead": self.lead, "shape": list(self.target)}
+
+        _RESHAPE_LIKE = ReshapeLike
+    cfg = layer.config
+    return _RESHAPE_LIKE(cfg["lead"], cfg["shape"], name=layer.name.replace("/", "_"))
+
+
 def keras_class(class_name: str, module: str | None = None):
     """The Keras 3 class for ``class_name`` (a layer, or one of Keras's own ops), or None."""
     import importlib
@@ -79,6 +110,8 @@ class Keras3Builder(Builder):
         if layer.class_name == "Reshape":
             shape = tuple(layer.config["newshape"])
             return lambda x: keras.ops.reshape(x, shape)
+        if layer.class_name == "ReshapeLike":
+            return _reshape_like(layer)
         if layer.class_name == "TFOp":  # a migrated tf.keras TFOpLambda
             fn = tf_op_as_keras(layer.config["function"])
             if fn is None:

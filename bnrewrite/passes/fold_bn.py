@@ -165,10 +165,11 @@ class FoldBN(Pass):
     @staticmethod
     def _through_reshape(mg: ModelGraph, prod: str):
         """``(node, out)`` that the Reshape ``prod`` reads, when that comes from a foldable layer; else None."""
-        if mg.layer(prod).class_name != "Reshape":
+        cls = mg.layer(prod).class_name
+        if cls not in ("Reshape", "ReshapeLike"):
             return None
-        inbound = mg.inbound(prod)
-        if len(inbound) != 1 or mg.layer(inbound[0][0]).class_name not in FOLDABLE:
+        inbound = mg.inbound(prod)  # ReshapeLike: the data, then the tensor whose leading dims it takes
+        if len(inbound) != (2 if cls == "ReshapeLike" else 1) or mg.layer(inbound[0][0]).class_name not in FOLDABLE:
             return None
         return inbound[0]
 

@@ -21,7 +21,13 @@ the explicit reshapes (framework-neutral reshape ops: ``keras.ops.reshape`` in
 Keras 3, ``tf.reshape`` in tf_keras, both saved and reloaded without custom
 code); they need the step shape to be static, and the time length to be known
 for the reshape back (tf_keras's own TimeDistributed already reshapes instead of
-unrolling, so a wrapper left in place costs nothing there). The shape table is
+unrolling, so a wrapper left in place costs nothing there). With ``open_time``
+(set for ONNX output) a Keras 3 wrapper whose time length is open is unwrapped
+too: the reshape back reads B and T from the wrapper's input at run time
+(:func:`~bnrewrite.graph.reshape_like_op`). Keras 3 runs such a wrapper as a
+``vectorized_map``, which tf2onnx exports as a ``pfor`` loop that onnxruntime
+can refuse to run; a Keras file could not store the run-time reshape, so Keras
+outputs keep the wrapper. The shape table is
 updated after each rewrite, so consecutive wrappers unwrap too.
 Anything else (recurrent layers, nested models, masks) is left wrapped, with
 the reason in the report.
@@ -38,7 +44,7 @@ import copy
 
 import networkx as nx
 
-from ..graph import BN_CLASSES, Layer, ModelGraph, bn_axis, reshape_op
+from ..graph import BN_CLASSES, Layer, ModelGraph, TensorRef, bn_axis, reshape_like_op, reshape_op
 from .base import Pass, PassContext
 
 # Act on the last axis or elementwise: no reshape needed.
@@ -76,9 +82,14 @@ class UnwrapTimeDistributed(Pass):
     name = "unwrap_timedistributed"
     description = "TimeDistributed(layer) -> reshape (B*T, ...) -> layer -> reshape back"
 
+    def __init__(self, open_time: bool = False):
+        self.open_time = open_time  # unwrap Keras 3 wrappers of open time length too (ONNX output only)
+
     @classmethod
-    def enabled(cls, options: dict) -> bool:
-        return not options.get("keep_timedistributed", False)
+    def from_options(cls, options: dict) -> "UnwrapTimeDistributed | None":
+        if options.get("keep_timedistributed", False):
+            return None
+        return cls(open_time=options.get("output_format") == "onnx")
 
     def candidates(self, mg: ModelGraph):
         return [n for n in mg.topo() if mg.layer(n).class_name == "TimeDistributed"]
@@ -116,7 +127,7 @@ class UnwrapTimeDistributed(Pass):
             out = self._shapes.get((node, 0))
             if shape is None or out is None or any(d is None for d in (*shape[depth + 1:], *out[depth + 1:])):
                 return f"the step shape {shape} -> {out} is not static, needed to reshape around {cls}"
-            if any(d is None for d in out[1:depth + 1]):
+            if any(d is None for d in out[1:depth + 1]) and not (self.open_time and mg.framework == "keras"):
                 return f"the time length of {out} is unknown, needed to reshape back after {cls}"
             return None
         if cls in ("Functional", "Sequential", "Model"):
@@ -150,12 +161,18 @@ class UnwrapTimeDistributed(Pass):
         shape = self._shapes[src]
         out_shape = self._shapes[(node, 0)]
         merge = reshape_op(mg.unique_name(f"{td.name}_merge_time"), [-1, *shape[depth + 1:]])
-        split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
-                           [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
         m = mg.add_call(merge, [src], path=data["path"])
         mg.graph.nodes[m]["order"] = data["order"] - 0.5
         inner_node = self._replace(mg, node, new_layer, [(m, 0)], kwargs)
-        sp = mg.insert_after((inner_node, 0), split, path=data["path"])
+        if any(d is None for d in out_shape[1:depth + 1]):  # open time length: B and T read at run time
+            split = reshape_like_op(mg.unique_name(f"{td.name}_split_time"), depth + 1, out_shape[depth + 1:])
+            sp = mg.add_call(split, [(inner_node, 0), src], args=[TensorRef(0), TensorRef(1)], path=data["path"])
+            mg.rewire((inner_node, 0), (sp, 0))
+            mg.graph.nodes[sp]["order"] = data["order"] + 0.5
+        else:
+            split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
+                               [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
+            sp = mg.insert_after((inner_node, 0), split, path=data["path"])
         # keep the shape table true for later wrappers that read these tensors
         self._shapes[(m, 0)] = (None, *shape[depth + 1:])
         self._shapes[(inner_node, 0)] = (None, *out_shape[depth + 1:])
