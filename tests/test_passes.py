@@ -456,6 +456,8 @@ def test_unwrap_open_time_length_for_onnx(open_time_td, tmp_path):
     and T at run time -- and the BN folds into the conv through it; onnxruntime matches Keras's own
     predict at several time lengths. Keras output: the wrappers stay (a .keras file could not store
     the run-time reshape), with the reason, and Keras matches too."""
+    import keras
+
     path, m = open_time_td
     dst = tmp_path / "open_time.onnx"
     rep = bnrewrite.convert(path, dst)
@@ -469,6 +471,22 @@ def test_unwrap_open_time_length_for_onnx(open_time_td, tmp_path):
         xs = rng.normal(size=(2, T, 8, 8, 2)).astype("float32")
         # Keras called eagerly: its predict() retraced for a new T returns wrong values for these wrappers
         assert_all_close(run_onnx(dst, {"frames": xs}), [np.asarray(m(xs, training=False))], f"open-time TD, T={T}")
+
+    # AdaBN through the run-time reshape: the BN's statistics over batch, time and space of the conv
+    # output (Keras's own sub-model, numpy moments), put into Keras's model, match the calibrated ONNX
+    data = rng.normal(0.3, 1.5, (40, 5, 8, 8, 2)).astype("float32")
+    conv_out = np.asarray(keras.Model(m.inputs, m.get_layer("td_conv").output)(data, training=False), np.float64)
+    mean, var = conv_out.mean(axis=(0, 1, 2, 3)), conv_out.var(axis=(0, 1, 2, 3), ddof=1)
+    ref = keras.models.clone_model(m)
+    ref.set_weights(m.get_weights())
+    bn = ref.get_layer("td_bn").layer
+    bn.moving_mean.assign(mean.astype("float32"))
+    bn.moving_variance.assign(var.astype("float32"))
+    cal = tmp_path / "open_time_calibrated.onnx"
+    rep_c = bnrewrite.convert(path, cal, calibration=data, batch_size=16)
+    assert rep_c.calibration["layers"][0]["values_per_channel"] == 40 * 5 * 8 * 8
+    xs = rng.normal(size=(3, 4, 8, 8, 2)).astype("float32")
+    assert_all_close(run_onnx(cal, {"frames": xs}), [np.asarray(ref(xs, training=False))], "calibrated open-time TD")
 
     rep_k = bnrewrite.convert(path, tmp_path / "open_time.keras")
     reason = skipped_reason(pass_entry(rep_k, "unwrap_timedistributed"), "td_conv")
