@@ -102,6 +102,9 @@ class Verification:
     outputs_vs_rewritten: list[OutputCheck] = field(default_factory=list)
     batch_independent: bool | None = None
     batch_independence_max_abs: float | None = None
+    #: open dimensions: the same comparison at a second size (a size baked in by an export
+    #: would pass at one size only); None when every dimension is fixed or given
+    second_size: dict | None = None
     error: str | None = None
 
     @property
@@ -208,9 +211,9 @@ def parse_input_shapes(items) -> dict[str, list[int]]:
     return out
 
 
-def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None) -> list[list[int]]:
+def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None, skip=()) -> list[list[int]]:
     """Sample shapes for each input: ``given`` ones, static ones, and for open dimensions the
-    first size in :data:`OPEN_SIZES` that ``probe(xs)`` runs without error."""
+    first size in :data:`OPEN_SIZES` (but ``skip``) that ``probe(xs)`` runs without error."""
     names = [n for n, _, _ in specs]
     unknown = set(given) - set(names)
     if unknown:
@@ -230,7 +233,7 @@ def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None) -
     if all(f is not None for f in fixed):
         return fixed  # type: ignore[return-value]
     last_error = None
-    for size in OPEN_SIZES:
+    for size in (s for s in OPEN_SIZES if s not in skip):
         sizes = [f if f is not None else [size if d is None else int(d) for d in shape]
                  for f, (_, shape, _) in zip(fixed, specs)]
         try:
@@ -298,7 +301,38 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
             independent &= c.ok
     v.batch_independent = bool(independent)
     v.batch_independence_max_abs = worst
+    if verify_data is None and reference is not None:
+        _check_second_size(v, run, reference, specs, input_shapes or {}, sizes, seed, index_inputs, names)
     return v
+
+
+def _check_second_size(v: Verification, run, reference, specs, given, sizes, seed, index_inputs, names) -> None:
+    """With open dimensions, compare the written model with the original at a second size too."""
+    used = {d for (name, shape, _), size in zip(specs, sizes) if name not in given
+            for d, s in zip(size, shape) if s is None}
+    if not used:
+        return
+    try:
+        other = choose_sizes(specs, given, lambda xs: run_model(reference, xs), index_inputs, skip=used)
+    except InputError:  # the model runs at one size only: nothing more to compare
+        return
+    xs = make_inputs(specs, other, 2, seed + 1, index_inputs)
+    shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
+    try:
+        got, want = run(xs), run_model(reference, xs)
+    except Exception as e:
+        v.second_size = {"input_shapes": shapes, "ok": False, "max_abs": None}
+        v.error = f"the written model does not run at input shapes {shapes} as the original does: {root_cause(e)}"
+        return
+    checks = [compare(n, g, r, v.atol, v.rtol) for n, g, r in zip(names, got, want)] \
+        if len(got) == len(want) else []
+    ok = bool(checks) and all(c.ok for c in checks)
+    v.second_size = {"input_shapes": shapes, "ok": ok, "max_abs": max((c.max_abs for c in checks), default=None)}
+    if not ok:
+        bad = next((c for c in checks if not c.ok), None)
+        v.error = (f"output {bad.name!r} differs from the original model at input shapes {shapes}: max abs "
+                   f"error {bad.max_abs:.3g} (the shapes first checked, {v.input_shapes}, match)") if bad else \
+            f"the written model has {len(got)} outputs at input shapes {shapes}, the original {len(want)}"
 
 
 def _data_inputs(data, specs, batch: int) -> list[np.ndarray]:

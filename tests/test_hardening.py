@@ -635,6 +635,33 @@ def test_failed_verification_cli_exit_3(tmp_path, monkeypatch):
     assert _listing(tmp_path) == ["multi_io.keras"]
 
 
+def test_verification_checks_a_second_size_for_open_dimensions():
+    """An export right at the size first checked only (e.g. a time length baked into a reshape) is
+    caught by the comparison with the original at a second size; a fixed-shape model gets none."""
+    import keras
+
+    from bnrewrite.verify import run_model, verify
+
+    x = keras.Input((None, 3), name="seq")
+    m = keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(x)))
+    v = verify(lambda xs: run_model(m, xs), "test", m, m, reference_label="Keras 3")
+    assert v.ok and v.input_shapes == {"seq": [32, 3]}
+    assert v.second_size["ok"] and v.second_size["input_shapes"] == {"seq": [64, 3]}
+
+    def baked(xs):
+        ys = run_model(m, xs)
+        return ys if xs[0].shape[1] == 32 else [y + 1e-2 for y in ys]
+
+    v = verify(baked, "test", m, m, reference_label="Keras 3")
+    assert not v.ok and v.second_size["ok"] is False
+    assert "differs from the original model at input shapes {'seq': [64, 3]}" in v.failure()
+
+    x5 = keras.Input((5, 3))
+    fixed = keras.Model(x5, keras.layers.Dense(2)(x5))
+    v = verify(lambda xs: run_model(fixed, xs), "test", fixed, fixed, reference_label="Keras 3")
+    assert v.ok and v.second_size is None
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""
