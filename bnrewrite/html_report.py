@@ -254,6 +254,14 @@ def _onnx_section(out: dict) -> str:
             + (f"<div class='plot'>{op_histogram(ops)}</div>" if ops else ""))
 
 
+def _second_size(second: dict | None) -> str:
+    if not second:
+        return "-"
+    shapes = ", ".join(f"{_e(k)} {tuple(s)}" for k, s in (second.get("input_shapes") or {}).items())
+    verdict = "<span class='ok'>ok</span>" if second.get("ok") else "<span class='bad'>failed</span>"
+    return f"{shapes}: {verdict}, max abs error {_num(second.get('max_abs'))}"
+
+
 def _verification_section(v: dict | None) -> str:
     if not v:
         return "<h2>Verification</h2><p class='muted'>not verified</p>"
@@ -265,7 +273,8 @@ def _verification_section(v: dict | None) -> str:
             ["batch-independent", ("-" if bi is None else ("<span class='ok'>yes</span>" if bi else
                                                            "<span class='bad'>NO</span>"))],
             ["batch independence max abs", _num(v.get("batch_independence_max_abs"))],
-            ["inputs from", _e(v.get("inputs_from"))], ["result", "<span class='ok'>ok</span>" if v.get("ok")
+            ["inputs from", _e(v.get("inputs_from"))],
+            ["second size (open dimensions)", _second_size(v.get("second_size"))], ["result", "<span class='ok'>ok</span>" if v.get("ok")
                                                          else "<span class='bad'>failed</span>"]]
     if v.get("error"):
         rows.append(["error", _e(v["error"])])

@@ -74,6 +74,7 @@ def print_convert_report(console, rep) -> None:
             f"model: {v.get('max_abs_vs_rewritten', 0.0):.3g}"
             + ("" if bi is None else f"; batch-independent: {'yes' if bi else 'NO'}")
             + (f"; inputs {shapes}" if shapes else "")
+            + _second_size(v.get("second_size"))
         )
     else:
         console.print("[yellow]not verified[/] (--no-verify)")
@@ -225,3 +226,13 @@ def findings_at_least(findings: dict | None, level: str) -> list[dict]:
 def plural(n: int, word: str) -> str:
     """``1 warning``, ``2 warnings``; ``info`` does not take an s."""
     return f"{n} {word}" if n == 1 or word == "info" else f"{n} {word}s"
+
+
+def _second_size(second: dict | None) -> str:
+    """The second-size check of a model with open dimensions, for the verification line."""
+    if not second:
+        return ""
+    shapes = ", ".join(f"{_t(k)} {tuple(s)}" for k, s in (second.get("input_shapes") or {}).items())
+    error = second.get("max_abs")
+    return f"; and at {shapes}: " + ("ok" if second.get("ok") else "FAILED") + (
+        f" (max abs error {error:.3g})" if error is not None else "")
