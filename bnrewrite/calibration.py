@@ -514,7 +514,30 @@ def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: d
         return [tensors[t] for t in stores], moments
 
     values = [per_sample for _, _, per_sample in moments_of]
-    return loads, tf.function(run, input_signature=signature, autograph=False), values
+    return loads, _Traced(run, signature), values
+
+
+class _Traced:
+    """A phase function, traced once -- or, when a tensor it reads has open non-batch dimensions,
+    once per shape of them that the data brings (the batch axis stays open). Layers may take another
+    path when a size is open in the trace: Keras 3's TimeDistributed runs a ``vectorized_map`` over an
+    open time length, which fails in graph mode, and a plain loop over a static one."""
+
+    def __init__(self, run, signature):
+        self.run, self.signature = run, signature
+        self.open = any(None in tuple(s.shape)[1:] for s in signature)
+        self.fns: dict = {}
+
+    def __call__(self, *args):
+        import tensorflow as tf
+
+        key = tuple(tuple(int(d) for d in a.shape[1:]) for a in args) if self.open else None
+        fn = self.fns.get(key)
+        if fn is None:
+            sig = self.signature if key is None else [
+                tf.TensorSpec((None, *shape), spec.dtype) for shape, spec in zip(key, self.signature)]
+            fn = self.fns[key] = tf.function(self.run, input_signature=sig, autograph=False)
+        return fn(*args)
 
 
 def _sample_moments(x, axis: int):

@@ -493,6 +493,14 @@ def test_unwrap_open_time_length_for_onnx(open_time_td, tmp_path):
     assert reason and "time length" in reason and "unknown" in reason
     assert rep_k.verification["ok"]
 
+    # AdaBN with the wrappers kept (.keras output): calibration traces each level for the data's time
+    # length (Keras 3's TimeDistributed fails in a graph where it is open); Keras reads numpy's statistics
+    kept = tmp_path / "open_time_calibrated.keras"
+    bnrewrite.convert(path, kept, calibration=data, batch_size=16, fold=False)
+    got = keras.saving.load_model(kept).get_layer("td_bn")  # unwrapped: BN needs no reshape
+    np.testing.assert_allclose(np.asarray(got.moving_mean), mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.moving_variance), var, rtol=1e-5, atol=1e-5)
+
 
 # ====================================================================== 6
 # inference_mode: frozen BN in the .keras output
