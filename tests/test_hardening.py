@@ -656,6 +656,11 @@ def test_verification_checks_a_second_size_for_open_dimensions():
     assert not v.ok and v.second_size["ok"] is False
     assert "differs from the original model at input shapes {'seq': [64, 3]}" in v.failure()
 
+    # wrong at the first size already: that failure stands, no second comparison is made
+    v = verify(lambda xs: [y + 1e-2 for y in run_model(m, xs)], "test", m, m, reference_label="Keras 3")
+    assert not v.ok and v.second_size is None
+    assert v.failure().startswith("output 'output_0' differs from the original model: max abs error")
+
     x5 = keras.Input((5, 3))
     fixed = keras.Model(x5, keras.layers.Dense(2)(x5))
     v = verify(lambda xs: run_model(fixed, xs), "test", fixed, fixed, reference_label="Keras 3")

@@ -68,15 +68,10 @@ class Pass:
     changes_function: bool = False
 
     @classmethod
-    def enabled(cls, options: dict) -> bool:
-        """Whether convert() options leave this pass on (e.g. ``fold=False``)."""
-        return True
-
-    @classmethod
     def from_options(cls, options: dict) -> "Pass | None":
         """This pass as the default pipeline runs it for ``convert()``'s keyword arguments,
-        or None when they switch it off."""
-        return cls() if cls.enabled(options) else None
+        or None when they switch it off (e.g. ``fold=False``)."""
+        return cls()
 
     def candidates(self, mg: ModelGraph) -> Iterable[str]:
         raise NotImplementedError
