@@ -503,7 +503,7 @@ def rewrite(
     the result is ``(new model, ConvertReport)``.
     """
     from .build import build_model, rebuild_options
-    from .verify import run_model
+    from .verify import keras_run
     from .verify import verify as run_verify
 
     rep = ConvertReport()
@@ -539,7 +539,7 @@ def rewrite(
         if verify:
             reference, label, why = _reference(mg, custom_objects, unsafe, ctx.artifacts.get("calibrated_stats"),
                                                ctx.artifacts.get("changes_function"))
-            v = run_verify(lambda xs: run_model(new, xs), mg.framework, new, reference, atol=atol, rtol=rtol,
+            v = run_verify(keras_run(new), mg.framework, new, reference, atol=atol, rtol=rtol,
                            input_shapes=input_shapes, reference_label=label,
                            verify_data=with_options(verify_data, preprocess, tfrecord_feature),
                            no_reference=why)

@@ -274,6 +274,9 @@ def _verification_section(v: dict | None) -> str:
                                                            "<span class='bad'>NO</span>"))],
             ["batch independence max abs", _num(v.get("batch_independence_max_abs"))],
             ["inputs from", _e(v.get("inputs_from"))],
+            ["reference ran", "eager" if v.get("reference_mode", "eager") == "eager" else
+             "graph mode: the framework's eager call differs from it by "
+             f"{_num(v.get('eager_graph_max_abs'))} (a framework bug); the written model matches graph mode"],
             ["second size (open dimensions)", _second_size(v.get("second_size"))], ["result", "<span class='ok'>ok</span>" if v.get("ok")
                                                          else "<span class='bad'>failed</span>"]]
     if v.get("error"):

@@ -76,6 +76,11 @@ def print_convert_report(console, rep) -> None:
             + (f"; inputs {shapes}" if shapes else "")
             + _second_size(v.get("second_size"))
         )
+        if v.get("reference_mode") == "graph":
+            console.print(
+                f"  [yellow]note[/]: the references ran in graph mode (as model.predict does): the framework's own "
+                f"eager call of these models differs from its graph mode by {v.get('eager_graph_max_abs', 0.0):.3g} "
+                "(a framework bug), and the written model matches graph mode")
     else:
         console.print("[yellow]not verified[/] (--no-verify)")
     extra = f", {o['nodes']} ONNX nodes, opset {o['opset']}" if "nodes" in o else ""

@@ -23,6 +23,15 @@ striding decide, e.g. U-Net++ needs a multiple of 16).
 Batch independence: every sample run alone through the written file must give what
 it gave inside the batch (same tolerance): a model that still computes batch
 statistics fails this.
+
+References run eagerly (``model(x, training=False)``). When the written file does not
+match them, the live models run once more in graph mode (``tf.function``, traced for
+these shapes: the path ``model.predict`` and serving take). If the framework's graph
+mode disagrees with its own eager call beyond the tolerance and the written file
+matches graph mode, graph mode is the reference (``reference_mode: "graph"``, with the
+eager/graph difference in the report): e.g. TensorFlow's oneDNN kernels on CPU run an
+eager channels_first 1x1 ``Conv2D`` wrong when its filters equal the spatial size.
+Where eager and graph mode agree, a mismatch stands.
 """
 
 from __future__ import annotations
@@ -102,6 +111,10 @@ class Verification:
     outputs_vs_rewritten: list[OutputCheck] = field(default_factory=list)
     batch_independent: bool | None = None
     batch_independence_max_abs: float | None = None
+    #: how the references ran: "eager", or "graph" when the framework's eager call disagreed with
+    #: its own graph mode (by ``eager_graph_max_abs``) and the written file matches graph mode
+    reference_mode: str = "eager"
+    eager_graph_max_abs: float | None = None
     #: open dimensions: the same comparison at a second size, batch 1 (a size baked in by an
     #: export would pass at one size only); None when every dimension is fixed or given
     second_size: dict | None = None
@@ -166,12 +179,23 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, atol: float, rtol: floa
     return OutputCheck(name, list(ref.shape), max_abs, max_rel, ok)
 
 
-def run_model(model, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """Inference outputs of a live tf_keras or Keras 3 model, flattened, as numpy."""
+def run_model(model, xs: list[np.ndarray], graph: bool = False) -> list[np.ndarray]:
+    """Inference outputs of a live tf_keras or Keras 3 model, flattened, as numpy: called eagerly,
+    or (``graph``) through a ``tf.function`` traced afresh for these shapes -- never retraced, since
+    Keras 3.15's TimeDistributed goes wrong in a function retraced for another time length."""
     import tensorflow as tf
 
-    ys = model(list(xs), training=False)
+    if graph:
+        fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
+        ys = fn(*[tf.constant(x) for x in xs])
+    else:
+        ys = model(list(xs), training=False)
     return [np.asarray(y) for y in tf.nest.flatten(ys)]
+
+
+def _max_diff(a: list, b: list) -> float:
+    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+                for x, y in zip(a, b) if np.shape(x) == np.shape(y) and np.size(x)), default=0.0)
 
 
 def input_specs(model) -> list[tuple[str, list, np.dtype]]:
@@ -285,13 +309,38 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
     if len(got) != len(ref_rewritten):
         v.error = f"written model has {len(got)} outputs, the model has {len(ref_rewritten)}"
         return v
+    if ref_original is not None and len(ref_original) != len(got):
+        v.error = f"written model has {len(got)} outputs, the original model has {len(ref_original)}"
+        return v
     names = names or [f"output_{i}" for i in range(len(got))]
-    v.outputs_vs_rewritten = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, ref_rewritten)]
-    if ref_original is not None:
-        if len(ref_original) != len(got):
-            v.error = f"written model has {len(got)} outputs, the original model has {len(ref_original)}"
-            return v
-        v.outputs = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, ref_original)]
+
+    def check(refs_rewritten, refs_original) -> None:
+        v.outputs_vs_rewritten = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, refs_rewritten)]
+        if refs_original is not None:
+            v.outputs = [compare(n, g, r, atol, rtol) for n, g, r in zip(names, got, refs_original)]
+
+    check(ref_rewritten, ref_original)
+    if not v.ok:  # is it the framework's eager call that is off? (module docstring)
+        try:
+            graph = (run_model(rebuilt, xs, graph=True),
+                     None if reference is None else run_model(reference, xs, graph=True))
+        except Exception:  # graph mode cannot run it: the eager verdict stands
+            graph = None
+        eager, got_eager = (ref_rewritten, ref_original), got
+        if graph is not None and hasattr(run, "graph"):  # a Keras output: its eager call is suspect too
+            try:
+                got = run.graph(xs)
+            except Exception:
+                graph = None
+        if graph is not None:
+            check(*graph)
+            differ = _max_diff(eager[0] + (eager[1] or []), graph[0] + (graph[1] or []))
+            if v.ok and differ > 0:
+                v.reference_mode, v.eager_graph_max_abs = "graph", differ
+                run = getattr(run, "graph", run)  # the checks below compare like with like
+            else:
+                got = got_eager
+                check(*eager)
     worst, independent = 0.0, True
     for i in range(len(xs[0])):
         alone = run([x[i:i + 1] for x in xs])
@@ -316,7 +365,7 @@ def _check_second_size(v: Verification, run, reference, specs, given, sizes, ind
     tried: dict = {}
 
     def probe(xs):
-        tried["xs"], tried["want"] = xs, run_model(reference, xs)
+        tried["xs"], tried["want"] = xs, run_model(reference, xs, graph=v.reference_mode == "graph")
 
     try:
         choose_sizes(specs, given, probe, index_inputs, skip=used)
@@ -379,4 +428,13 @@ def keras_runner(path, framework: str, *, custom_objects=None, unsafe=False):
         loaded = keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe,
                                          custom_objects=custom_objects or None)
     names = [getattr(t, "name", str(i)).split(":")[0] for i, t in enumerate(loaded.outputs)]
-    return (lambda xs: run_model(loaded, xs)), names
+    return keras_run(loaded), names
+
+
+def keras_run(model):
+    """``run(xs)`` for a live Keras model, eager; ``run.graph(xs)`` runs it in graph mode."""
+    def run(xs):
+        return run_model(model, xs)
+
+    run.graph = lambda xs: run_model(model, xs, graph=True)
+    return run

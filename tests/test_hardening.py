@@ -667,6 +667,74 @@ def test_verification_checks_a_second_size_for_open_dimensions():
     assert v.ok and v.second_size is None
 
 
+def _cf_conv_bn(tmp_path):
+    """Keras 3: channels_first 1x1 Conv2D with 6 filters on 6x6 -> BN(axis=1), random weights and
+    statistics. TensorFlow's oneDNN kernels run the eager call of this conv wrong on CPU (graph mode
+    and onnxruntime agree with numpy); the numpy forward pass is returned beside the file."""
+    import keras
+
+    rng = np.random.default_rng(3)
+    i = keras.Input((3, 6, 6), name="img")
+    m = keras.Model(i, keras.layers.BatchNormalization(axis=1, epsilon=1e-3)(
+        keras.layers.Conv2D(6, 1, data_format="channels_first")(i)))
+    m.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in m.get_weights()])
+    path = tmp_path / "cf.keras"
+    m.save(path)
+    (w, b), (g, beta, mu, var) = m.layers[1].get_weights(), m.layers[2].get_weights()
+
+    def numpy_forward(x):
+        y = np.einsum("bchw,cf->bfhw", x.astype(np.float64), w[0, 0]) + b[None, :, None, None]
+        s = (g / np.sqrt(var + 1e-3))[None, :, None, None]
+        return (y - mu[None, :, None, None]) * s + beta[None, :, None, None]
+
+    return m, path, numpy_forward
+
+
+def test_eager_framework_bug_falls_back_to_graph_mode(tmp_path):
+    """Where the framework's eager call disagrees with its own graph mode (model.predict's path), a
+    written model that matches graph mode -- and numpy -- is verified against graph mode, and the
+    report says so; the ONNX and the .keras output both match numpy."""
+    import onnxruntime as ort
+
+    import bnrewrite
+
+    m, src, numpy_forward = _cf_conv_bn(tmp_path)
+    x = np.random.default_rng(0).normal(size=(4, 3, 6, 6)).astype(np.float32)
+    eager_off = np.abs(np.asarray(m(x, training=False)) - numpy_forward(x)).max()
+    for out in ("out.onnx", "out.keras"):
+        rep = bnrewrite.convert(src, tmp_path / out)
+        v = rep.verification
+        assert v["ok"] and v["batch_independent"]
+        # the fallback is taken exactly when this machine's eager call is wrong
+        assert (v["reference_mode"] == "graph") == bool(eager_off > 1e-3), (v["reference_mode"], eager_off)
+        if v["reference_mode"] == "graph":
+            assert v["eager_graph_max_abs"] > 1e-3
+    sess = ort.InferenceSession(str(tmp_path / "out.onnx"))
+    assert_close(sess.run(None, {"img": x})[0], numpy_forward(x), "ONNX vs numpy")
+    import keras
+    import tensorflow as tf
+
+    back = keras.saving.load_model(tmp_path / "out.keras", compile=False)
+    assert_close(tf.function(lambda a: back(a, training=False))(x), numpy_forward(x), ".keras (graph) vs numpy")
+
+
+def test_graph_mode_fallback_does_not_accept_a_wrong_model(tmp_path):
+    """Negative case: the same model, its export off by 1e-2 -- neither eager nor graph mode
+    matches it, so the failure stands (exit 3 through convert's error)."""
+    from bnrewrite.verify import keras_run, run_model, verify
+
+    m, _, _ = _cf_conv_bn(tmp_path)
+
+    def wrong(xs):
+        return [y + 1e-2 for y in run_model(m, xs, graph=True)]
+
+    v = verify(wrong, "test", m, m, reference_label="Keras 3")
+    assert not v.ok and v.reference_mode == "eager"
+    assert v.failure().startswith("output 'output_0' differs from the original model")
+    v = verify(keras_run(m), "test", m, m, reference_label="Keras 3")  # like with like: always fine
+    assert v.ok
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

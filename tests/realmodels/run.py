@@ -178,9 +178,10 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
         ref_model = load(case, CACHE / case.ref_filename)
         specs = common.input_specs(ref_model)
         xs = inputs_for(case, ref_model)
-        ref = kcall(ref_model, xs)
+        seen: dict = {}
+        ref = kcall(ref_model, xs, seen)
         res["ref"] = {"ok": True, "load_call_s": time.perf_counter() - t,
-                      "inputs": [list(x.shape) for x in xs], "outputs": [list(y.shape) for y in ref]}
+                      "inputs": [list(x.shape) for x in xs], "outputs": [list(y.shape) for y in ref], **seen}
     except Exception as e:  # noqa: BLE001
         res["ref"] = {"ok": False, "error": err_line(e)}
         ref_model = ref = xs = specs = None
