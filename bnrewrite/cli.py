@@ -212,7 +212,9 @@ def _check_opset(ctx, param, value):
 def _check_tolerance(ctx, param, value):
     import math
 
-    if value is None or not math.isfinite(value) or value < 0:
+    if value is None:
+        return None  # not given: chosen from the model's compute precision (verify.default_tolerance)
+    if not math.isfinite(value) or value < 0:
         raise click.BadParameter(f"{value} is not a tolerance (a finite number >= 0)")
     return value
 
@@ -263,10 +265,11 @@ def _console(quiet: bool, stderr: bool = False):
 @click.argument("dst", type=click.Path(path_type=str))
 @click.option("--opset", default=17, show_default=True, type=int, callback=_check_opset,
               help="ONNX opset (9 up to the highest the installed tf2onnx exports, 18 for tf2onnx 1.17).")
-@click.option("--atol", default=1e-4, show_default=True, type=float, callback=_check_tolerance,
-              help="Verification absolute tolerance (>= 0).")
-@click.option("--rtol", default=1e-4, show_default=True, type=float, callback=_check_tolerance,
-              help="Verification relative tolerance (>= 0).")
+@click.option("--atol", default=None, type=float, callback=_check_tolerance,
+              help="Verification absolute tolerance (>= 0). Default: 1e-4; 1e-2 for a model that computes in "
+                   "float16 (e.g. the mixed_float16 policy), 5e-2 in bfloat16.")
+@click.option("--rtol", default=None, type=float, callback=_check_tolerance,
+              help="Verification relative tolerance (>= 0). Default: as --atol.")
 @click.option("--no-verify", is_flag=True, help="Skip verification of the written file.")
 @click.option("--no-fold", is_flag=True, help="Keep BatchNormalization layers instead of folding them.")
 @click.option("--keep-trainable", is_flag=True, help="Do not freeze BN layers in Keras outputs.")

@@ -178,8 +178,8 @@ def convert(
     dst,
     *,
     opset: int = DEFAULT_OPSET,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
+    atol: float | None = None,
+    rtol: float | None = None,
     verify: bool = True,
     force: bool = False,
     passes: Iterable[Pass] | None = None,
@@ -283,6 +283,7 @@ def convert(
         scope.enter_context(rebuild_options(custom_objects, unsafe))
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
+        atol, rtol = _tolerances(mg, atol, rtol, rep.notes)
         rep.timings["read_s"] = time.perf_counter() - t0
 
         ctx = PassContext(options=options)
@@ -366,6 +367,16 @@ def convert(
         if report is not None and (rep.ok or rep.verification is not None) and interrupted() is None:
             finalize_convert(rep, src, dst, error=failure if isinstance(failure, Exception) else None)
             write_text_atomic(Path(report), rep.to_json(), force=force)
+
+
+def _tolerances(mg: ModelGraph, atol, rtol, notes: list) -> tuple[float, float]:
+    """Verification tolerances: those given, else the default for the precision the model computes in."""
+    from .verify import default_tolerance
+
+    default, why = default_tolerance(mg)
+    if why and (atol is None or rtol is None):
+        notes.append(why)
+    return (default if atol is None else atol), (default if rtol is None else rtol)
 
 
 def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol, rtol, custom_objects, unsafe,
@@ -485,8 +496,8 @@ def rewrite(
     engine: str = "local",
     shards: int = 1,
     verify: bool = True,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
+    atol: float | None = None,
+    rtol: float | None = None,
     input_shapes: dict | None = None,
     verify_data=None,
     return_report: bool = False,
@@ -524,6 +535,7 @@ def rewrite(
         check_finite(mg, skip_bn_stats=calibrating)
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
+        atol, rtol = _tolerances(mg, atol, rtol, rep.notes)
         ctx = PassContext(options=options)
         from .audit import audit, compare
 

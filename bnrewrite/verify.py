@@ -44,6 +44,10 @@ from .build.base import numpy_dtype
 from .errors import root_cause
 from .errors import InputError
 
+#: default atol = rtol by the lowest precision the model computes in (its layers' dtype policies):
+#: float16 has a 2^-10 and bfloat16 a 2^-7 rounding step, and runtimes round in different places
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+_REDUCED = {"float16": "float16", "mixed_float16": "float16", "bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16"}
 #: sizes tried, in order, for open (None) non-batch dimensions
 OPEN_SIZES = (32, 64, 128, 224, 16, 8)
 #: most memory one tensor of the model may declare for one sample (env BNREWRITE_MAX_TENSOR_BYTES)
@@ -191,6 +195,32 @@ def run_model(model, xs: list[np.ndarray], graph: bool = False) -> list[np.ndarr
     else:
         ys = model(list(xs), training=False)
     return [np.asarray(y) for y in tf.nest.flatten(ys)]
+
+
+def compute_precision(mg) -> tuple[str, list[str]]:
+    """The lowest precision any layer of ``mg`` computes in (``"float32"``, ``"float16"`` or
+    ``"bfloat16"``, from dtype policies as names or policy dicts, wrapped layers included) and the
+    policies seen that set it."""
+    found: dict[str, str] = {}
+    for lay in mg.layers().values():
+        for cfg in [lay.config] + [w.get("config") or {} for w in lay.wrapped_configs()]:
+            dtype = cfg.get("dtype")
+            name = (dtype.get("config") or {}).get("name") if isinstance(dtype, dict) else dtype
+            if isinstance(name, str) and name in _REDUCED:
+                found[name] = _REDUCED[name]
+    kinds = set(found.values())
+    lowest = "bfloat16" if "bfloat16" in kinds else ("float16" if kinds else "float32")
+    return lowest, sorted(n for n, k in found.items() if k == lowest)
+
+
+def default_tolerance(mg) -> tuple[float, str | None]:
+    """Verification's default atol = rtol for ``mg``, and why when it is not the float32 one."""
+    lowest, policies = compute_precision(mg)
+    if lowest == "float32":
+        return TOLERANCE["float32"], None
+    return TOLERANCE[lowest], (f"the model computes in {lowest} (dtype policy {', '.join(policies)}): verification "
+                               f"tolerances default to {TOLERANCE[lowest]:g} instead of {TOLERANCE['float32']:g}, "
+                               f"the size of {lowest} rounding differences between runtimes (--atol/--rtol set them)")
 
 
 def _max_diff(a: list, b: list) -> float:

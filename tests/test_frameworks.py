@@ -450,3 +450,48 @@ def test_huge_declared_tensor_refused_before_anything_runs(tmp_path, kind):
         bnrewrite.convert(tmp_path / "huge.h5", tmp_path / "huge.onnx")
     assert not (tmp_path / "huge.onnx").exists()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 1024 * 1024  # KiB: well below the GiBs
+
+
+def _mixed_float16_h5(tmp_path):
+    """tf_keras, every layer under the mixed_float16 policy (float16 compute, float32 variables;
+    the last Dense in float32, as the mixed-precision guide asks), random BN statistics."""
+    import tf_keras
+
+    L = tf_keras.layers
+    i = tf_keras.Input((8, 8, 3), name="img")
+    y = L.Conv2D(4, 3, dtype="mixed_float16", name="conv")(i)
+    y = L.BatchNormalization(dtype="mixed_float16", name="bn")(y)
+    y = L.Activation("relu", dtype="mixed_float16")(y)
+    y = L.GlobalAveragePooling2D(dtype="mixed_float16")(y)
+    m = tf_keras.Model(i, L.Dense(3, dtype="float32", name="head")(y))
+    _rand_bn(m, seed=5)
+    path = tmp_path / "mixed.h5"
+    m.save(path)
+    return m, path
+
+
+def test_mixed_float16_converts_with_float16_tolerances(tmp_path):
+    """A model that computes in float16 is verified at float16 tolerances (1e-2, stated in the
+    report), to ONNX and through the migration to a Keras 3 archive that keeps the policy; the
+    outputs match tf_keras predict at that tolerance; tolerances given explicitly still rule."""
+    import keras
+    import onnxruntime as ort
+
+    m, src = _mixed_float16_h5(tmp_path)
+    x = np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    want = m.predict(x, verbose=0)
+    rep = bnrewrite.convert(src, tmp_path / "out.onnx")
+    assert rep.verification["atol"] == rep.verification["rtol"] == 1e-2
+    assert any("computes in float16 (dtype policy mixed_float16)" in n for n in rep.notes)
+    sess = ort.InferenceSession(str(tmp_path / "out.onnx"))
+    np.testing.assert_allclose(sess.run(None, {"img": x})[0], want, atol=2e-2, rtol=2e-2)
+
+    bnrewrite.convert(src, tmp_path / "out.keras")  # tf_keras's Policy dict -> Keras 3's policy name
+    back = keras.saving.load_model(tmp_path / "out.keras", compile=False)
+    assert back.get_layer("conv").dtype_policy.name == "mixed_float16"
+    assert back.get_layer("head").dtype_policy.name == "float32"
+    np.testing.assert_allclose(np.asarray(back(x, training=False)), want, atol=2e-2, rtol=2e-2)
+
+    with pytest.raises(bnrewrite.VerificationError) as err:  # float32 tolerances, asked for: float16 fails them
+        bnrewrite.convert(src, tmp_path / "strict.onnx", atol=1e-6, rtol=1e-6)
+    assert err.value.exit_code == 3 and not (tmp_path / "strict.onnx").exists()

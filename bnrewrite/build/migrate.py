@@ -211,8 +211,11 @@ def accepted_keys(cls) -> frozenset | None:
 
 
 def _dtype_name(dtype):
-    """Legacy policy dicts become their name; Keras 3 policy dicts are kept."""
-    if isinstance(dtype, dict) and "module" not in dtype:
+    """Legacy policy dicts become their name (Keras 3 reads ``"mixed_float16"`` as the same policy:
+    float16 compute, float32 variables); Keras 3 policy dicts are kept. tf_keras 2.x writes
+    ``{"module": "keras.mixed_precision", "class_name": "Policy", ...}``, which Keras 3 cannot read."""
+    if isinstance(dtype, dict) and ("module" not in dtype or dtype.get("class_name") == "Policy"
+                                    or str(dtype.get("module")).startswith("keras.mixed_precision")):
         return (dtype.get("config") or {}).get("name", "float32")
     return dtype
 
