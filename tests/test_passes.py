@@ -400,6 +400,19 @@ def test_keep_timedistributed_onnx(store):
 
 
 
+def test_keras3_h5_output_keeps_wrappers_that_need_reshapes(store):
+    """Keras 3's .h5 stores no op nodes: for that output a wrapper whose unwrapping needs reshapes
+    is kept, with the reason, instead of failing the write; wrappers that need none (a BN) are still
+    unwrapped, and the reloaded file matches Keras 3's predict of the original."""
+    saved = td_mix_saved(store, "k3", 4)
+    rep, dst = store.convert(saved, ".h5", tag="k3h5")
+    entry = pass_entry(rep, "unwrap_timedistributed")
+    kept = {s["layer"] for s in entry["skipped"]}
+    assert kept and set(entry["changed"]) | kept == set(pm.TD_LAYERS) and "td_bn" in entry["changed"]
+    assert all("Keras 3's .h5 format cannot store" in s["reason"] for s in entry["skipped"])
+    assert_all_close(keras_predict(keras_load(dst), saved.xs), saved.ys, "k3 td_mix .h5")
+
+
 @pytest.mark.parametrize("fw", ["tk", "k3"])
 def test_unwrap_nested_td_td_bn_4d(store, fw):
     """TimeDistributed(TimeDistributed(BN)) on (B, T, S, F)."""

@@ -27,7 +27,9 @@ too: the reshape back reads B and T from the wrapper's input at run time
 (:func:`~bnrewrite.graph.reshape_like_op`). Keras 3 runs such a wrapper as a
 ``vectorized_map``, which tf2onnx exports as a ``pfor`` loop that onnxruntime
 can refuse to run; a Keras file could not store the run-time reshape, so Keras
-outputs keep the wrapper. The shape table is
+outputs keep the wrapper. Keras 3's ``.h5`` stores layers only, no op nodes: for that
+output (``keras3_ops=False``) a Keras 3 wrapper that needs reshapes is kept, with the
+reason (a wrapped BN or Dense needs none and is still unwrapped). The shape table is
 updated after each rewrite, so consecutive wrappers unwrap too.
 Anything else (recurrent layers, nested models, masks) is left wrapped, with
 the reason in the report.
@@ -82,14 +84,16 @@ class UnwrapTimeDistributed(Pass):
     name = "unwrap_timedistributed"
     description = "TimeDistributed(layer) -> reshape (B*T, ...) -> layer -> reshape back"
 
-    def __init__(self, open_time: bool = False):
+    def __init__(self, open_time: bool = False, keras3_ops: bool = True):
         self.open_time = open_time  # unwrap Keras 3 wrappers of open time length too (ONNX output only)
+        self.keras3_ops = keras3_ops  # Keras 3 reshape op nodes may be made (not for Keras 3's .h5)
 
     @classmethod
     def from_options(cls, options: dict) -> "UnwrapTimeDistributed | None":
         if options.get("keep_timedistributed", False):
             return None
-        return cls(open_time=options.get("output_format") == "onnx")
+        fmt = options.get("output_format")
+        return cls(open_time=fmt == "onnx", keras3_ops=fmt != "h5")
 
     def candidates(self, mg: ModelGraph):
         return [n for n in mg.topo() if mg.layer(n).class_name == "TimeDistributed"]
@@ -121,6 +125,9 @@ class UnwrapTimeDistributed(Pass):
         if cls in DIRECT:
             return None
         if cls in RESHAPED:
+            if mg.framework == "keras" and not self.keras3_ops:
+                return (f"unwrapping {cls} needs reshape op nodes, which Keras 3's .h5 format cannot store; "
+                        "the wrapper is kept (a .keras or .onnx output unwraps it)")
             if _mask_upstream(mg, node):
                 return "a Keras mask reaches it (Masking / Embedding(mask_zero)); reshapes would drop the mask"
             shape = self._shapes.get(mg.inbound(node)[0])
