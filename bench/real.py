@@ -105,14 +105,14 @@ def worker_measure(name: str, files_json: str, runs: int, warmup: int) -> dict:
     from tests.realmodels.run import latency, match_outputs, onnx_feed, optimized_nodes, session
 
     files = json.loads(files_json)
-    model, xs, want = rm.reference(case, rm.CACHE)
+    model, xs, want, want_graph = rm.reference(case, rm.CACHE)
     specs = rm.common.input_specs(model)
     out, sessions, feeds = {}, {}, {}
     for key, path in files.items():
         r = optimized_nodes(path)
         sess = session(path)
         got = match_outputs([np.asarray(o) for o in sess.run(None, onnx_feed(sess, specs, xs))], want)
-        r["max_abs"], r["parity"], _ = rm.common.max_err(got, want)
+        r["max_abs"], r["parity"], _ = rm.common.parity(got, want, None, want_graph)
         out[key] = r
         sessions[key] = sess
         feeds[key] = onnx_feed(sess, specs, [x[:1] for x in xs])

@@ -5,8 +5,9 @@ framework in one dialect. ``build(case, folder)`` writes the file (seeded, with
 randomized BatchNormalization statistics) and returns its path;
 ``ensure_built`` does the same through a cache keyed by the source of this
 package. ``reference(case, path, xs)`` is the independent reference: the
-writing framework's own ``load_model`` called with ``training=False`` (in graph mode where
-its eager call disagrees with it: see :func:`call`).
+writing framework's own ``load_model`` called with ``training=False``, eagerly -- and in graph
+mode, kept as an alternative where the framework's two modes disagree (see :func:`call` and
+``common.parity``).
 
     from tests.realmodels import CASES, ensure_built, reference, inputs_for
     case = CASES_BY_NAME["yolov3_tiny-tk"]
@@ -372,32 +373,35 @@ def inputs_for(case: Case, model, seed: int | None = None, batch: int = common.R
 
 
 def call(model, xs, seen: dict | None = None):
-    """``model(xs, training=False)`` as numpy arrays in model output order: called eagerly and in
-    graph mode (a ``tf.function`` traced for these shapes, as ``model.predict`` runs it). Where the
-    two disagree, the framework is inconsistent with itself (TensorFlow's oneDNN kernels run some
-    eager channels_first 1x1 convolutions wrong on CPU) and graph mode -- what ``predict`` and
-    serving compute -- is returned; ``seen["eager_graph_max_abs"]`` records the disagreement."""
-    import numpy as np
-    import tensorflow as tf
-
+    """``model(xs, training=False)`` (eager) as numpy arrays in model output order. With ``seen``,
+    the model also runs in graph mode (a ``tf.function`` traced for these shapes, as
+    ``model.predict`` runs it); where the two disagree the framework is inconsistent with itself
+    (TensorFlow's oneDNN runs some eager channels_first 1x1 convolutions wrong on CPU; Keras 3's
+    ``vectorized_map`` TimeDistributed goes wrong in graph mode), and ``seen["graph"]`` holds the
+    graph-mode outputs (else None) and ``seen["eager_graph_max_abs"]`` the disagreement."""
     x = xs if len(xs) > 1 else xs[0]
     eager = common.as_list(model(x, training=False))
-    graph = common.as_list(tf.function(lambda a: model(a, training=False), autograph=False)(x))
-    diff = max((float(np.max(np.abs(np.asarray(e, np.float64) - np.asarray(g, np.float64))))
-                for e, g in zip(eager, graph) if np.size(e)), default=0.0)
-    agree = all(np.allclose(g, e, rtol=1e-5, atol=1e-5) for e, g in zip(eager, graph))
     if seen is not None:
-        seen["eager_graph_max_abs"] = diff
-    return eager if agree else graph
+        import numpy as np
+        import tensorflow as tf
+
+        graph = common.as_list(tf.function(lambda a: model(a, training=False), autograph=False)(x))
+        seen["eager_graph_max_abs"] = max((float(np.max(np.abs(np.asarray(e, np.float64) - np.asarray(g, np.float64))))
+                                           for e, g in zip(eager, graph) if np.size(e)), default=0.0)
+        agree = all(np.allclose(g, e, rtol=1e-5, atol=1e-5) for e, g in zip(eager, graph))
+        seen["graph"] = None if agree else graph
+    return eager
 
 
 def reference(case: Case, folder, xs=None):
-    """(reference model, inputs, outputs) for ``case`` built in ``folder``."""
+    """(reference model, inputs, outputs, graph-mode outputs where they differ else None)."""
     folder = Path(folder)
     model = load(case, folder / case.ref_filename)
     if xs is None:
         xs = inputs_for(case, model)
-    return model, xs, call(model, xs)
+    seen: dict = {}
+    want = call(model, xs, seen)
+    return model, xs, want, seen["graph"]
 
 
 def clean_cache(folder=CACHE) -> None:

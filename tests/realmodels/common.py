@@ -197,6 +197,20 @@ def as_list(out) -> list[np.ndarray]:
     return [np.asarray(o) for o in out]
 
 
+def parity(got: list, want: list, got_graph: list | None = None, want_graph: list | None = None):
+    """:func:`max_err` of ``got`` against ``want`` (eager); where the framework's graph mode disagrees
+    with its eager call (for the reference or for a reloaded Keras output), matching in graph mode on
+    both sides is parity too, and the note says so."""
+    worst, ok, note = max_err(got, want)
+    if not ok and (got_graph is not None or want_graph is not None):
+        g = got_graph if got_graph is not None else got
+        w = want_graph if want_graph is not None else want
+        worst2, ok2, _ = max_err(g, w)
+        if ok2:
+            return worst2, True, f"matches the framework's graph mode (eager: {worst:.2g} off; its two modes disagree)"
+    return worst, ok, note
+
+
 def max_err(got: list, want: list) -> tuple[float, bool, str]:
     """(max abs error, within ATOL 1e-4 + RTOL 1e-4 * |want| everywhere, note)."""
     if len(got) != len(want):

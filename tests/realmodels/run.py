@@ -180,11 +180,13 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
         xs = inputs_for(case, ref_model)
         seen: dict = {}
         ref = kcall(ref_model, xs, seen)
+        ref_graph = seen["graph"]
         res["ref"] = {"ok": True, "load_call_s": time.perf_counter() - t,
-                      "inputs": [list(x.shape) for x in xs], "outputs": [list(y.shape) for y in ref], **seen}
+                      "inputs": [list(x.shape) for x in xs], "outputs": [list(y.shape) for y in ref],
+                      "eager_graph_max_abs": seen["eager_graph_max_abs"]}
     except Exception as e:  # noqa: BLE001
         res["ref"] = {"ok": False, "error": err_line(e)}
-        ref_model = ref = xs = specs = None
+        ref_model = ref = ref_graph = xs = specs = None
 
     import bnrewrite
 
@@ -226,9 +228,12 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
                     sessions["bnrewrite"] = sess
                     feeds["bnrewrite"] = onnx_feed(sess, specs, [x[:1] for x in xs])
                     r.update(optimized_nodes(dst))
+                    got_graph = None
                 else:
-                    got = kcall(reload_output(case, dst, fmt), xs)
-                worst, ok, note = common.max_err(got, ref)
+                    seen_got: dict = {}
+                    got = kcall(reload_output(case, dst, fmt), xs, seen_got)
+                    got_graph = seen_got["graph"]
+                worst, ok, note = common.parity(got, ref, got_graph, ref_graph)
                 r["max_abs"], r["parity"] = worst, ok
                 if note:
                     r["note"] = note
@@ -260,7 +265,7 @@ def run_case(case: Case, formats: list[str], out_dir: Path, baseline: bool = Tru
             b["status"] = "ok"
             sess = session(dst)
             got = match_outputs([np.asarray(o) for o in sess.run(None, onnx_feed(sess, specs_b, xs))], ref)
-            b["max_abs"], b["parity"], _ = common.max_err(got, ref)
+            b["max_abs"], b["parity"], _ = common.parity(got, ref, None, ref_graph)
             b.update(optimized_nodes(dst))
             sessions["tf2onnx"] = sess
             feeds["tf2onnx"] = onnx_feed(sess, specs_b, [x[:1] for x in xs])
