@@ -283,7 +283,7 @@ def convert(
         scope.enter_context(rebuild_options(custom_objects, unsafe))
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
-        atol, rtol = _tolerances(mg, atol, rtol, rep.notes)
+        atol, rtol = _tolerances(mg, atol, rtol, rep.notes if verify else [])
         rep.timings["read_s"] = time.perf_counter() - t0
 
         ctx = PassContext(options=options)
@@ -535,7 +535,7 @@ def rewrite(
         check_finite(mg, skip_bn_stats=calibrating)
         rep.input = {**{k: v for k, v in mg.source.items() if k != "notes"}, **mg.summary()}
         rep.notes.extend(mg.source.get("notes", []))
-        atol, rtol = _tolerances(mg, atol, rtol, rep.notes)
+        atol, rtol = _tolerances(mg, atol, rtol, rep.notes if verify else [])
         ctx = PassContext(options=options)
         from .audit import audit, compare
 
