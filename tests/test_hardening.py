@@ -735,6 +735,24 @@ def test_graph_mode_fallback_does_not_accept_a_wrong_model(tmp_path):
     assert v.ok
 
 
+@pytest.mark.parametrize("fw", ["keras", "tf_keras"])
+def test_grouped_conv_onnx_refusal_names_it(tmp_path, fw):
+    """tf2onnx exports no grouped Conv2D: exit 2, nothing written, and the message says what the layer is."""
+    import importlib
+
+    import bnrewrite
+
+    K = importlib.import_module(fw)
+    i = K.Input((8, 8, 4))
+    m = K.Model(i, K.layers.BatchNormalization()(K.layers.Conv2D(4, 3, groups=2, name="gconv")(i)))
+    src = tmp_path / ("g.keras" if fw == "keras" else "g.h5")
+    m.save(src)
+    with pytest.raises(bnrewrite.UnsupportedModelError) as err:
+        bnrewrite.convert(src, tmp_path / "g.onnx")
+    assert err.value.exit_code == 2 and not (tmp_path / "g.onnx").exists()
+    assert "'gconv' (Conv2D, a grouped convolution (groups=2), which tf2onnx does not export)" in str(err.value)
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

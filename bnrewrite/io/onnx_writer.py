@@ -129,7 +129,10 @@ def _where(model, proto, node_name: str) -> str:
     """' layer 'x' (Class)' for a TF node, else the nearest upstream layer's name."""
     layer = _layer_of(model, node_name)
     if layer is not None:
-        return f" layer {layer.name!r} ({type(layer).__name__})"
+        groups = getattr(layer, "groups", 1)
+        kind = f", a grouped convolution (groups={groups}), which tf2onnx does not export" \
+            if isinstance(groups, int) and groups > 1 else ""
+        return f" layer {layer.name!r} ({type(layer).__name__}{kind})"
     if proto is not None:  # a Keras op outside a layer scope: walk up to a producer that has one
         producer = {out: n for n in proto.graph.node for out in n.output}
         by_name = {n.name: n for n in proto.graph.node}
