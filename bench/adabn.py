@@ -191,7 +191,7 @@ def run(quick: bool = False, size: int | None = None, samples: int | None = None
     rows = []
     for n, goal in ((samples, GOAL_SMALL), (4 * samples, GOAL_BIG)):
         t = timed[n]
-        mid = sorted(t["runs"], key=lambda r: r["seconds"])[len(t["runs"]) // 2]
+        mid = _median_run(t)
         rows.append({
             "measure": f"time, {n} samples (median of {repeats}); predict batch 32, calibrate batch "
                        f"{mid['batch_size']}",
@@ -267,13 +267,18 @@ def run(quick: bool = False, size: int | None = None, samples: int | None = None
             "first_touch": bound}
 
 
+def _median_run(t: dict) -> dict:
+    """The calibration run of median time among a size's rounds."""
+    return sorted(t["runs"], key=lambda r: r["seconds"])[len(t["runs"]) // 2]
+
+
 def _touch_s(run_: dict, rate: float) -> float:
     return run_["faulted_mb"] / 1024 / rate
 
 
 def _bound(t: dict, rate: float) -> dict:
     """What first touch costs calibration here (median run), and the ratio of the rest to a warm predict."""
-    mid = sorted(t["runs"], key=lambda r: r["seconds"])[len(t["runs"]) // 2]
+    mid = _median_run(t)
     touch_s = _touch_s(mid, rate)
     return {"touch_s": round(touch_s, 2), "rest": round((mid["seconds"] - touch_s) / t["warm"], 3),
             "live_x": round(mid["live_mb"] / 1024 / rate / t["warm"], 3)}
