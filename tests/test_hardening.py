@@ -736,21 +736,78 @@ def test_graph_mode_fallback_does_not_accept_a_wrong_model(tmp_path):
 
 
 @pytest.mark.parametrize("fw", ["keras", "tf_keras"])
-def test_grouped_conv_onnx_refusal_names_it(tmp_path, fw):
-    """tf2onnx exports no grouped Conv2D: exit 2, nothing written, and the message says what the layer is."""
+def test_grouped_conv_exports_to_onnx(tmp_path, fw):
+    """Keras runs grouped convolutions through XLA, which tf2onnx cannot export (tf2onnx alone fails on
+    this model); bnrewrite has them traced as TF's plain op: ONNX Convs with their group, the BN folded
+    into one, equal to the framework's own predict; the layers are left as they were."""
     import importlib
+
+    import onnx
+    import onnxruntime as ort
+    from models import randomize_bn
 
     import bnrewrite
 
     K = importlib.import_module(fw)
     i = K.Input((8, 8, 4))
-    m = K.Model(i, K.layers.BatchNormalization()(K.layers.Conv2D(4, 3, groups=2, name="gconv")(i)))
-    src = tmp_path / ("g.keras" if fw == "keras" else "g.h5")
+    x = K.layers.Conv2D(6, 3, groups=2, padding="same", name="gconv")(i)
+    x = K.layers.BatchNormalization(name="bn")(x)
+    m = K.Model(i, K.layers.Conv2D(12, 3, strides=2, groups=6, activation="relu", name="dw")(x))
+    randomize_bn(m, K, np.random.default_rng(3))
+    src, out = tmp_path / ("g.keras" if fw == "keras" else "g.h5"), tmp_path / "g.onnx"
+    m.save(src)
+    rep = bnrewrite.convert(src, out)
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    proto = onnx.load(out)
+    groups = sorted(a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    assert groups == [2, 6] and not any("PartitionedCall" in n.op_type for n in proto.graph.node)
+    x = np.random.default_rng(4).normal(size=(3, 8, 8, 4)).astype("float32")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+    from bnrewrite.io.onnx_writer import to_onnx
+
+    to_onnx(m)  # the override lives only while tf2onnx traces
+    assert not any(k in vars(l) for l in m.layers for k in ("convolution_op", "_jit_compiled_convolution_op"))
+
+
+def test_channels_first_conv3d_keras3_exports_to_onnx(tmp_path):
+    """Keras 3 runs a channels_first Conv3D through XLA too: exported as a plain Conv, BN folded,
+    equal to Keras's predict."""
+    import keras as K
+    import onnxruntime as ort
+    from models import randomize_bn
+
+    import bnrewrite
+
+    i = K.Input((3, 4, 6, 6))
+    x = K.layers.Conv3D(4, 3, data_format="channels_first", padding="same", name="c3")(i)
+    m = K.Model(i, K.layers.BatchNormalization(axis=1, name="bn")(x))
+    randomize_bn(m, K, np.random.default_rng(5))
+    m.save(tmp_path / "c.keras")
+    rep = bnrewrite.convert(tmp_path / "c.keras", tmp_path / "c.onnx")
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    x = np.random.default_rng(6).normal(size=(2, 3, 4, 6, 6)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_conv1d_keras3_refusal_names_it(tmp_path):
+    """Keras 3's Conv1D calls its XLA convolution itself (no convolution_op to trace plainly): still
+    refused with exit 2, nothing written, and the message says what the layer is."""
+    import keras as K
+
+    import bnrewrite
+
+    i = K.Input((8, 4))
+    m = K.Model(i, K.layers.BatchNormalization()(K.layers.Conv1D(4, 3, groups=2, name="gconv")(i)))
+    src = tmp_path / "g.keras"
     m.save(src)
     with pytest.raises(bnrewrite.UnsupportedModelError) as err:
         bnrewrite.convert(src, tmp_path / "g.onnx")
     assert err.value.exit_code == 2 and not (tmp_path / "g.onnx").exists()
-    assert "'gconv' (Conv2D, a grouped convolution (groups=2), which tf2onnx does not export)" in str(err.value)
+    assert "'gconv' (Conv1D, a grouped convolution (groups=2), which tf2onnx does not export)" in str(err.value)
 
 
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):

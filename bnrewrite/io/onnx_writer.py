@@ -10,10 +10,19 @@ onnxruntime notices. :func:`to_onnx` listens to tf2onnx's log instead and
 refuses such a model (exit 2), naming the Keras layer the op came from (TF
 node names carry the layer's name scope; for Keras ops outside any layer
 scope, the nearest upstream layer).
+
+Grouped convolutions: TensorFlow's CPU kernels lack them, so Keras runs them
+(and Keras 3 a channels_first ``Conv3D``) in a function compiled with XLA, which
+tf2onnx cannot export. While tf2onnx traces the model, those layers call
+TensorFlow's plain convolution op instead (:func:`_plain_convolutions`): the
+trace is only converted, never run, and tf2onnx maps the op to an ONNX ``Conv``
+with its ``group``. The written file is verified against the original like any
+other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -98,7 +107,8 @@ def _export(model, opset: int):
     log.addHandler(capture)
     log.propagate = False  # its errors become one message below, not lines on stderr
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model), opset=opset)
+        with _plain_convolutions(model):
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model), opset=opset)
     except Exception as e:
         where = _where(model, None, capture.failed[0]) if capture.failed else ""
         raise UnsupportedModelError(f"tf2onnx could not export the model{where}: {_describe(e)}") from e
@@ -113,6 +123,49 @@ def _export(model, opset: int):
             f"ONNX conversion at opset {opset}" + (f" ({more} more unsupported op types)" if more > 0 else "")
         )
     return proto
+
+
+def _plain_conv_op(layer):
+    """``(attribute, replacement)`` that makes ``layer`` trace a plain TF convolution, or None when
+    it already does (or is not a convolution this knows)."""
+    if getattr(layer, "_jit_compiled_convolution_op", None) is not None:  # tf_keras: XLA for groups > 1
+        return ("_jit_compiled_convolution_op", layer.convolution_op) if getattr(layer, "groups", 1) > 1 else None
+    try:
+        from keras.src.layers.convolutional.base_conv import BaseConv
+    except ImportError:
+        return None
+    if not isinstance(layer, BaseConv) or type(layer).call is not BaseConv.call:
+        return None  # e.g. Keras 3 Conv1D and the transposed convolutions call ops.conv themselves
+    first = layer.data_format == "channels_first"
+    if not (layer.groups > 1 or (first and layer.rank == 3)):  # Keras 3's test for its XLA path
+        return None
+    spatial = "DHW"[3 - layer.rank:] if layer.rank > 1 else "W"
+    fmt = f"NC{spatial}" if first else f"N{spatial}C"
+
+    def convolution_op(inputs, kernel):
+        import tensorflow as tf
+
+        return tf.nn.convolution(inputs, kernel, strides=list(layer.strides), padding=layer.padding.upper(),
+                                 data_format=fmt, dilations=list(layer.dilation_rate))
+
+    return "convolution_op", convolution_op
+
+
+@contextlib.contextmanager
+def _plain_convolutions(model):
+    """While tf2onnx traces ``model``: its XLA-compiled convolutions call the plain TF op (module docstring).
+    Set on the layer instances and removed afterwards, so nothing else ever runs them."""
+    patched = []
+    try:
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            plain = _plain_conv_op(layer)
+            if plain is not None:
+                object.__setattr__(layer, plain[0], plain[1])  # past Keras's attribute tracking
+                patched.append((layer, plain[0]))
+        yield
+    finally:
+        for layer, name in patched:
+            layer.__dict__.pop(name, None)
 
 
 def _layer_of(model, node_name: str):

@@ -78,6 +78,8 @@ PROV = {
                    via=TF2ONNX.format(t="test_nasnet_mobile.py")),
     "densenet": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="densenet") + " (DenseNet(), called as is)"),
     "efficientnet": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="efficientnet") + " (EfficientNet(), as is)"),
+    "regnet": dict(repo="keras-team/tf-keras", file="tf_keras/src/applications/regnet.py (RegNet(), as is)",
+                   licence="Apache-2.0"),
     "teachable_machine": dict(repo="googlecreativelab/teachablemachine-community",
                               file="libraries/image (exported keras_model.h5 layout: nested Sequential around "
                                    "a truncated MobileNetV2 'model1')", licence="Apache-2.0"),
@@ -153,6 +155,7 @@ ARCHS: dict[str, dict] = {
     "densenet": dict(tags={"app"}, k3=True),
     "efficientnet": dict(tags={"app"}, k3=True),
     "teachable_machine": dict(tags={"nested", "app"}, k3=True),
+    "regnet": dict(tags={"app", "grouped_conv"}, k3=False),
     "mlstm_fcn": dict(tags={"rnn", "mask", "hard_sigmoid"}, k3=True, legacy=["keras-2.2.4"]),
     "deep_speech2": dict(tags={"open_dims", "rnn", "lambda", "timedistributed"}, k3=True,
                          sample={"X": (32, 20)}),

@@ -668,6 +668,14 @@ def arch_efficientnet(K):
                                                       classes=10)
 
 
+def arch_regnet(K):
+    """tf_keras ``applications.regnet.RegNet`` (the generic constructor behind RegNetX/Y) as a small
+    RegNetY: one block per stage, widths 24/56/152/368, group width 8 (grouped 3x3 convolutions:
+    3 to 46 groups) and squeeze-excite, at 32x32. Keras 3 has no RegNet."""
+    return app_module(K, "regnet").RegNet([1, 1, 1, 1], [24, 56, 152, 368], 8, "Y", 32, model_name="regnety",
+                                          input_shape=(32, 32, 3), weights=None, classes=10)
+
+
 def arch_teachable_machine(K):
     """Teachable Machine image-project export (googlecreativelab/teachablemachine-community,
     ``keras_model.h5``): Sequential[ Sequential[ MobileNetV2 body (alpha 0.35, up to out_relu,
