@@ -793,6 +793,131 @@ def test_channels_first_conv3d_keras3_exports_to_onnx(tmp_path):
     np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
 
 
+def _app_layers_model(K):
+    """Keras 3's own application layers (InceptionResNetV2's CustomScaleLayer, ConvNeXt's LayerScale and
+    StochasticDepth) around a Conv2D -> BN with randomized statistics."""
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+    from models import randomize_bn
+
+    i = K.Input((8, 8, 4))
+    r = K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(4, 3, padding="same")(i))
+    x = CustomScaleLayer(0.17, name="scale")([i, r])
+    x = LayerScale(0.5, 4, name="ls")(x)
+    m = K.Model(i, StochasticDepth(0.2, name="sd")(x))
+    randomize_bn(m, K, np.random.default_rng(7))
+    m.get_layer("ls").set_weights([np.linspace(0.5, 2.0, 4).astype("float32")])
+    return m
+
+
+def test_keras_application_layers_convert(tmp_path):
+    """Layers keras.applications define for themselves (InceptionResNetV2, ConvNeXt) are Keras's code and
+    pure tensor ops: rebuilt from the module the file names, exported and equal to Keras's predict."""
+    import keras as K
+    import onnxruntime as ort
+
+    import bnrewrite
+
+    m = _app_layers_model(K)
+    m.save(tmp_path / "a.keras")
+    rep = bnrewrite.convert(tmp_path / "a.keras", tmp_path / "a.onnx")
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    x = np.random.default_rng(8).normal(size=(3, 8, 8, 4)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+    from bnrewrite.audit import SAFETY_CODES
+
+    audit = bnrewrite.inspect(tmp_path / "a.keras")  # the audit's scan allows them too
+    assert [r["name"] for r in audit.bn_layers] == ["bn"]
+    assert not [f for f in audit.findings if f["code"] in SAFETY_CODES], audit.findings
+
+
+@pytest.mark.parametrize("module", ["keras.src.applications.resnet", "mypkg.layers", None])
+def test_keras_application_layer_from_another_module_refused(tmp_path, module):
+    """An application layer's name is allowed only with the module that defines it: the same name from
+    any other module (or none) is an unknown class, exit 2, nothing written."""
+    import keras as K
+
+    import bnrewrite
+
+    _app_layers_model(K).save(tmp_path / "a.keras")
+
+    def edit(name, data):
+        if name != "config.json":
+            return data
+        cfg = json.loads(data)
+        for lc in cfg["config"]["layers"]:
+            if lc["class_name"] == "CustomScaleLayer":
+                lc["module"] = module
+        return json.dumps(cfg).encode()
+
+    bad = _rezip(tmp_path / "a.keras", tmp_path / "bad.keras", edit)
+    with pytest.raises(bnrewrite.UnsupportedModelError) as err:
+        bnrewrite.convert(bad, tmp_path / "b.onnx")
+    assert err.value.exit_code == 2 and not (tmp_path / "b.onnx").exists()
+    assert "CustomScaleLayer" in str(err.value)
+
+
+def test_tf_keras_application_layer_and_tf_initializer_convert(tmp_path):
+    """tf_keras writes InceptionResNetV2's scale layer as 'Custom>CustomScaleLayer' and
+    tf.constant_initializer under TensorFlow's own module (EfficientNetV2's head): both are data.
+    ONNX (rebuilt by tf_keras) and .keras (migrated to Keras 3's CustomScaleLayer) equal tf_keras's predict."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf_keras as K
+    from models import randomize_bn
+    from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    import bnrewrite
+
+    i = K.Input((6, 6, 4))
+    r = K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(4, 3, padding="same")(i))
+    x = CustomScaleLayer(0.17, name="scale")([i, r])
+    m = K.Model(i, K.layers.Dense(3, bias_initializer=tf.constant_initializer(0.5), name="head")(x))
+    randomize_bn(m, K, np.random.default_rng(9))
+    m.save(tmp_path / "a.h5")
+    x = np.random.default_rng(10).normal(size=(3, 6, 6, 4)).astype("float32")
+    want = m.predict(x, verbose=0)
+    bnrewrite.convert(tmp_path / "a.h5", tmp_path / "a.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], want, atol=1e-4, rtol=1e-4)
+    rep = bnrewrite.convert(tmp_path / "a.h5", tmp_path / "a.keras")
+    assert rep.verification["ok"]
+    import keras
+
+    back = keras.saving.load_model(tmp_path / "a.keras", compile=False)
+    assert type(back.get_layer("scale")).__module__ == "keras.src.applications.inception_resnet_v2"
+    np.testing.assert_allclose(back.predict(x, verbose=0), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("class_name, module, config, ok", [
+    ("Dense", "keras.layers", {"bias_initializer": {"module": "tensorflow.python.ops.init_ops_v2",
+                                                    "class_name": "Constant", "config": {"value": 0}}}, True),
+    ("Dense", "keras.layers", {"bias_initializer": {"module": "tensorflow.python.ops.gen_io_ops",
+                                                    "class_name": "Constant", "config": {}}}, False),
+    ("Dense", "keras.layers", {"bias_initializer": {"module": "tensorflow.python.ops.init_ops_v2",
+                                                    "class_name": "WriteFile", "config": {}}}, False),
+    ("Dense", "kerasevil.layers", {}, False),  # a prefix of 'keras' is not Keras
+    ("Dense", "tf_keras_x", {}, False),
+    ("CustomScaleLayer", "keras.src.applications.inception_resnet_v2", {"scale": 0.1}, True),
+    ("CustomScaleLayer", None, {"scale": 0.1}, False),  # Keras 3's name: only with its module
+    ("CustomScaleLayer", "mypkg", {"scale": 0.1}, False),
+    ("Custom>CustomScaleLayer", None, {"scale": 0.1}, True),  # tf_keras .h5: the registered name
+    ("LayerScale", "keras.src.applications.resnet", {}, False),
+])
+def test_module_rules(class_name, module, config, ok):
+    """The data-only check: which modules a layer or a nested object may name."""
+    from bnrewrite.errors import UnsupportedModelError
+    from bnrewrite.io.layercheck import check_layer
+
+    if ok:
+        check_layer(class_name, {"name": "x", **config}, layer_name="x", module=module)
+    else:
+        with pytest.raises(UnsupportedModelError):
+            check_layer(class_name, {"name": "x", **config}, layer_name="x", module=module)
+
+
 def test_grouped_conv1d_keras3_refusal_names_it(tmp_path):
     """Keras 3's Conv1D calls its XLA convolution itself (no convolution_op to trace plainly): still
     refused with exit 2, nothing written, and the message says what the layer is."""

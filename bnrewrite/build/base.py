@@ -202,3 +202,14 @@ def relative_variable_name(path: str, base: str, layer_name: str) -> str:
     if base and path.startswith(base + "/"):
         return path[len(base) + 1:]
     return relative_name(path, layer_name)
+
+
+def app_class(module: str, name: str, base: type):
+    """Class ``name`` of the framework module ``module`` if it is a ``base`` (an APP_LAYERS entry), else None."""
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None

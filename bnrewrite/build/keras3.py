@@ -15,7 +15,7 @@ import types
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer, is_op
-from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
+from .base import Builder, app_class, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
 _RESHAPE_LIKE = None
@@ -55,8 +55,12 @@ def keras_class(class_name: str, module: str | None = None):
 
     import keras
 
+    from ..io.allowlist import app_layer
     from ..io.layercheck import is_keras_op
 
+    app = app_layer(class_name, module)
+    if app is not None:  # a keras.applications layer, from the module that defines it
+        return app_class(*app, keras.layers.Layer)
     if is_keras_op(module):
         try:
             cls = getattr(importlib.import_module(module), class_name, None)

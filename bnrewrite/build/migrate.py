@@ -43,6 +43,8 @@ RNN ``time_major=True``                         refused
                                                 tf.keras's globals (``K``) fails to rebuild, and any
                                                 other difference fails verification against tf_keras
 layer names with ``/`` (``conv1/conv``)         ``/`` -> ``_`` (Keras 3 refuses ``/`` in names)
+``Custom>CustomScaleLayer`` (tf_keras's         Keras 3's ``CustomScaleLayer`` of ``keras.applications``
+InceptionResNetV2: ``x + r * scale``)           (the same call)
 any other key Keras 3 does not take             refused, naming layer, key and value
 ==============================================  ==========================================================
 """
@@ -54,8 +56,11 @@ import inspect
 
 from ..errors import UnsupportedModelError
 from ..graph import INPUT_CLASS, OPS_MODULE, Layer, ModelGraph, is_op
+from ..io.allowlist import APP_LAYERS
 
 WRAPPERS = ("TimeDistributed", "Bidirectional")
+#: tf_keras.applications layers -> the Keras 3 application layer with the same call
+APP_MIGRATIONS = {"Custom>CustomScaleLayer": "CustomScaleLayer"}
 WEIGHT_RENAMES = {("DepthwiseConv1D", "depthwise_kernel"): "kernel", ("DepthwiseConv2D", "depthwise_kernel"): "kernel"}
 _ALWAYS_KEPT = {"name", "trainable", "dtype"}
 #: (class or None for any, key) whose legacy value has no effect on inference in Keras 3
@@ -104,8 +109,14 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
             continue
         cls, config, weights = migrate_layer(layer.class_name, layer.config, layer.name, layer.weights, notes)
         layer.class_name, layer.config, layer.weights = cls, config, weights
-        layer.module = None if cls == INPUT_CLASS else "keras.layers"
+        layer.module = None if cls == INPUT_CLASS else _keras3_module(cls)
     return out, notes
+
+
+def _keras3_module(class_name: str) -> str:
+    """Where Keras 3 finds a migrated class: its own application module, else ``keras.layers``."""
+    module = APP_LAYERS.get(class_name, ("",))[0]
+    return module if module.startswith("keras.") else "keras.layers"
 
 
 def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None, notes: list[str]):
@@ -119,8 +130,9 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
         raise refuse(name, f"it is a tf.keras op layer (tf.{config.get('function')})")
     if class_name == "Lambda":
         config = _legacy_lambda(config)
+    class_name = APP_MIGRATIONS.get(class_name, class_name)
     _refuse_old_hard_activations(config, name)
-    cls = keras_class(class_name)
+    cls = keras_class(class_name, _keras3_module(class_name))
     if cls is None:
         raise refuse(name, f"Keras 3 has no layer class {class_name!r}")
     if "dtype" in config:

@@ -23,7 +23,7 @@ import functools
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer
-from .base import Builder, check_custom_framework, effective_options, lambda_error, relative_variable_name
+from .base import Builder, app_class, check_custom_framework, effective_options, lambda_error, relative_variable_name
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,6 +50,11 @@ def tf_keras_class(class_name: str):
     import tf_keras
     from tf_keras.src.layers import serialization
 
+    from ..io.allowlist import app_layer
+
+    app = app_layer(class_name, None)
+    if app is not None and app[0].startswith("tf_keras."):  # a tf_keras.applications layer
+        return app_class(*app, tf_keras.layers.Layer)
     serialization.populate_deserializable_objects()
     cls = serialization.LOCAL.ALL_OBJECTS.get(class_name) or getattr(tf_keras.layers, class_name, None)
     if isinstance(cls, type) and issubclass(cls, tf_keras.layers.Layer):

@@ -34,6 +34,26 @@ Attention AdditiveAttention MultiHeadAttention
 TFOpLambda SlicingOpLambda
 """.split())
 
+#: Layer classes that ``keras.applications`` define for their own models: Keras's code, pure tensor
+#: operations. Name in the file -> (module that defines it, class there): bnrewrite imports that module
+#: itself; a Keras 3 file must name the same module (the same name from elsewhere is another class).
+APP_LAYERS = {
+    "CustomScaleLayer": ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"),  # x + r * scale
+    "LayerScale": ("keras.src.applications.convnext", "LayerScale"),  # x * gamma, per channel
+    "StochasticDepth": ("keras.src.applications.convnext", "StochasticDepth"),  # the identity at inference
+    # tf_keras registers its InceptionResNetV2 layer under the package "Custom"; .h5 names no module
+    "Custom>CustomScaleLayer": ("tf_keras.src.applications.inception_resnet_v2", "CustomScaleLayer"),
+}
+
+
+def app_layer(class_name: str, module: str | None) -> tuple[str, str] | None:
+    """``(module, class)`` of the :data:`APP_LAYERS` entry ``class_name`` from ``module`` names, or None."""
+    entry = APP_LAYERS.get(class_name)
+    if entry is None or module != entry[0] and (module is not None or entry[0].startswith("keras.")):
+        return None
+    return entry
+
+
 #: Layers that read files, load code or models, or reach the network: refused with the reason.
 REFUSED = {
     "TFSMLayer": "loads and runs a TensorFlow SavedModel from disk",

@@ -21,10 +21,18 @@ A config is accepted only if every class and function it names is on the allowli
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from .allowlist import FUNCTIONS, LAYERS, NESTED, REFUSED, tf_op_allowed
+from .allowlist import FUNCTIONS, LAYERS, NESTED, REFUSED, app_layer, tf_op_allowed
 
 MODEL_CLASSES = ("Functional", "Model", "Sequential")
-_KERAS_MODULES = ("keras", "keras.", "tf_keras", "tf_keras.")
+_KERAS_MODULES = ("keras", "tf_keras")
+#: TensorFlow's own initializer modules: tf.keras 2.x records ``tf.constant_initializer`` & co. under them.
+#: Only the class name counts: both frameworks look it up among their initializers, never in the module.
+_TF_INITIALIZER_MODULES = ("tensorflow.python.ops.init_ops_v2", "tensorflow.python.ops.init_ops")
+
+
+def _keras_module(module) -> bool:
+    """``keras``, ``tf_keras`` or a module inside them (not merely a name that starts the same)."""
+    return any(str(module) == k or str(module).startswith(k + ".") for k in _KERAS_MODULES)
 
 
 #: modules of Keras 3's own operations that functional graphs record as nodes (``keras.ops.add``,
@@ -59,14 +67,15 @@ def check_layer(class_name: str, config: dict, *, layer_name: str, module: str |
     if is_keras_op(module):
         if not class_name.isidentifier():
             raise UnsupportedModelError(f"layer {layer_name!r}: bad Keras op name {class_name!r}", code="UNKNOWN_CLASS")
-    elif class_name not in LAYERS and class_name not in MODEL_CLASSES and class_name not in custom:
+    elif class_name not in LAYERS and class_name not in MODEL_CLASSES and class_name not in custom \
+            and not app_layer(class_name, module):
         raise UnsupportedModelError(
             f"layer {layer_name!r} has unknown class {class_name!r}; provide it with "
             "--custom-objects module.py (API: custom_objects={...})",
             code="UNKNOWN_CLASS",
         )
     if module is not None and not is_keras_op(module) and class_name not in custom \
-            and not str(module).startswith(_KERAS_MODULES):
+            and not _keras_module(module):
         raise UnsupportedModelError(
             f"layer {layer_name!r}: class {class_name!r} from module {module!r} is not a Keras layer",
             code="UNSAFE_OBJECT",
@@ -114,7 +123,7 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
         if cls == "function":
             name = obj.get("config")
             ok = isinstance(name, str) and (name in FUNCTIONS or name in custom)
-            if module is not None and not str(module).startswith(_KERAS_MODULES + ("builtins",)):
+            if module is not None and not (_keras_module(module) or module == "builtins"):
                 ok = name in custom
             if not ok:
                 raise UnsupportedModelError(
@@ -131,8 +140,8 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
                 f"layer {layer_name!r} holds an object of class {cls!r} that is not on bnrewrite's allowlist",
                 code="UNSAFE_OBJECT",
             )
-        if module is not None and cls not in custom and not str(module).startswith(_KERAS_MODULES) \
-                and not is_keras_op(module):
+        if module is not None and cls not in custom and not _keras_module(module) \
+                and not is_keras_op(module) and not (module in _TF_INITIALIZER_MODULES and cls in NESTED):
             raise UnsupportedModelError(
                 f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras",
                 code="UNSAFE_OBJECT",
@@ -179,7 +188,7 @@ def _named_function(value, key: str, config: dict) -> tuple[str, ...] | None:
     if isinstance(value, dict) and value.get("class_name") == "function":
         module = str(value.get("module") or "")
         name = value.get("config")
-        if isinstance(name, str) and name in FUNCTIONS and (module.startswith(_KERAS_MODULES) or module == "builtins"):
+        if isinstance(name, str) and name in FUNCTIONS and (_keras_module(module) or module == "builtins"):
             return None
         names = tuple(n for n in (name, value.get("registered_name")) if isinstance(n, str) and n != "function")
         return names or ("?",)
