@@ -918,6 +918,34 @@ def test_module_rules(class_name, module, config, ok):
             check_layer(class_name, {"name": "x", **config}, layer_name="x", module=module)
 
 
+@pytest.mark.parametrize("fw", ["keras", "tf_keras"])
+def test_exact_gelu_exports_to_onnx(tmp_path, fw):
+    """Exact GELU is 0.5 x erfc(-x/sqrt 2) in TensorFlow; tf2onnx maps no Erfc (tf2onnx alone fails):
+    written as 1 - Erf, equal to the framework's predict, including far in the tails."""
+    import importlib
+
+    import onnx
+    import onnxruntime as ort
+    from models import randomize_bn
+
+    import bnrewrite
+
+    K = importlib.import_module(fw)
+    i = K.Input((6, 6, 4))
+    x = K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(8, 3, padding="same")(i))
+    m = K.Model(i, K.layers.Dense(5, activation="gelu")(K.layers.Activation("gelu")(x)))
+    randomize_bn(m, K, np.random.default_rng(11))
+    src = tmp_path / ("g.keras" if fw == "keras" else "g.h5")
+    m.save(src)
+    bnrewrite.convert(src, tmp_path / "g.onnx")
+    ops = {n.op_type for n in onnx.load(tmp_path / "g.onnx").graph.node}
+    assert "Erf" in ops and "Erfc" not in ops
+    x = np.random.default_rng(12).normal(0, 4, size=(4, 6, 6, 4)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
 def test_grouped_conv1d_keras3_refusal_names_it(tmp_path):
     """Keras 3's Conv1D calls its XLA convolution itself (no convolution_op to trace plainly): still
     refused with exit 2, nothing written, and the message says what the layer is."""

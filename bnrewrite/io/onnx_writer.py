@@ -18,6 +18,11 @@ TensorFlow's plain convolution op instead (:func:`_plain_convolutions`): the
 trace is only converted, never run, and tf2onnx maps the op to an ONNX ``Conv``
 with its ``group``. The written file is verified against the original like any
 other.
+
+``Erfc``: TensorFlow's exact GELU (``tf.nn.gelu(approximate=False)``, Keras 3's default ``gelu``:
+ConvNeXt, ViTs) is ``0.5 x erfc(-x/√2)``; ONNX has ``Erf`` but no ``Erfc`` and tf2onnx maps none, so
+it is written as ``1 - Erf(x)`` (:func:`_erfc`), exact in real arithmetic; in float32 an ``erfc``
+value below ~6e-8 becomes 0 (an absolute error of that size), and the export is verified as usual.
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ def _export(model, opset: int):
     log.propagate = False  # its errors become one message below, not lines on stderr
     try:
         with _plain_convolutions(model):
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model), opset=opset)
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model), opset=opset,
+                                                  custom_op_handlers={"Erfc": (_erfc, [])})
     except Exception as e:
         where = _where(model, None, capture.failed[0]) if capture.failed else ""
         raise UnsupportedModelError(f"tf2onnx could not export the model{where}: {_describe(e)}") from e
@@ -123,6 +129,19 @@ def _export(model, opset: int):
             f"ONNX conversion at opset {opset}" + (f" ({more} more unsupported op types)" if more > 0 else "")
         )
     return proto
+
+
+def _erfc(ctx, node, name, args):
+    """tf2onnx handler (its ``custom_op_handlers`` form): TF ``Erfc(x)`` -> ONNX ``1 - Erf(x)``."""
+    import numpy as np
+    from onnx import helper
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype)).output[0]
+    ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{name}_one_minus"),
+                                  inputs=[one, node.output[0]])
 
 
 def _plain_conv_op(layer):
