@@ -80,6 +80,8 @@ PROV = {
     "efficientnet": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="efficientnet") + " (EfficientNet(), as is)"),
     "regnet": dict(repo="keras-team/tf-keras", file="tf_keras/src/applications/regnet.py (RegNet(), as is)",
                    licence="Apache-2.0"),
+    "efficientnet_v2": dict(KERAS_APPS, file=KERAS_APPS["file"].format(m="efficientnet_v2")
+                            + " (EfficientNetV2(), as is)"),
     "teachable_machine": dict(repo="googlecreativelab/teachablemachine-community",
                               file="libraries/image (exported keras_model.h5 layout: nested Sequential around "
                                    "a truncated MobileNetV2 'model1')", licence="Apache-2.0"),
@@ -156,6 +158,7 @@ ARCHS: dict[str, dict] = {
     "efficientnet": dict(tags={"app"}, k3=True),
     "teachable_machine": dict(tags={"nested", "app"}, k3=True),
     "regnet": dict(tags={"app", "grouped_conv"}, k3=False),
+    "efficientnet_v2": dict(tags={"app", "tf_initializer"}, k3=True),
     "mlstm_fcn": dict(tags={"rnn", "mask", "hard_sigmoid"}, k3=True, legacy=["keras-2.2.4"]),
     "deep_speech2": dict(tags={"open_dims", "rnn", "lambda", "timedistributed"}, k3=True,
                          sample={"X": (32, 20)}),

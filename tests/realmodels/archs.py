@@ -668,6 +668,15 @@ def arch_efficientnet(K):
                                                       classes=10)
 
 
+def arch_efficientnet_v2(K):
+    """``applications.efficientnet_v2.EfficientNetV2(width 0.25, depth 0.1)`` at 32x32 (the B0 block
+    table: fused MBConv, squeeze-excite, swish). tf_keras records its head's bias initializer as
+    ``tf.constant_initializer``, under TensorFlow's own module (``init_ops_v2``)."""
+    mod = app_module(K, "efficientnet_v2")
+    return mod.EfficientNetV2(0.25, 0.1, 32, input_shape=(32, 32, 3), weights=None, classes=10,
+                              blocks_args=mod.DEFAULT_BLOCKS_ARGS["efficientnetv2-b0"])
+
+
 def arch_regnet(K):
     """tf_keras ``applications.regnet.RegNet`` (the generic constructor behind RegNetX/Y) as a small
     RegNetY: one block per stage, widths 24/56/152/368, group width 8 (grouped 3x3 convolutions:
