@@ -430,6 +430,31 @@ def test_keras_34_operation_nodes(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+@pytest.mark.parametrize("version", ["3.0.5", "3.3.3"])
+@pytest.mark.parametrize("name", ["td_lstm", "nested_shared", "training_true"])
+def test_older_keras3_archives(tmp_path, version, name):
+    """Archives written by Keras 3.0.5 and 3.3.3 (fixtures/keras3_versions/make_files.py): their LSTM
+    names its initializer OrthogonalInitializer, once refused. .onnx and .keras match this Keras's own
+    reading of the original file."""
+    import zipfile
+
+    import keras
+
+    from conftest import ROOT
+
+    src = ROOT / "fixtures" / "keras3_versions" / f"keras-{version}" / f"{name}.keras"
+    with zipfile.ZipFile(src) as z:
+        assert json.loads(z.read("metadata.json"))["keras_version"] == version
+    model = keras.saving.load_model(src, compile=False)
+    xs = [np.random.default_rng(2).standard_normal((3, *model.inputs[0].shape[1:])).astype("float32")]
+    want = np.asarray(model(xs[0], training=False))
+    rep = bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert rep.verification["ok"]
+    assert_close(_onnx(tmp_path / "o.onnx", xs)[0], want, f"keras {version} {name} onnx")
+    bnrewrite.convert(src, tmp_path / "o.keras")
+    assert_close(_keras3(tmp_path / "o.keras", xs)[0], want, f"keras {version} {name} keras")
+
+
 @pytest.mark.parametrize("kind", ["input", "upsampling"])
 def test_huge_declared_tensor_refused_before_anything_runs(tmp_path, kind):
     """A small file declaring a 112 GiB input (or an UpSampling by 4,000) is refused before

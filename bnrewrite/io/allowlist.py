@@ -69,6 +69,7 @@ REFUSED = {
 #: policies, RNN cells, Keras 3 serialization helpers).
 NESTED = frozenset("""
 Zeros Ones Constant RandomNormal RandomUniform TruncatedNormal VarianceScaling Orthogonal Identity
+OrthogonalInitializer
 GlorotUniform GlorotNormal HeNormal HeUniform LecunNormal LecunUniform IdentityInitializer
 ZerosV2 OnesV2 ConstantV2 RandomNormalV2 RandomUniformV2 TruncatedNormalV2 VarianceScalingV2
 OrthogonalV2 GlorotUniformV2 GlorotNormalV2 HeNormalV2 HeUniformV2 LecunNormalV2 LecunUniformV2
