@@ -10,7 +10,8 @@ deserializer and weight loader:
   conversions of old weight layouts);
 * Keras 3 ``.h5``: Keras 3's legacy-H5 ``model_from_config`` and loader;
 * Keras 3 ``.keras``: Keras 3's own deserialization of ``config.json`` and its
-  state loader (:func:`bnrewrite.io.keras_zip.build_original`).
+  state loader (:func:`bnrewrite.io.keras_zip.build_original`); a ``.keras`` written by
+  tf.keras 2.12-2.15: tf_keras's own (``keras_zip._tf_keras_original``).
 
 The weights come from the vetted extraction (rebuilt as an in-memory HDF5 file),
 never from the original file handed to a framework loader, and everything is
@@ -89,7 +90,8 @@ def build_reference(original: Original, *, custom_objects: dict | None = None, u
         if original.format == "keras":
             from .io.keras_zip import build_original
 
-            return build_original(config, original.weights, unsafe=unsafe, custom_objects=custom_objects)
+            return build_original(config, original.weights, unsafe=unsafe, custom_objects=custom_objects,
+                                  framework=original.framework)
         weights = _model_weights_h5(original)
         if original.framework == "tf_keras":
             return _tf_keras_h5(config, weights, custom_objects, unsafe)

@@ -455,6 +455,47 @@ def test_older_keras3_archives(tmp_path, version, name):
     assert_close(_keras3(tmp_path / "o.keras", xs)[0], want, f"keras {version} {name} keras")
 
 
+@pytest.mark.parametrize("name", ["td_bn", "tf_ops", "training_true"])
+def test_tf_keras_215_archives(tmp_path, name):
+    """.keras archives written by tf.keras 2.15 (Keras 2's dialect, which Keras 3 cannot read;
+    fixtures/tfkeras_archives/make_files.py) are rebuilt by tf_keras: .onnx, .h5 and the migrated
+    .keras match tf_keras's own load_model of the file (for training_true, with the flag removed)."""
+    import tf_keras
+
+    from conftest import ROOT
+
+    src = ROOT / "fixtures" / "tfkeras_archives" / "tf-2.15.1" / f"{name}.keras"
+    model = tf_keras.models.load_model(src, compile=False)
+    if name == "training_true":  # tf_keras honours the baked flag: the inference reference drops it
+        bn = model.layers[2]
+        model = tf_keras.Model(model.input, model.layers[-1](model.layers[-2](bn(model.layers[1].output,
+                                                                                  training=False))))
+    xs = [np.random.default_rng(3).standard_normal((3, *model.inputs[0].shape[1:])).astype("float32")]
+    want = np.asarray(model(xs[0], training=False))
+    rep = bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert rep.verification["ok"] and rep.verification["reference"].startswith("tf_keras")
+    folded = next(p for p in rep.passes if p["name"] == "fold_bn")["changed"]
+    # the BN's weights are found by name (tf_keras's "gamma:0"); in tf_ops the conv output is also added
+    assert len(folded) == {"td_bn": 1, "training_true": 1, "tf_ops": 0}[name], folded
+    assert_close(_onnx(tmp_path / "o.onnx", xs)[0], want, f"tf.keras 2.15 {name} onnx")
+    bnrewrite.convert(src, tmp_path / "o.keras")
+    assert_close(_keras3(tmp_path / "o.keras", xs)[0], want, f"tf.keras 2.15 {name} keras")
+    bnrewrite.convert(src, tmp_path / "o.h5")
+    back = tf_keras.models.load_model(tmp_path / "o.h5", compile=False)
+    assert_close(np.asarray(back(xs[0], training=False)), want, f"tf.keras 2.15 {name} h5")
+
+
+def test_tf_keras_213_archive_refused(tmp_path):
+    """tf.keras 2.13 kept an archive's weights under generated names that no framework reads back:
+    exit 2 with the way out (save as .h5), nothing written -- never a guess."""
+    from conftest import ROOT
+
+    src = ROOT / "fixtures" / "tfkeras_archives" / "tf-2.13.1" / "td_bn.keras"
+    with pytest.raises(bnrewrite.InputError, match="written by tf.keras 2.13.1.*save it as .h5") as err:
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert err.value.exit_code == 2 and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("kind", ["input", "upsampling"])
 def test_huge_declared_tensor_refused_before_anything_runs(tmp_path, kind):
     """A small file declaring a 112 GiB input (or an UpSampling by 4,000) is refused before

@@ -1,7 +1,12 @@
-"""Reader for Keras 3 ``.keras`` archives.
+"""Reader for ``.keras`` archives: Keras 3's, and tf.keras 2.14/2.15's.
 
-An archive is a zip with ``config.json`` (the model config, Keras 3 dialect),
-``metadata.json`` (``keras_version``) and ``model.weights.h5``. The archive is
+An archive is a zip with ``config.json`` (the model config),
+``metadata.json`` (``keras_version``) and ``model.weights.h5``. tf.keras 2.12-2.15
+wrote the same format in its own (Keras 2) dialect, which Keras 3 cannot read: an
+archive whose ``keras_version`` is 2.x is a ``tf_keras`` graph, rebuilt by tf_keras
+(:func:`_tf_keras_original`). tf.keras 2.12/2.13 kept the weights under generated
+names (``_layer_checkpoint_dependencies/conv2d``...) that tf_keras does not read back:
+such archives are refused with the way out (save as ``.h5``), never guessed. The archive is
 untrusted data, so it is never handed to ``keras.saving.load_model``:
 
 1. the three members are read with :func:`~bnrewrite.io.safe_files.read_zip_members`
@@ -34,6 +39,7 @@ from .safe_files import METADATA_CAP, check_regular, config_limit, memory_h5, re
 from .weights import live_weights
 
 CONFIG, METADATA, WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
+OLD_LAYOUT = "_layer_checkpoint_dependencies"  # tf.keras 2.12/2.13 archives: tf_keras 2.14+ reads "layers"
 
 
 def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:
@@ -50,6 +56,7 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
         meta = {}
 
     source = {"path": str(path), "format": "keras", "keras_version": str(meta.get("keras_version", "3"))}
+    legacy = source["keras_version"].startswith("2.")  # tf.keras 2.12-2.15 wrote it: tf_keras rebuilds it
     requests: list[tuple[tuple, str, dict]] = []
 
     def lookup(nest: tuple, name: str, class_name: str) -> dict:
@@ -61,7 +68,7 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
 
     try:
         mg = build_graph(
-            config, lookup, legacy=False, source=source, unsafe=unsafe,
+            config, lookup, legacy=legacy, source=source, unsafe=unsafe,
             custom_classes=frozenset(custom_objects or ()), bn_classes=bn_subclass_names(custom_objects),
         )
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
@@ -72,8 +79,13 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
     from .h5 import extract
 
     tree = extract(path, "weights", data=members.pop(WEIGHTS), limit=limit, member=WEIGHTS)["tree"]
+    if legacy and any(g.split("/")[0] == OLD_LAYOUT for g in tree.get("groups", ())):
+        raise InputError(
+            f"{path}: a .keras archive written by tf.keras {source['keras_version']} keeps its weights under "
+            f"{OLD_LAYOUT} by generated names, which neither tf_keras nor Keras 3 reads back; save it as .h5 "
+            "with that TensorFlow (model.save('model.h5')) and convert the .h5")
     try:
-        model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects)
+        model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects, framework=mg.framework)
     except InputError as e:
         raise with_path(e, path) from None
     for nest, name, d in requests:
@@ -89,8 +101,10 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
     return mg
 
 
-def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_objects: dict | None = None):
-    """Keras 3's own model for a ``.keras`` archive's ``config`` and vetted weights ``tree``.
+def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_objects: dict | None = None,
+                   framework: str = "keras"):
+    """Keras 3's own model for a ``.keras`` archive's ``config`` and vetted weights ``tree``
+    (tf_keras's, :func:`_tf_keras_original`, when ``framework`` is ``"tf_keras"``).
 
     The model is deserialized by ``keras.saving.deserialize_keras_object`` inside
     ``SafeModeScope(not unsafe)`` and an ``ObjectSharingScope`` (as ``load_model`` does,
@@ -102,6 +116,8 @@ def build_original(config: dict, tree: dict, *, unsafe: bool = False, custom_obj
     ``tree`` is the weights tree of :mod:`bnrewrite.io.h5_extract` (mode ``weights``).
     Raises InputError when Keras cannot rebuild the model or load the weights (one line).
     """
+    if framework == "tf_keras":
+        return _tf_keras_original(config, tree, unsafe=unsafe, custom_objects=custom_objects)
     from keras.src.saving import saving_lib
 
     try:
@@ -143,6 +159,49 @@ def deserialize_model(config: dict, *, unsafe: bool = False, custom_objects: dic
     cfg["compile_config"] = None
     with serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
         return serialization_lib.deserialize_keras_object(cfg, custom_objects=custom_objects, safe_mode=not unsafe)
+
+
+def _tf_keras_original(config: dict, tree: dict, *, unsafe: bool = False, custom_objects: dict | None = None):
+    """tf_keras's own model for an archive tf.keras 2.14/2.15 wrote: its deserializer (safe mode unless
+    ``unsafe``) and its state loader over the vetted weights, as its ``load_model`` does. (2.12/2.13
+    archives, whose layout no framework reads back, are refused before: :data:`OLD_LAYOUT`.)"""
+    import tf_keras
+    from tf_keras.src.saving import saving_lib, serialization_lib
+
+    from ..build.tf_keras import require_tf_keras
+
+    require_tf_keras()
+    cfg = copy.deepcopy(config)
+    cfg["compile_config"] = None
+    try:
+        with tf_keras.utils.custom_object_scope(custom_objects or {}), \
+                serialization_lib.SafeModeScope(not unsafe), serialization_lib.ObjectSharingScope():
+            model = serialization_lib.deserialize_keras_object(cfg, custom_objects=custom_objects,
+                                                               safe_mode=not unsafe)
+    except Exception as e:  # tf_keras raises many types for a bad config
+        raise InputError(f"tf_keras could not rebuild the model from config.json ({root_cause(e, 300)})") from None
+    store = _tf_keras_store_class()(memory_h5(tree))
+    try:
+        saving_lib._load_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_trackables=set())
+    except Exception as e:  # noqa: BLE001 - e.g. "expected 2 variables, but received 0"
+        raise InputError(f"tf_keras could not load the archive's weights ({root_cause(e, 300)})") from None
+    finally:
+        store.close()
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_keras_store_class():
+    from tf_keras.src.saving.saving_lib import H5IOStore
+
+    class VettedStore(H5IOStore):
+        """tf_keras's ``H5IOStore`` in read mode over an open (in-memory) ``h5py.File``."""
+
+        def __init__(self, h5_file):
+            self.root_path, self.mode, self.archive, self.io_file, self.h5_file = None, "r", None, None, h5_file
+
+    return VettedStore
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 class Original:
     #: ``"tf_keras"`` or ``"keras"``: the framework that wrote (and so rebuilds) the file
     framework: str
-    #: ``"h5"`` (full-model HDF5), ``"keras"`` (Keras 3 archive), ``"memory"`` (a live model,
+    #: ``"h5"`` (full-model HDF5), ``"keras"`` (a .keras archive: Keras 3, or tf.keras 2.14/2.15),
+    #: ``"memory"`` (a live model,
     #: :mod:`bnrewrite.io.memory`) or ``"savedmodel"`` (:mod:`bnrewrite.io.savedmodel`)
     format: str
     #: the model config as stored in the file

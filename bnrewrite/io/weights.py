@@ -39,12 +39,14 @@ def key_weights(items: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def live_weights(layer) -> dict[str, np.ndarray]:
-    """Weights of a live Keras 3 layer, keyed as in the graph (the ``.keras`` reader takes a
-    file's weights from the model Keras builds from it, since the archive stores them by position)."""
+    """Weights of a live layer, keyed as in the graph (the ``.keras`` reader takes a file's weights
+    from the model the framework builds from it, since the archive stores them by position).
+    Keras 3 variables have a ``path``; tf_keras's are named ``layer/.../kernel:0``."""
     base = layer.path if getattr(layer, "path", None) else layer.name
     items = []
     for v in layer.weights:
-        path = v.path
+        path = getattr(v, "path", None) or v.name
+        path = path[:-2] if path.endswith(":0") else path
         rel = path[len(base) + 1:] if path.startswith(base + "/") else relative_name(path, layer.name)
         items.append((rel, np.asarray(v.numpy())))
     return key_weights(items)
