@@ -11,7 +11,7 @@ deserializer and weight loader:
 * Keras 3 ``.h5``: Keras 3's legacy-H5 ``model_from_config`` and loader;
 * Keras 3 ``.keras``: Keras 3's own deserialization of ``config.json`` and its
   state loader (:func:`bnrewrite.io.keras_zip.build_original`); a ``.keras`` written by
-  tf.keras 2.12-2.15: tf_keras's own (``keras_zip._tf_keras_original``).
+  tf.keras 2.14/2.15: tf_keras's own (``keras_zip._tf_keras_original``).
 
 The weights come from the vetted extraction (rebuilt as an in-memory HDF5 file),
 never from the original file handed to a framework loader, and everything is

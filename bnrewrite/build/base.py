@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError, root_cause
 from ..graph import INPUT_CLASS, Layer, ModelGraph, framework_label, is_op, map_refs
-from ..io.weights import relative_name, weight_keys
+from ..io.weights import weight_keys
 
 # (custom_objects, unsafe) for layers rebuilt without explicit arguments
 _OPTIONS: contextvars.ContextVar[tuple[dict, bool]] = contextvars.ContextVar(
@@ -196,16 +196,9 @@ def numpy_dtype(dtype):
     return getattr(dtype, "as_numpy_dtype", None) or np.dtype(str(dtype))
 
 
-def relative_variable_name(path: str, base: str, layer_name: str) -> str:
-    """A variable's name relative to its layer (``"td/bn/gamma:0"`` for ``td`` -> ``"bn/gamma"``)."""
-    path = path[:-2] if path.endswith(":0") else path
-    if base and path.startswith(base + "/"):
-        return path[len(base) + 1:]
-    return relative_name(path, layer_name)
-
-
-def app_class(module: str, name: str, base: type):
-    """Class ``name`` of the framework module ``module`` if it is a ``base`` (an APP_LAYERS entry), else None."""
+def module_class(module: str, name: str, base: type):
+    """Class ``name`` of the framework module ``module`` if it is a ``base`` (a Keras op, an APP_LAYERS
+    entry), else None."""
     import importlib
 
     try:

@@ -15,7 +15,8 @@ import types
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer, is_op
-from .base import Builder, app_class, check_custom_framework, effective_options, lambda_error, relative_variable_name
+from ..io.weights import relative_variable_name
+from .base import Builder, check_custom_framework, effective_options, lambda_error, module_class
 
 
 _RESHAPE_LIKE = None
@@ -51,8 +52,6 @@ def _reshape_like(layer: Layer):
 
 def keras_class(class_name: str, module: str | None = None):
     """The Keras 3 class for ``class_name`` (a layer, or one of Keras's own ops), or None."""
-    import importlib
-
     import keras
 
     from ..io.allowlist import app_layer
@@ -60,13 +59,9 @@ def keras_class(class_name: str, module: str | None = None):
 
     app = app_layer(class_name, module)
     if app is not None:  # a keras.applications layer, from the module that defines it
-        return app_class(*app, keras.layers.Layer)
+        return module_class(*app, keras.layers.Layer)
     if is_keras_op(module):
-        try:
-            cls = getattr(importlib.import_module(module), class_name, None)
-        except ImportError:
-            return None
-        return cls if isinstance(cls, type) and issubclass(cls, keras.Operation) else None
+        return module_class(module, class_name, keras.Operation)
     cls = getattr(keras.layers, class_name, None)
     if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
         return cls

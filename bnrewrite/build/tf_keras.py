@@ -23,7 +23,8 @@ import functools
 
 from ..errors import UnsupportedModelError
 from ..graph import Layer
-from .base import Builder, app_class, check_custom_framework, effective_options, lambda_error, relative_variable_name
+from ..io.weights import relative_variable_name
+from .base import Builder, check_custom_framework, effective_options, lambda_error, module_class
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +55,7 @@ def tf_keras_class(class_name: str):
 
     app = app_layer(class_name, None)
     if app is not None and app[0].startswith("tf_keras."):  # a tf_keras.applications layer
-        return app_class(*app, tf_keras.layers.Layer)
+        return module_class(*app, tf_keras.layers.Layer)
     serialization.populate_deserializable_objects()
     cls = serialization.LOCAL.ALL_OBJECTS.get(class_name) or getattr(tf_keras.layers, class_name, None)
     if isinstance(cls, type) and issubclass(cls, tf_keras.layers.Layer):

@@ -49,9 +49,9 @@ APP_LAYERS = {
 def app_layer(class_name: str, module: str | None) -> tuple[str, str] | None:
     """``(module, class)`` of the :data:`APP_LAYERS` entry ``class_name`` from ``module`` names, or None."""
     entry = APP_LAYERS.get(class_name)
-    if entry is None or module != entry[0] and (module is not None or entry[0].startswith("keras.")):
-        return None
-    return entry
+    if entry is not None and (module == entry[0] or module is None and entry[0].startswith("tf_keras.")):
+        return entry  # Keras 3 files name the module; tf_keras's .h5 names none
+    return None
 
 
 #: Layers that read files, load code or models, or reach the network: refused with the reason.

@@ -26,6 +26,14 @@ def relative_name(full: str, layer_name: str) -> str:
     return "/".join(parts)
 
 
+def relative_variable_name(path: str, base: str, layer_name: str) -> str:
+    """A variable's name relative to its layer (``"td/bn/gamma:0"`` for ``td`` -> ``"bn/gamma"``)."""
+    path = path[:-2] if path.endswith(":0") else path
+    if base and path.startswith(base + "/"):
+        return path[len(base) + 1:]
+    return relative_name(path, layer_name)
+
+
 def weight_keys(names: list[str]) -> list[str]:
     """Keys for a layer's relative variable names, in the same order."""
     last = [n.rsplit("/", 1)[-1] for n in names]
@@ -43,10 +51,5 @@ def live_weights(layer) -> dict[str, np.ndarray]:
     from the model the framework builds from it, since the archive stores them by position).
     Keras 3 variables have a ``path``; tf_keras's are named ``layer/.../kernel:0``."""
     base = layer.path if getattr(layer, "path", None) else layer.name
-    items = []
-    for v in layer.weights:
-        path = getattr(v, "path", None) or v.name
-        path = path[:-2] if path.endswith(":0") else path
-        rel = path[len(base) + 1:] if path.startswith(base + "/") else relative_name(path, layer.name)
-        items.append((rel, np.asarray(v.numpy())))
-    return key_weights(items)
+    return key_weights([(relative_variable_name(getattr(v, "path", None) or v.name, base, layer.name),
+                         np.asarray(v.numpy())) for v in layer.weights])
