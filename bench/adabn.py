@@ -135,6 +135,7 @@ def _worker(args) -> dict:
         c = rep["cache"]
         return {"seconds": seconds, "rss_before_mb": before, "faulted_mb": faulted, "peak_rss_mb": peak_rss,
                 "samples": rep["samples"], "levels": rep["levels"], "layers": len(rep["layers"]),
+                "functions": rep.get("functions"),
                 "batch_size": rep["batch_size"],
                 "live_mb": c["peak_live_bytes"] / 2**20, "cache_peak_mb": c["peak_ram_bytes"] / 2**20,
                 "spilled_mb": c["spilled_bytes"] / 2**20, "peak_disk_mb": c["peak_disk_bytes"] / 2**20,
@@ -253,7 +254,8 @@ def run(quick: bool = False, size: int | None = None, samples: int | None = None
     first = timed[samples]["runs"][0]
     notes = [
         f"ResNet50 (weights=None, random BN statistics) at {size}x{size}x3, {first['layers']} BN layers in "
-        f"{first['levels']} levels; calibration data is a float32 .npy, read in batches of {first['batch_size']} "
+        f"{first['levels']} levels run by {first['functions']} traced functions (phases of one structure share one); "
+        f"calibration data is a float32 .npy, read in batches of {first['batch_size']} "
         "(the default: the largest activation of a batch within 128 MiB); predict runs Keras's default batch of 32.",
         f"Calibration / warm predict: {timed[samples]['cal'] / timed[samples]['warm']:.2f}x at {samples} samples "
         f"(goal <= {GOAL_SMALL}x), {timed[4 * samples]['cal'] / timed[4 * samples]['warm']:.2f}x at {4 * samples} "

@@ -110,7 +110,9 @@ def print_calibration(console, c: dict) -> None:
     console.print(
         f"[bold]calibrated[/] {len(layers)} BatchNormalization layer{'s' if len(layers) != 1 else ''} "
         f"on {c.get('samples'):,} samples from {_t(c.get('data'))} ({_t(c.get('variance'))} variance, "
-        f"{c.get('levels')} level{'s' if c.get('levels') != 1 else ''}, {c.get('seconds', 0):.1f} s)"
+        f"{c.get('levels')} level{'s' if c.get('levels') != 1 else ''}"
+        + (f" in {c['functions']} traced function{'s' if c['functions'] != 1 else ''}" if c.get("functions") else "")
+        + f", {c.get('seconds', 0):.1f} s)"
     )
     cache, shards = c.get("cache") or {}, c.get("shards") or []
     if cache:  # where the activations lived, and where the work ran

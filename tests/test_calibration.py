@@ -537,3 +537,89 @@ def test_bad_calibration_data_cli(tmp_path):
     assert "input 'x'" in line and "(16, 8)" in line, line
     assert proc.stdout == ""
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["wrong.npy"]
+
+
+# ----------------------------------------------------------------- phases that share a function
+def _repeated(K, rng, odd: bool = False):
+    """Four residual blocks of the same shapes (conv-BN-relu-conv-BN, add, relu) after a stem: the
+    blocks' phases have one structure, so they run one traced function with each block's weights.
+    With ``odd`` the third block's first conv has another kernel size (its phase is its own)."""
+    x = K.Input((8, 8, 3), name="x")
+    h = K.layers.Conv2D(8, 3, padding="same", name="stem")(x)
+    h = K.layers.BatchNormalization(name="stem_bn")(h)
+    h = K.layers.ReLU(name="stem_relu")(h)
+    for i in range(4):
+        k = 1 if odd and i == 2 else 3
+        a = K.layers.Conv2D(8, k, padding="same", name=f"b{i}_c1")(h)
+        a = K.layers.BatchNormalization(name=f"b{i}_bn1")(a)
+        a = K.layers.ReLU(name=f"b{i}_r1")(a)
+        a = K.layers.Conv2D(8, 3, padding="same", name=f"b{i}_c2")(a)
+        a = K.layers.BatchNormalization(name=f"b{i}_bn2")(a)
+        h = K.layers.ReLU(name=f"b{i}_out")(K.layers.Add(name=f"b{i}_add")([h, a]))
+    m = K.Model(x, h)
+    rng_w = np.random.default_rng(rng.integers(1 << 30))
+    for lay in m.layers:  # distinct weights per block: a block run with another's weights would show
+        if isinstance(lay, K.layers.Conv2D):
+            lay.set_weights([rng_w.normal(0, 0.4, w.shape).astype("float32") for w in lay.get_weights()])
+    models.randomize_bn(m, K, rng)
+    return m
+
+
+@pytest.mark.parametrize("framework", ["keras", "tf_keras"])
+def test_repeated_blocks_share_functions(framework, tmp_path):
+    """Blocks of one structure run one traced function with their own weights, and every BN matches
+    the framework's own layer-by-layer AdaBN; a block of another structure gets its own function."""
+    import bnrewrite
+    from bnrewrite.calibration import calibrate
+    from bnrewrite.passes import InferenceMode, PassContext, PassManager
+
+    K = models.framework(framework)
+    rng = np.random.default_rng(21)
+    data = rng.normal(0.3, 1.5, (70, 8, 8, 3)).astype("float32")
+    counts = {}
+    for odd in (False, True):
+        m = _repeated(K, np.random.default_rng(22), odd=odd)
+        path = tmp_path / f"rep_{odd}.{'keras' if framework == 'keras' else 'h5'}"
+        m.save(path)
+        mg = bnrewrite.load(path)
+        PassManager([InferenceMode()]).run(mg, PassContext())
+        rep = calibrate(mg, data, batch_size=32)
+        counts[odd] = (rep["levels"], rep["functions"])
+
+        ref = K.models.load_model(path, compile=False)
+        bns = [ref.get_layer(n) for n in ["stem_bn"] + [f"b{i}_bn{j}" for i in range(4) for j in (1, 2)]]
+        adabn_reference(ref, K, data, [(bn, ref) for bn in bns])
+        for bn in bns:
+            w = mg.layer(bn.name).weights
+            np.testing.assert_allclose(w["moving_mean"], np.asarray(bn.moving_mean), rtol=1e-5, atol=1e-6,
+                                       err_msg=bn.name)
+            np.testing.assert_allclose(w["moving_variance"], np.asarray(bn.moving_variance), rtol=1e-5,
+                                       err_msg=bn.name)
+    levels, functions = counts[False]
+    assert levels == 9 and functions < levels
+    # phases 2/4/6 (BN1 -> conv2) and 3/5 (add -> conv1, storing the block's output) repeat; phase 7
+    # stores no block output (nothing reads it) and phase 8 stores nothing: 9 phases, 6 functions
+    assert functions == 6
+    assert counts[True][1] > functions  # the odd block's phase is traced on its own
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 6, 7, 4), 3), ((5, 4, 6, 7), 1), ((5, 3, 4, 6, 2), 2),
+                                        ((5, 9, 4), 2), ((5, 4, 9), 1)],
+                         ids=["nhwc", "nchw", "middle-axis", "ntc", "nct"])
+def test_sample_moments_match_numpy(shape, axis):
+    """Per-sample, per-channel mean and M2 against numpy float64 -- static and open sizes alike."""
+    import tensorflow as tf
+
+    from bnrewrite.calibration import _sample_moments
+
+    x = np.random.default_rng(7).normal(3.0, 2.0, shape).astype("float32")
+    inner = tuple(i for i in range(1, len(shape)) if i != axis)
+    x64 = x.astype(np.float64)
+    want_mean = x64.mean(inner)
+    want_m2 = ((x64 - np.expand_dims(want_mean, inner)) ** 2).sum(inner)
+    open_spec = tf.TensorSpec((None,) * len(shape), tf.float32)
+    for fn in (lambda t: _sample_moments(t, axis),
+               tf.function(lambda t: _sample_moments(t, axis), input_signature=[open_spec])):
+        mean, m2 = fn(tf.constant(x))
+        np.testing.assert_allclose(mean.numpy(), want_mean.reshape(shape[0], -1), rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(m2.numpy(), want_m2.reshape(shape[0], -1), rtol=2e-6)
