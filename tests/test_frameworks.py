@@ -496,6 +496,25 @@ def test_tf_keras_213_archive_refused(tmp_path):
     assert err.value.exit_code == 2 and not list(tmp_path.iterdir())
 
 
+def test_virtual_batch_size_file_refused_with_the_reason(tmp_path):
+    """tf.keras saves a BN's axis as build() shifted it for the virtual batch dimension, so neither it nor
+    bnrewrite can load the file: one clear error naming the cause and the way out, nothing written."""
+    import tf_keras
+
+    x = tf_keras.Input((6, 6, 3))
+    h = tf_keras.layers.Conv2D(4, 3)(x)
+    h = tf_keras.layers.BatchNormalization(virtual_batch_size=2, name="ghost_bn")(h)
+    src = tmp_path / "ghost.h5"
+    tf_keras.Model(x, h).save(src)
+    with pytest.raises(ValueError, match="axis"):  # the writing framework cannot read it either
+        tf_keras.models.load_model(src, compile=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(bnrewrite.BnrewriteError, match="'ghost_bn'.*virtual_batch_size.*virtual_batch_size=None"):
+        bnrewrite.convert(src, out / "o.onnx")
+    assert not list(out.iterdir())
+
+
 @pytest.mark.parametrize("kind", ["input", "upsampling"])
 def test_huge_declared_tensor_refused_before_anything_runs(tmp_path, kind):
     """A small file declaring a 112 GiB input (or an UpSampling by 4,000) is refused before

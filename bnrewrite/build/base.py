@@ -140,9 +140,16 @@ class Builder:
                 raise
             except Exception as e:
                 shapes = [tuple(getattr(tensors.get(i), "shape", ()) or ()) for i in mg.inbound(node)]
+                hint = ""
+                if (layer.is_bn() or layer.wraps_bn()) and layer.bn_config().get("virtual_batch_size"):
+                    # tf.keras's get_config writes the axis build() shifted for the virtual batch dimension
+                    hint = ("; with virtual_batch_size set, tf.keras saves the BN's axis shifted by one, so it "
+                            "cannot load this file either: re-save the model with virtual_batch_size=None "
+                            "(it changes training only)")
                 raise UnsupportedModelError(
                     f"layer {layer.name!r} ({layer.class_name}) failed when called in {self.label} on "
                     f"input shape{'s' if len(shapes) != 1 else ''} {', '.join(map(str, shapes))}: {root_cause(e)}"
+                    + hint
                 ) from e
         return tensors, live
 
