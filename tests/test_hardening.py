@@ -946,21 +946,37 @@ def test_exact_gelu_exports_to_onnx(tmp_path, fw):
     np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
 
 
-def test_grouped_conv1d_keras3_refusal_names_it(tmp_path):
-    """Keras 3's Conv1D calls its XLA convolution itself (no convolution_op to trace plainly): still
-    refused with exit 2, nothing written, and the message says what the layer is."""
+@pytest.mark.parametrize("padding", ["causal", "valid"])
+def test_grouped_conv1d_keras3_exports_to_onnx(tmp_path, padding):
+    """Keras 3's Conv1D calls its XLA convolution in its own call: while tf2onnx traces, the same steps
+    run around the plain op; ONNX Convs with their group, the BN folded, equal to Keras's predict."""
     import keras as K
+    import onnx
+    import onnxruntime as ort
+    from models import randomize_bn
 
     import bnrewrite
 
-    i = K.Input((8, 4))
-    m = K.Model(i, K.layers.BatchNormalization()(K.layers.Conv1D(4, 3, groups=2, name="gconv")(i)))
-    src = tmp_path / "g.keras"
+    i = K.Input((9, 4))
+    x = K.layers.Conv1D(6, 3, groups=2, padding=padding, dilation_rate=2, name="gconv")(i)
+    x = K.layers.BatchNormalization(name="bn")(x)
+    m = K.Model(i, K.layers.Conv1D(4, 2, groups=2, activation="relu", name="g2")(x))
+    randomize_bn(m, K, np.random.default_rng(5))
+    src, out = tmp_path / "g.keras", tmp_path / "g.onnx"
     m.save(src)
-    with pytest.raises(bnrewrite.UnsupportedModelError) as err:
-        bnrewrite.convert(src, tmp_path / "g.onnx")
-    assert err.value.exit_code == 2 and not (tmp_path / "g.onnx").exists()
-    assert "'gconv' (Conv1D, a grouped convolution (groups=2), which tf2onnx does not export)" in str(err.value)
+    rep = bnrewrite.convert(src, out)
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    proto = onnx.load(out)
+    groups = sorted(a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    assert groups == [2, 2]
+    x = np.random.default_rng(6).normal(size=(3, 9, 4)).astype("float32")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+    from bnrewrite.io.onnx_writer import to_onnx
+
+    to_onnx(m)  # the replacement lives only while tf2onnx traces
+    assert not any("call" in vars(lay) for lay in m.layers)
 
 
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):

@@ -16,8 +16,10 @@ Grouped convolutions: TensorFlow's CPU kernels lack them, so Keras runs them
 tf2onnx cannot export. While tf2onnx traces the model, those layers call
 TensorFlow's plain convolution op instead (:func:`_plain_convolutions`): the
 trace is only converted, never run, and tf2onnx maps the op to an ONNX ``Conv``
-with its ``group``. The written file is verified against the original like any
-other.
+with its ``group``. Keras 3's ``Conv1D`` computes its convolution in its own
+``call``; while tracing, that call is replaced by the same steps (causal padding,
+bias, activation) around the plain op. The written file is verified against the
+original like any other.
 
 ``Erfc``: TensorFlow's exact GELU (``tf.nn.gelu(approximate=False)``, Keras 3's default ``gelu``:
 ConvNeXt, ViTs) is ``0.5 x erfc(-x/√2)``; ONNX has ``Erf`` but no ``Erfc`` and tf2onnx maps none, so
@@ -153,21 +155,40 @@ def _plain_conv_op(layer):
         from keras.src.layers.convolutional.base_conv import BaseConv
     except ImportError:
         return None
-    if not isinstance(layer, BaseConv) or type(layer).call is not BaseConv.call:
-        return None  # e.g. Keras 3 Conv1D and the transposed convolutions call ops.conv themselves
+    from keras.src.layers.convolutional.conv1d import Conv1D
+
+    if not isinstance(layer, BaseConv) or type(layer).call not in (BaseConv.call, Conv1D.call):
+        return None  # e.g. the transposed convolutions call ops.conv themselves
     first = layer.data_format == "channels_first"
     if not (layer.groups > 1 or (first and layer.rank == 3)):  # Keras 3's test for its XLA path
         return None
     spatial = "DHW"[3 - layer.rank:] if layer.rank > 1 else "W"
     fmt = f"NC{spatial}" if first else f"N{spatial}C"
 
-    def convolution_op(inputs, kernel):
+    def convolution_op(inputs, kernel, padding=None):
         import tensorflow as tf
 
-        return tf.nn.convolution(inputs, kernel, strides=list(layer.strides), padding=layer.padding.upper(),
-                                 data_format=fmt, dilations=list(layer.dilation_rate))
+        return tf.nn.convolution(inputs, kernel, strides=list(layer.strides),
+                                 padding=(padding or layer.padding).upper(), data_format=fmt,
+                                 dilations=list(layer.dilation_rate))
 
-    return "convolution_op", convolution_op
+    if type(layer).call is BaseConv.call:
+        return "convolution_op", convolution_op
+
+    def conv1d_call(inputs):
+        # Conv1D.call, line for line, with the plain op in place of ops.conv (which takes XLA here)
+        from keras import ops
+
+        padding = layer.padding
+        if padding == "causal":
+            inputs, padding = ops.pad(inputs, layer._compute_causal_padding()), "valid"
+        outputs = convolution_op(inputs, layer.kernel, padding)
+        if layer.use_bias:
+            shape = (1, 1, layer.filters) if not first else (1, layer.filters, 1)
+            outputs = ops.add(outputs, ops.reshape(layer.bias, shape))
+        return layer.activation(outputs) if layer.activation is not None else outputs
+
+    return "call", conv1d_call
 
 
 @contextlib.contextmanager
@@ -184,7 +205,7 @@ def _plain_convolutions(model):
         yield
     finally:
         for layer, name in patched:
-            layer.__dict__.pop(name, None)
+            layer.__dict__.pop(name, None)  # the class's own method again
 
 
 def _layer_of(model, node_name: str):
