@@ -256,7 +256,7 @@ def run(quick: bool = False, size: int | None = None, samples: int | None = None
         f"ResNet50 (weights=None, random BN statistics) at {size}x{size}x3, {first['layers']} BN layers in "
         f"{first['levels']} levels run by {first['functions']} traced functions (phases of one structure share one); "
         f"calibration data is a float32 .npy, read in batches of {first['batch_size']} "
-        "(the default: the largest activation of a batch within 128 MiB); predict runs Keras's default batch of 32.",
+        "(the default: the power of two that brings the largest activation of a batch nearest to 128 MiB); predict runs Keras's default batch of 32.",
         f"Calibration / warm predict: {timed[samples]['cal'] / timed[samples]['warm']:.2f}x at {samples} samples "
         f"(goal <= {GOAL_SMALL}x), {timed[4 * samples]['cal'] / timed[4 * samples]['warm']:.2f}x at {4 * samples} "
         f"(goal <= {GOAL_BIG}x); medians of {repeats} alternating runs, default (automatic) cache.",

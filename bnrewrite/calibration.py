@@ -98,7 +98,7 @@ from .io.data import CalibrationData, InputSpec
 VARIANCES = ("unbiased", "biased")
 DEFAULT_BATCH_SIZE = 32
 MAX_AUTO_BATCH = 256
-AUTO_BATCH_BYTES = 128 * 2**20  # the largest activation of a batch, when the batch size is chosen
+AUTO_BATCH_BYTES = 128 * 2**20  # about the largest activation of a batch, when the batch size is chosen
 BATCH_OPAQUE = ("TFOpLambda", "SlicingOpLambda", "Lambda")  # may reshape across the batch axis
 DEFAULT_CACHE_MB = None  # automatic: see cache_budget_mb
 MIN_AUTO_CACHE_MB = 1024
@@ -774,9 +774,11 @@ class _Runtime:
         self._installed: dict[int, int] = {}  # template phase -> whose weights its layers hold
 
     def auto_batch_size(self) -> int:
-        """The batch size when none is given: as many samples as keep the largest activation that
-        calibration computes within AUTO_BATCH_BYTES, a multiple of 32 between 32 and 256 -- each
-        level is one function call per batch, and fewer, larger calls cost less per sample.
+        """The batch size when none is given: the power of two nearest (in ratio) to the number of
+        samples whose largest activation that calibration computes fills AUTO_BATCH_BYTES, from 32 to
+        256 -- each level is one function call per batch, and fewer, larger calls cost less per sample;
+        TensorFlow's allocator packs power-of-two batches with less waste (ResNet50 at 128x128, 512
+        samples: 1.5 GB of new memory touched at batch 128 or 64, 2.0 GB at 96 or 80).
         32 when a computed tensor has an open dimension, or when the batch axis may not be the
         samples' (an unwrapped TimeDistributed's reshape to batch x time, a TF op or Lambda)."""
         from .build.base import numpy_dtype
@@ -792,8 +794,8 @@ class _Runtime:
             if None in dims:
                 return DEFAULT_BATCH_SIZE
             biggest = max(biggest, int(np.prod(dims, dtype=np.int64)) * np.dtype(numpy_dtype(t.dtype)).itemsize)
-        n = AUTO_BATCH_BYTES // max(1, biggest)
-        return int(min(MAX_AUTO_BATCH, max(DEFAULT_BATCH_SIZE, n // DEFAULT_BATCH_SIZE * DEFAULT_BATCH_SIZE)))
+        n = 2 ** round(np.log2(AUTO_BATCH_BYTES / max(1, biggest)))
+        return int(min(MAX_AUTO_BATCH, max(DEFAULT_BATCH_SIZE, n)))
 
     def function(self, k: int):
         """``(loads, traced function, values per sample)`` of phase ``k``. A phase with the same

@@ -300,8 +300,8 @@ def _console(quiet: bool, stderr: bool = False):
 @click.option("--variance", type=click.Choice(["unbiased", "biased"]), default="unbiased", show_default=True,
               help="Calibrated variance: unbiased (n-1, Bessel) or biased (n).")
 @click.option("--batch-size", type=click.IntRange(1),
-              help="Calibration batch size (the result does not depend on it). Default: chosen so that the "
-                   "largest activation of a batch stays within 128 MiB (32 to 256 samples).")
+              help="Calibration batch size (the result does not depend on it). Default: the power of two (32 to "
+                   "256) that brings the largest activation of a batch nearest to 128 MiB.")
 @click.option("--max-samples", type=click.IntRange(1), help="Use at most this many calibration samples.")
 @click.option("--cache-mb", default="auto", show_default=True, callback=lambda c, p, v: _check_cache_mb(v),
               help="RAM (MB) for activations cached during calibration, per shard; beyond it they spill to a "

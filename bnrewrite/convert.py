@@ -225,8 +225,8 @@ def convert(
     :mod:`bnrewrite.io.data`), a ``.tfrecord`` file of ``tf.train.Example`` records
     read for the feature ``tfrecord_feature``, or a folder of ``.png``/``.jpg`` images (resized to the
     input, then ``preprocess``: ``"scale"`` (default) [0, 1], ``"tf"``, ``"torch"``,
-    ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time (default: chosen so that the
-    largest activation of a batch stays within 128 MiB, 32 to 256), at most
+    ``"caffe"`` as in ``keras.applications``, or ``"none"``), read ``batch_size`` samples at a time (default: the power of two,
+    32 to 256, that brings the largest activation of a batch nearest to 128 MiB), at most
     ``max_samples``; ``variance`` is ``"unbiased"`` (n-1) or ``"biased"`` (n);
     cached activations use up to ``cache_mb`` of RAM (default: half the available
     memory, at least 1024 MiB), then spill to disk.

@@ -350,6 +350,11 @@ def test_automatic_batch_size(two_level, tmp_path):
     m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(64, 1, name="c")(x)))
     data = np.random.default_rng(1).normal(0, 1, (4, 64, 64, 64)).astype("float32")
     assert calibrate(bnrewrite.load(m), data)["batch_size"] == 128
+    for shape, want in (((66, 66, 64), 128), ((80, 80, 64), 64)):  # 120 and 82 samples fill 128 MiB
+        x = keras.Input(shape, name="x")  # the nearest power of two, in ratio
+        m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(64, 1, name="c")(x)))
+        data = np.random.default_rng(1).normal(0, 1, (4, *shape)).astype("float32")
+        assert calibrate(bnrewrite.load(m), data)["batch_size"] == want, shape
     x = keras.Input((6, 8, 8, 4), name="clip")  # TimeDistributed(Conv2D) -> BN, unwrapped to a reshape
     y = keras.layers.TimeDistributed(keras.layers.Conv2D(4, 1), name="td")(x)
     m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(y))
