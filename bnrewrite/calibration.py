@@ -528,7 +528,7 @@ def _phase_key(mg: ModelGraph, plan_: Plan, k: int, symbolic: dict, live: dict) 
     node in order, its class, config without the name, call arguments, weight shapes and where
     its inputs come from (a loaded tensor or an earlier node of the phase); the loaded tensors'
     shapes; which tensors are stored; which feed moments. Two phases with the same key run the
-    same function with different weights (ResNet's repeated blocks: 49 phases, 30 functions).
+    same function with different weights (ResNet50's repeated blocks: 49 phases, 23 functions).
     None -- never shared -- when a layer is a framework op, a Lambda or TF-op layer, a wrapper,
     called more than once in the model, a preprocessing or stateful layer, or not a class of the
     framework itself: those may keep state that is not a weight."""
