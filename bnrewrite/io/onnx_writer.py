@@ -153,10 +153,9 @@ def _plain_conv_op(layer):
         return ("_jit_compiled_convolution_op", layer.convolution_op) if getattr(layer, "groups", 1) > 1 else None
     try:
         from keras.src.layers.convolutional.base_conv import BaseConv
+        from keras.src.layers.convolutional.conv1d import Conv1D
     except ImportError:
         return None
-    from keras.src.layers.convolutional.conv1d import Conv1D
-
     if not isinstance(layer, BaseConv) or type(layer).call not in (BaseConv.call, Conv1D.call):
         return None  # e.g. the transposed convolutions call ops.conv themselves
     first = layer.data_format == "channels_first"
