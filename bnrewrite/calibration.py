@@ -635,6 +635,29 @@ def _merge_samples(m, m2, k: int) -> tuple[float, np.ndarray, np.ndarray]:
     return float(m.shape[0] * k), mean, total
 
 
+def _op_error(e: BaseException, layers: set[str]) -> str | None:
+    """``" in layer 'x': <reason>"`` for a TensorFlow op error (an embedding index out of range, a
+    shape the data brings): the reason is the line before TF's ``[[{{node ...}}]]`` marker, the
+    layer the node's name scope (TF may have made it unique with a ``_N`` suffix). None for other
+    exceptions."""
+    import re
+
+    import tensorflow as tf
+
+    if not isinstance(e, tf.errors.OpError):
+        return None
+    lines = [ln.strip() for ln in str(getattr(e, "message", e)).splitlines()]
+    marks = [i for i, ln in enumerate(lines) if ln.startswith("[[")]
+    reason = next((lines[i - 1] for i in marks if i and lines[i - 1]), None) or next(
+        (ln for ln in lines if ln and not ln.endswith(":")), type(e).__name__)
+    node = re.search(r"\{\{node ([^}]+)\}\}", str(getattr(e, "message", e)))
+    scope = node.group(1).split("/")[0] if node else None
+    if scope is not None and scope not in layers and re.sub(r"_\d+$", "", scope) in layers:
+        scope = re.sub(r"_\d+$", "", scope)
+    where = f" in layer {scope!r}" if scope else ""
+    return f"{where}: {reason}"
+
+
 def _with_training_false(fn):
     def call(*args, **kwargs):
         kwargs["training"] = False
@@ -728,7 +751,14 @@ class Shard:
 
         check_interrupted()  # Keras's bare excepts can swallow a stop signal
         loads, fn, values = self.rt.function(k)
-        stored, moments = fn(*args)
+        try:
+            stored, moments = fn(*args)
+        except Exception as e:
+            op_error = _op_error(e, {self.rt.mg.layer(n).name for n in self.rt.plan.phases[k]})
+            if op_error is None:
+                raise
+            raise InputError(f"calibration failed at level {k + 1}, batch {index + 1}{op_error} (check the "
+                             "calibration data: its values, shapes and dtype)") from e
         for t, value in zip(self.rt.plan.stores[k], stored):
             self.cache.put(t, index, value)
         out: dict[str, tuple] = {}

@@ -623,3 +623,27 @@ def test_sample_moments_match_numpy(shape, axis):
         mean, m2 = fn(tf.constant(x))
         np.testing.assert_allclose(mean.numpy(), want_mean.reshape(shape[0], -1), rtol=2e-6, atol=1e-6)
         np.testing.assert_allclose(m2.numpy(), want_m2.reshape(shape[0], -1), rtol=2e-6)
+
+
+def test_data_the_model_rejects_is_a_clear_error(tmp_path):
+    """An embedding index out of range in the calibration data: TensorFlow's op error becomes one
+    line naming the level, the batch, the layer and TF's reason; exit 2, nothing written."""
+    import keras
+
+    import bnrewrite
+
+    x = keras.Input((6,), name="tokens")
+    h = keras.layers.Embedding(10, 4, name="emb")(x)
+    m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv1D(3, 2, name="c")(h)))
+    src = tmp_path / "emb.keras"
+    m.save(src)
+    data = np.zeros((8, 6), "float32")
+    data[5, 2] = 50  # sample 6: batch 2 at batch size 4
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(bnrewrite.InputError) as err:
+        bnrewrite.convert(src, out / "o.onnx", calibration=data, batch_size=4)
+    msg = str(err.value)
+    assert err.value.exit_code == 2 and "\n" not in msg
+    assert "level 1, batch 2 in layer 'emb'" in msg and "50" in msg and "[0, 10)" in msg, msg
+    assert not list(out.iterdir())
