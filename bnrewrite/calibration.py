@@ -91,7 +91,7 @@ from typing import Any, Callable
 import networkx as nx
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, scope_layer
 from .graph import INPUT_CLASS, ModelGraph, is_op
 from .io.data import CalibrationData, InputSpec
 
@@ -479,6 +479,11 @@ def _has_training_arg(layer) -> bool:
         return False
 
 
+def _phase_loads(mg: ModelGraph, plan_: Plan, k: int) -> list[tuple[str, int]]:
+    """The tensors phase ``k`` reads: the model inputs for phase 0, else cached tensors."""
+    return plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
+
+
 def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: dict, inference: dict):
     """A tf.function for phase ``k``: cached inputs -> (tensors to cache, BN moments)."""
     import tensorflow as tf
@@ -487,7 +492,7 @@ def _phase_function(mg: ModelGraph, plan_: Plan, k: int, live: dict, symbolic: d
 
     call_node = builder(mg).call_node
 
-    loads = plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
+    loads = _phase_loads(mg, plan_, k)
     stores = plan_.stores[k]
     bns = plan_.at_level(k)
     signature = [tf.TensorSpec(tuple(symbolic[t].shape), symbolic[t].dtype) for t in loads]
@@ -534,7 +539,7 @@ def _phase_key(mg: ModelGraph, plan_: Plan, k: int, symbolic: dict, live: dict) 
     framework itself: those may keep state that is not a weight."""
     import json
 
-    loads = plan_.loads[k] if k else [(n, 0) for n in mg.inputs]
+    loads = _phase_loads(mg, plan_, k)
     where = {t: ("load", i) for i, t in enumerate(loads)}
     outputs: dict[str, list] = {}
     for t in symbolic:
@@ -638,23 +643,22 @@ def _merge_samples(m, m2, k: int) -> tuple[float, np.ndarray, np.ndarray]:
 def _op_error(e: BaseException, layers: set[str]) -> str | None:
     """``" in layer 'x': <reason>"`` for a TensorFlow op error (an embedding index out of range, a
     shape the data brings): the reason is the line before TF's ``[[{{node ...}}]]`` marker, the
-    layer the node's name scope (TF may have made it unique with a ``_N`` suffix). None for other
-    exceptions."""
+    layer the one whose name scope holds that node (:func:`~bnrewrite.errors.scope_layer`). None
+    for other exceptions."""
     import re
 
     import tensorflow as tf
 
     if not isinstance(e, tf.errors.OpError):
         return None
-    lines = [ln.strip() for ln in str(getattr(e, "message", e)).splitlines()]
+    text = str(getattr(e, "message", e))
+    lines = [ln.strip() for ln in text.splitlines()]
     marks = [i for i, ln in enumerate(lines) if ln.startswith("[[")]
     reason = next((lines[i - 1] for i in marks if i and lines[i - 1]), None) or next(
         (ln for ln in lines if ln and not ln.endswith(":")), type(e).__name__)
-    node = re.search(r"\{\{node ([^}]+)\}\}", str(getattr(e, "message", e)))
-    scope = node.group(1).split("/")[0] if node else None
-    if scope is not None and scope not in layers and re.sub(r"_\d+$", "", scope) in layers:
-        scope = re.sub(r"_\d+$", "", scope)
-    where = f" in layer {scope!r}" if scope else ""
+    node = re.search(r"\{\{node ([^}]+)\}\}", text)
+    layer = scope_layer(node.group(1), layers) if node else None
+    where = f" in layer {layer!r}" if layer else ""
     return f"{where}: {reason}"
 
 
@@ -837,8 +841,7 @@ class _Runtime:
             if j == k:
                 self._fns[k] = _phase_function(self.mg, self.plan, k, self.live, self.symbolic, self.inference)
             else:
-                loads = self.plan.loads[k] if k else [(n, 0) for n in self.mg.inputs]
-                self._fns[k] = (loads, *self._fns[j][1:])
+                self._fns[k] = (_phase_loads(self.mg, self.plan, k), *self._fns[j][1:])
             self._template[k] = j
         return self._fns[k]
 

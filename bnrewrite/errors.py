@@ -19,6 +19,7 @@ removed and ``OUT`` was not placed (unless the signal came after it was).
 
 from __future__ import annotations
 
+import re as _re
 import signal as _signal
 
 EXIT_OK = 0
@@ -123,3 +124,14 @@ def root_cause(e: BaseException, limit: int = 400) -> str:
     inner = text(chain[-1])
     msg = outer if len(chain) == 1 or inner in outer else f"{outer} (root cause: {type(chain[-1]).__name__}: {inner})"
     return msg[:limit]
+
+
+def scope_layer(node_name: str, names) -> str | None:
+    """The layer among ``names`` whose TensorFlow name scope holds node ``node_name``
+    (``"model/disc_1/Bucketize"`` -> ``"disc"``): the innermost scope that is one of ``names``,
+    as written or without the ``_N`` suffix TF adds to make a scope unique."""
+    for part in reversed(node_name.split("/")[:-1]):
+        for cand in (part, _re.sub(r"_\d+$", "", part)):
+            if cand in names:
+                return cand
+    return None

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import re
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, scope_layer
 
 DEFAULT_OPSET = 17
 
@@ -209,12 +209,9 @@ def _plain_convolutions(model):
 
 def _layer_of(model, node_name: str):
     """The Keras layer whose name scope holds TF node ``node_name`` (``model/disc_1/Bucketize``)."""
-    layers = {l.name: l for l in model.layers}
-    for part in reversed(node_name.split("/")[:-1]):
-        for cand in (part, re.sub(r"_\d+$", "", part)):
-            if cand in layers and cand != model.name:
-                return layers[cand]
-    return None
+    layers = {l.name: l for l in model.layers if l.name != model.name}
+    name = scope_layer(node_name, layers)
+    return None if name is None else layers[name]
 
 
 def _where(model, proto, node_name: str) -> str:
