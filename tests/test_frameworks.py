@@ -106,6 +106,55 @@ def _build(name, folder):
         m = K.Model(i, x)
         _rand_bn(m)
         m.save(path)
+    elif name == "hard_sigmoid_zoo":  # every layer whose old hard_sigmoid input its weights produce
+        i = K.Input((6,), dtype="int32")
+        x = L.Embedding(40, 8)(i)
+        x = L.BatchNormalization()(x)
+        x = L.LSTM(5, recurrent_activation="hard_sigmoid", return_sequences=True)(x)
+        x = L.Bidirectional(L.GRU(4, activation="hard_sigmoid", recurrent_activation="hard_sigmoid",
+                                  reset_after=False, return_sequences=True))(x)
+        x = L.Bidirectional(L.LSTM(3, recurrent_activation="hard_sigmoid"),
+                            backward_layer=L.GRU(2, recurrent_activation="hard_sigmoid", go_backwards=True))(x)
+        v = K.Input((4, 8, 8, 2))
+        y = L.ConvLSTM2D(3, 3, recurrent_activation="hard_sigmoid", return_sequences=True)(v)
+        y = L.TimeDistributed(L.Conv2D(2, 3, activation="hard_sigmoid"))(y)
+        y = L.TimeDistributed(L.GlobalAveragePooling2D())(y)
+        y = L.SimpleRNN(3, activation="hard_sigmoid", return_sequences=True)(y)
+        y = L.RNN(L.GRUCell(3, recurrent_activation="hard_sigmoid"))(y)  # reset_after=True: bias (2, 3u)
+        u = K.Input((9, 9, 3))
+        z = L.SeparableConv2D(4, 3, activation="hard_sigmoid")(u)
+        z = L.SpatialDropout2D(0.3)(z)  # Keras 3's takes no ``trainable``
+        z = L.BatchNormalization()(z)
+        z = L.DepthwiseConv2D(3, activation="hard_sigmoid")(z)
+        z = L.Concatenate()([L.Flatten()(z), L.Dense(6, activation="hard_sigmoid", name="dense_hard")(L.Flatten()(u))])
+        m = K.Model([i, v, u], [x, y, z])
+        rng = np.random.default_rng(1)
+        for layer in m.layers:  # large weights: pre-activations reach both clipped ends
+            if layer.weights and not isinstance(layer, L.BatchNormalization):
+                layer.set_weights([w * 3 + rng.normal(0, .3, w.shape) for w in layer.get_weights()])
+        _rand_bn(m)
+        m.save(path)
+    elif name in ("hard_sigmoid_activation_layer", "hard_sigmoid_lstm_cell_state"):
+        i = K.Input((5, 4))
+        x = L.Dense(3)(i)
+        x = L.Activation("hard_sigmoid")(x) if name == "hard_sigmoid_activation_layer" else \
+            L.LSTM(3, activation="hard_sigmoid")(x)
+        m = K.Model(i, x)
+        m.save(path)
+    elif name in ("augmentation", "augmentation_crop"):  # augmentation inside the model (Keras tutorials)
+        i = K.Input((16, 16, 3))
+        x = L.RandomFlip()(i)
+        x = L.RandomRotation(0.1)(x)
+        x = L.RandomZoom(0.1)(x)
+        x = L.RandomTranslation(0.1, 0.1)(x)
+        x = L.RandomContrast(0.2)(x)
+        x = L.RandomBrightness(0.2)(x)
+        x = L.RandomCrop(12, 12)(x) if name == "augmentation_crop" else x
+        x = L.Conv2D(4, 3)(x)
+        x = L.BatchNormalization()(x)
+        m = K.Model(i, L.GlobalAveragePooling2D()(x))
+        _rand_bn(m)
+        m.save(path)
     elif name == "td_chain_mask":  # consecutive TimeDistributed with reshapes; BN called with a mask
         i = K.Input((5, 12, 12, 3))
         x = L.TimeDistributed(L.Conv2D(4, 3))(i)
@@ -241,13 +290,81 @@ def test_separable_conv_bn_folds_into_pointwise(converted):
     assert "BatchNormalization" not in rep.output["ops"]
 
 
-def test_old_hard_sigmoid_refused_for_keras_but_exact_for_onnx(legacy_files, converted, tmp_path):
-    rep, dst = converted("hard_sigmoid_lstm", "onnx")
-    xs = _inputs(legacy_files("hard_sigmoid_lstm"))
-    assert_close(_onnx(dst, xs)[0], _reference(legacy_files("hard_sigmoid_lstm"), xs)[0], "hard_sigmoid onnx")
+def test_old_hard_sigmoid_exact_in_onnx_and_keras(legacy_files, converted):
+    """tf.keras's hard_sigmoid(z) = clip(0.2z + 0.5) is Keras 3's clip(z'/6 + 0.5) of z' = 1.2z: the
+    migration scales the weights producing z, and the Keras 3 reload matches tf_keras's reading."""
+    for fmt in ("onnx", "keras"):
+        rep, dst = converted("hard_sigmoid_lstm", fmt)
+        xs = _inputs(legacy_files("hard_sigmoid_lstm"))
+        got = _onnx(dst, xs)[0] if fmt == "onnx" else _keras3(dst, xs)[0]
+        assert_close(got, _reference(legacy_files("hard_sigmoid_lstm"), xs)[0], f"hard_sigmoid {fmt}")
+    assert any("recurrent_activation hard_sigmoid" in n and "gates i, f, o" in n for n in rep.migration), \
+        rep.migration
+
+
+def test_old_hard_sigmoid_migrates_in_every_layer_that_can_take_it(legacy_files, converted):
+    """LSTM, GRU (both reset_after forms, activation and recurrent_activation), Bidirectional with a
+    different backward layer, ConvLSTM2D, TimeDistributed(Conv2D), SimpleRNN, RNN(GRUCell),
+    SeparableConv2D, DepthwiseConv2D, Dense: the .keras output matches tf_keras on the original.
+    (A SpatialDropout2D rides along: tf.keras saves ``trainable``, which Keras 3's refuses.)"""
+    import tf_keras
+
+    path = legacy_files("hard_sigmoid_zoo")
+    rep, dst = converted("hard_sigmoid_zoo", "keras")
+    assert rep.verification["ok"] and rep.verification["reference"].startswith("tf_keras")
+    xs = _inputs(path)
+    xs[1] *= 3
+    xs[2] *= 4
+    want = _reference(path, xs)
+    for i, (g, w) in enumerate(zip(_keras3(dst, xs), want)):
+        assert_close(g, w, f"hard_sigmoid zoo output {i}")
+    # the inputs reach both clipped ends and the slope between (else 1/6 vs 0.2 would not show)
+    original = tf_keras.models.load_model(path, compile=False)
+    dense = tf_keras.Model(original.inputs, original.get_layer("dense_hard").output)(xs, training=False)
+    dense = np.asarray(dense)
+    assert (dense == 0).any() and (dense == 1).any() and ((dense > 0) & (dense < 1)).any()
+    folded = [n for n in rep.migration if "scaled by 1.2" in n]
+    assert len(folded) == 14, folded  # 11 layers; one per activation and Bidirectional side
+
+
+def test_a_wrong_hard_sigmoid_slope_is_caught_against_the_original(legacy_files, tmp_path, monkeypatch):
+    """Negative case: without the factor (1.0), Keras 3's hard_sigmoid differs from tf.keras's and
+    verification against tf_keras's reading of the file fails: exit 3, nothing written."""
+    from bnrewrite.build import migrate as mig
+
+    monkeypatch.setattr(mig, "HARD_SIGMOID_SLOPE", 1.0)
+    with pytest.raises(bnrewrite.VerificationError, match="differs from the original model"):
+        bnrewrite.convert(legacy_files("hard_sigmoid_lstm"), tmp_path / "o.keras")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["hard_sigmoid_activation_layer", "hard_sigmoid_lstm_cell_state"])
+def test_old_hard_sigmoid_without_weights_to_scale_is_refused_for_keras(legacy_files, tmp_path, name):
+    """An Activation layer has no weights to take the factor; LSTM's ``activation`` also takes the
+    cell state. Refused for .keras, naming the way out; the ONNX output (tf_keras) is exact."""
     with pytest.raises(bnrewrite.UnsupportedModelError, match=r"hard_sigmoid.*write \.onnx or \.h5"):
-        bnrewrite.convert(legacy_files("hard_sigmoid_lstm"), tmp_path / "out.keras")
+        bnrewrite.convert(legacy_files(name), tmp_path / "out.keras")
     assert not (tmp_path / "out.keras").exists()
+    bnrewrite.convert(legacy_files(name), tmp_path / "out.onnx")
+    xs = _inputs(legacy_files(name))
+    assert_close(_onnx(tmp_path / "out.onnx", xs)[0], _reference(legacy_files(name), xs)[0], name)
+
+
+def test_augmentation_layers_pass_through_and_migrate(legacy_files, converted, tmp_path):
+    """tf.keras augmentation layers are read (pure tensor ops, the identity at inference), exported to
+    ONNX and migrated (``rng_type`` dropped); RandomCrop, whose inference resize differs in Keras 3,
+    is refused for .keras, and tf2onnx cannot export tf_keras's: one clear refusal each, nothing written."""
+    xs = _inputs(legacy_files("augmentation"))
+    for fmt in ("onnx", "keras"):
+        rep, dst = converted("augmentation", fmt)
+        got = _onnx(dst, xs)[0] if fmt == "onnx" else _keras3(dst, xs)[0]
+        assert_close(got, _reference(legacy_files("augmentation"), xs)[0], f"augmentation {fmt}")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="RandomCrop.*write .onnx"):
+        bnrewrite.convert(legacy_files("augmentation_crop"), tmp_path / "o.keras")
+    # tf_keras's RandomCrop keeps a stateful RNG op under its inference branch, which tf2onnx cannot export
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="tf2onnx could not export"):
+        bnrewrite.convert(legacy_files("augmentation_crop"), tmp_path / "o.onnx")
+    assert not list(tmp_path.iterdir())
 
 
 def test_timedistributed_before_bn_unwraps_and_bn_with_mask_folds(converted):

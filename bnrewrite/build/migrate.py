@@ -14,9 +14,15 @@ tf.keras / Keras 2                              Keras 3 (what this module does)
 ``BatchNormalizationV1``/``V2`` (TF 1.13)       ``BatchNormalization`` (the same inference math)
 ``LeakyReLU(alpha=a)``                          ``LeakyReLU(negative_slope=a)`` (Keras 3 would drop it:
                                                 default 0.3)
-``hard_sigmoid`` (clip(0.2x + 0.5, 0, 1)),      refused: Keras 3's ``hard_sigmoid`` is clip(x/6 + 0.5) and
-anywhere (``activation``,                       there is no Keras 3 activation for the old one (LSTM/GRU/
-``recurrent_activation``, Activation layer)     ConvLSTM ``recurrent_activation`` default in Keras 2.0-2.2)
+``hard_sigmoid`` (clip(0.2x + 0.5, 0, 1)) as    Keras 3's ``hard_sigmoid`` (clip(x/6 + 0.5, 0, 1)) of 1.2x, exactly
+``activation``/``recurrent_activation`` of a    the old one: the weights whose output it takes are scaled
+layer whose pre-activation is linear in its     by 1.2 (LSTM/ConvLSTM gates i, f, o; GRU gates z, r, or
+weights (Dense, Conv*, SeparableConv*,          its candidate for ``activation``; all of them otherwise).
+DepthwiseConv*, SimpleRNN, GRU, LSTM and        The LSTM/GRU/ConvLSTM ``recurrent_activation`` default in
+ConvLSTM gates), also wrapped or as an RNN cell Keras 2.0-2.2. See :data:`HARD_SIGMOID_FOLD`
+``hard_sigmoid`` elsewhere (``Activation``      refused: no weights take the factor
+layer, LSTM/ConvLSTM ``activation``: applied
+to the cell state)
 ``hard_silu``/``hard_swish``                    refused (built on the old ``hard_sigmoid``)
 ``ThresholdedReLU(theta)``                      refused: not in Keras 3 (``ReLU(threshold)`` differs at x=theta)
 ``Embedding(input_dim, input_length)``          ``input_dim`` kept; ``input_length`` dropped (shape only)
@@ -30,8 +36,11 @@ dtype policy ``{"class_name": "Policy"}``       its name
 size, adjustment, fused)``                      inference with the moving statistics
 ``batch_input_shape``/``input_shape``/          dropped (the input layer carries the shape)
 ``input_dim``/``batch_size`` on other layers
+``Random*`` augmentation ``rng_type``            dropped (training-time augmentation's random generator)
+``RandomCrop``                                  refused: its inference-time resize and crop differs
 RNN ``implementation``, ``DepthwiseConv groups  dropped (computation layout only / the default)
 =1``, ``dynamic``
+``trainable`` where Keras 3 takes none           dropped (``SpatialDropout*D``; training only)
 ``*_initializer``/``*_regularizer``/            dropped where Keras 3 has no such argument (e.g.
 ``*_constraint``, keys set to ``None``          SeparableConv2D ``kernel_constraint``): training only /
                                                 unset
@@ -54,6 +63,8 @@ from __future__ import annotations
 import functools
 import inspect
 
+import numpy as np
+
 from ..errors import UnsupportedModelError
 from ..graph import INPUT_CLASS, OPS_MODULE, Layer, ModelGraph, is_op
 from ..io.allowlist import APP_LAYERS
@@ -70,8 +81,29 @@ _DROP = {
     ("BatchNormalization", "renorm"), ("BatchNormalization", "renorm_clipping"),
     ("BatchNormalization", "renorm_momentum"), ("BatchNormalization", "virtual_batch_size"),
     ("BatchNormalization", "adjustment"), ("BatchNormalization", "fused"),
+    *((c, "rng_type") for c in ("RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomHeight",
+                                "RandomRotation", "RandomTranslation", "RandomWidth", "RandomZoom")),
 }
 _OLD_HARD = ("hard_sigmoid", "hard_silu", "hard_swish")
+#: tf.keras hard_sigmoid(z) = clip(0.2z + 0.5, 0, 1) = clip(1.2z/6 + 0.5, 0, 1) = Keras 3 hard_sigmoid(1.2z)
+HARD_SIGMOID_SLOPE = 1.2
+_RNN_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
+_CONV = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+_LSTM = ("LSTM", "LSTMCell", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+#: (class, activation key) -> (the weights whose output is that activation's input, which gates of
+#: their last axis: (number of gates, the gates scaled), or None for all of it). A pre-activation
+#: that is linear in these weights (bias included) becomes 1.2x when they are scaled by 1.2.
+HARD_SIGMOID_FOLD = {
+    **{(c, "activation"): (("kernel", "bias"), None) for c in ("Dense", *_CONV)},
+    **{(c, "activation"): (("pointwise_kernel", "bias"), None) for c in ("SeparableConv1D", "SeparableConv2D")},
+    **{(c, "activation"): (("depthwise_kernel", "bias"), None) for c in ("DepthwiseConv1D", "DepthwiseConv2D")},
+    **{(c, "activation"): (_RNN_WEIGHTS, None) for c in ("SimpleRNN", "SimpleRNNCell")},
+    # GRU: z, r = rec_act(.), h~ = act(x W_h + r * (h U_h + b)) -- linear in W_h, U_h, b either way
+    **{(c, "recurrent_activation"): (_RNN_WEIGHTS, (3, (0, 1))) for c in ("GRU", "GRUCell")},
+    **{(c, "activation"): (_RNN_WEIGHTS, (3, (2,))) for c in ("GRU", "GRUCell")},
+    # LSTM gates i, f, c, o: i, f, o through rec_act; ``activation`` also takes the cell state: refused
+    **{(c, "recurrent_activation"): (_RNN_WEIGHTS, (4, (0, 1, 3))) for c in _LSTM},
+}
 _HOW = "write .onnx or .h5 instead (rebuilt by tf_keras, no migration needed)"
 
 
@@ -107,7 +139,8 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
             layer.class_name, layer.module = "TFOp", OPS_MODULE
             layer.config = {"name": layer.name, "function": fn}
             continue
-        cls, config, weights = migrate_layer(layer.class_name, layer.config, layer.name, layer.weights, notes)
+        cls, config, weights = migrate_layer(layer.class_name, layer.config, layer.name, layer.weights, notes,
+                                             top=True)
         layer.class_name, layer.config, layer.weights = cls, config, weights
         layer.module = None if cls == INPUT_CLASS else _keras3_module(cls)
     return out, notes
@@ -119,8 +152,10 @@ def _keras3_module(class_name: str) -> str:
     return module if module.startswith("keras.") else "keras.layers"
 
 
-def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None, notes: list[str]):
-    """``(class_name, keras3_config, weights)`` for one legacy layer."""
+def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None, notes: list[str],
+                  top: bool = False):
+    """``(class_name, keras3_config, weights)`` for one legacy layer (``top``: a layer of the graph,
+    owning ``weights``, rather than one inside a wrapper's config)."""
     from .keras3 import keras_class
 
     config = dict(config)
@@ -131,7 +166,8 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     if class_name == "Lambda":
         config = _legacy_lambda(config)
     class_name = APP_MIGRATIONS.get(class_name, class_name)
-    _refuse_old_hard_activations(config, name)
+    if top:
+        weights = fold_old_hard_sigmoid(class_name, config, name, weights, notes)
     cls = keras_class(class_name, _keras3_module(class_name))
     if cls is None:
         raise refuse(name, f"Keras 3 has no layer class {class_name!r}")
@@ -153,6 +189,8 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
             if len(axis) != 1:
                 raise refuse(name, f"BatchNormalization over several axes {list(axis)}")
             config["axis"] = int(axis[0])
+    if class_name == "RandomCrop":  # verification against tf_keras fails by ~3e-2 on the same image
+        raise refuse(name, "RandomCrop resizes and crops at inference differently in tf.keras and Keras 3")
     if config.get("time_major"):
         raise refuse(name, "time_major=True recurrent layers do not exist in Keras 3")
     config = _strip_initializer_dtype(config)
@@ -165,6 +203,8 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
             # tf.keras records a wrapped layer's build shape per step, which Keras 3 would build with
             config[key] = {"module": "keras.layers", "class_name": icls, "config": icfg, "registered_name": None}
     allowed = accepted_keys(cls)
+    if allowed is not None and "trainable" not in allowed:
+        config.pop("trainable", None)  # Keras 3's SpatialDropout*D take none (and it changes training only)
     if allowed is not None:
         for k in sorted(k for k in config if k not in allowed and k not in _ALWAYS_KEPT):
             value = config.pop(k)
@@ -181,21 +221,76 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     return class_name, config, new_weights
 
 
-def _refuse_old_hard_activations(config, name: str) -> None:
-    for key, value in _walk_items(config):
-        if key in ("activation", "recurrent_activation") and value in _OLD_HARD:
-            raise refuse(name, f"{key}={value!r} means clip(0.2x + 0.5, 0, 1) in tf.keras but "
-                               "clip(x/6 + 0.5, 0, 1) in Keras 3, which has no equivalent")
+def fold_old_hard_sigmoid(class_name: str, config: dict, name: str, weights: dict | None,
+                          notes: list[str]) -> dict | None:
+    """``weights`` with tf.keras's ``hard_sigmoid`` slope folded in (:data:`HARD_SIGMOID_FOLD`), so that
+    the config's ``"hard_sigmoid"``, read by Keras 3 as clip(x/6 + 0.5), computes the old function;
+    any other old hard activation in the config (nested ones included) is refused."""
+    given, weights = weights, dict(weights or {})
+    folded: set[tuple[int, str]] = set()
+    for cls, cfg, keys in _weight_owners(class_name, config, weights):
+        for key in ("activation", "recurrent_activation"):
+            if cfg.get(key) != "hard_sigmoid" or (cls, key) not in HARD_SIGMOID_FOLD:
+                continue
+            roles, gates = HARD_SIGMOID_FOLD[(cls, key)]
+            scaled = [k for k in keys if k.rsplit("/", 1)[-1] in roles]
+            if not any(k.rsplit("/", 1)[-1] == roles[0] for k in scaled):
+                raise refuse(name, f"{key}='hard_sigmoid' (tf.keras: clip(0.2x + 0.5, 0, 1)) and no {roles[0]} "
+                                   "weight to take the slope")
+            for k in scaled:
+                if gates is not None and np.shape(weights[k])[-1] % gates[0]:
+                    raise refuse(name, f"weight {k} of shape {np.shape(weights[k])} is not {gates[0]} gates")
+                weights[k] = _scale_gates(weights[k], gates)
+            folded.add((id(cfg), key))
+            which = "" if gates is None else " gates " + ", ".join(
+                ("zrh" if gates[0] == 3 else "ifco")[g] for g in gates[1])
+            notes.append(f"layer {name!r}: {key} hard_sigmoid (tf.keras: clip(0.2x + 0.5, 0, 1)) -> Keras 3 "
+                         f"hard_sigmoid of 1.2x:{which} of {', '.join(k for k in scaled)} scaled by 1.2")
+    for cfg, key, value in _walk_dicts(config):
+        if key in ("activation", "recurrent_activation") and value in _OLD_HARD and (id(cfg), key) not in folded:
+            raise refuse(name, f"{key}={value!r} means clip(0.2x + 0.5, 0, 1) in tf.keras but clip(x/6 + 0.5, 0, 1) "
+                               "in Keras 3, and this layer has no weights that produce its input alone")
+    return None if given is None else weights
 
 
-def _walk_items(obj):
+def _weight_owners(class_name: str, config: dict, weights: dict) -> list[tuple[str, dict, list[str]]]:
+    """``(class, config, weight keys)`` of the layer and of the layers a wrapper or RNN holds."""
+    inner = config.get("layer") if class_name in WRAPPERS else config.get("cell") if class_name == "RNN" else None
+    if not isinstance(inner, dict) or "class_name" not in inner:
+        return [(class_name, config, list(weights))]
+    forward = (inner["class_name"], inner.get("config") or {})
+    if class_name != "Bidirectional":
+        return [(*forward, list(weights))]
+    back = config.get("backward_layer")
+    backward = (back["class_name"], back.get("config") or {}) if isinstance(back, dict) else forward
+    is_back = [k.startswith("backward_") for k in weights]
+    return [(*forward, [k for k, b in zip(weights, is_back) if not b]),
+            (*backward, [k for k, b in zip(weights, is_back) if b])]
+
+
+def _scale_gates(w, gates):
+    """``w`` times 1.2 (in float64, rounded once), on the gates' slices of its last axis, or all of it."""
+    w = np.asarray(w)
+    out = np.array(w, dtype=np.float64)
+    if gates is None:
+        out *= HARD_SIGMOID_SLOPE
+    else:
+        n, which = gates
+        units = out.shape[-1] // n
+        for g in which:
+            out[..., g * units:(g + 1) * units] *= HARD_SIGMOID_SLOPE
+    return out.astype(w.dtype)
+
+
+def _walk_dicts(obj):
+    """``(dict, key, value)`` for every item of every dict in ``obj``."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield k, v
-            yield from _walk_items(v)
+            yield obj, k, v
+            yield from _walk_dicts(v)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _walk_items(v)
+            yield from _walk_dicts(v)
 
 
 def _strip_initializer_dtype(config: dict) -> dict:

@@ -28,6 +28,8 @@ CuDNNLSTM CuDNNGRU LSTMV1 GRUV1
 Bidirectional TimeDistributed
 BatchNormalization SyncBatchNormalization BatchNormalizationV1 BatchNormalizationV2 LayerNormalization GroupNormalization UnitNormalization
 Normalization Rescaling Resizing CenterCrop Discretization
+RandomFlip RandomRotation RandomZoom RandomTranslation RandomContrast RandomBrightness RandomCrop
+RandomHeight RandomWidth
 Add Subtract Multiply Average Maximum Minimum Concatenate Dot
 ReLU LeakyReLU PReLU ELU ThresholdedReLU Softmax
 Attention AdditiveAttention MultiHeadAttention
