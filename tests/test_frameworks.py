@@ -94,6 +94,10 @@ def _build(name, folder):
         x = L.LeakyReLU(alpha=0.2)(x)
         x = x * 2.0 + 1.0
         x = tf.nn.relu6(x)[:, 1:, :, :]
+        # the activations Keras 2 code calls on tensors (keras.activations.swish / gelu -> tf.nn.*)
+        x = tf.nn.silu(x) + tf.nn.silu(x, beta=1.5) + tf.nn.gelu(x) + tf.nn.gelu(x, approximate=True)
+        x = tf.nn.elu(x) + tf.nn.selu(x) + tf.math.softplus(x) + tf.nn.leaky_relu(x, alpha=0.1)
+        x = tf.math.erf(x) * tf.math.reciprocal(x * x + 1.0)
         x = L.GlobalAveragePooling2D()(x)
         m = K.Model(i, x)
         _rand_bn(m)
@@ -153,6 +157,21 @@ def _build(name, folder):
         x = L.Conv2D(4, 3)(x)
         x = L.BatchNormalization()(x)
         m = K.Model(i, L.GlobalAveragePooling2D()(x))
+        _rand_bn(m)
+        m.save(path)
+    elif name.startswith("mha_"):  # MultiHeadAttention: plain, with a mask, robust softmax with a mask
+        q = K.Input((5, 8))
+        x = L.BatchNormalization()(q)
+        if name == "mha_plain":
+            m = K.Model(q, L.MultiHeadAttention(2, 4, name="mha")(x, x, use_causal_mask=True))
+        elif name == "mha_embedding_mask":  # Keras's implicit mask, from mask_zero
+            t = K.Input((5,), dtype="int32")
+            e = L.Embedding(20, 8, mask_zero=True, name="emb")(t)
+            m = K.Model(t, L.MultiHeadAttention(2, 4, name="mha")(e, e))
+        else:
+            mask = K.Input((5, 5))
+            robust = {"softmax_robust_masking": True} if name == "mha_robust_mask" else {}
+            m = K.Model([q, mask], L.MultiHeadAttention(2, 4, name="mha", **robust)(x, x, attention_mask=mask))
         _rand_bn(m)
         m.save(path)
     elif name == "td_chain_mask":  # consecutive TimeDistributed with reshapes; BN called with a mask
@@ -365,6 +384,27 @@ def test_augmentation_layers_pass_through_and_migrate(legacy_files, converted, t
     with pytest.raises(bnrewrite.UnsupportedModelError, match="tf2onnx could not export"):
         bnrewrite.convert(legacy_files("augmentation_crop"), tmp_path / "o.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_multi_head_attention_migrates_only_where_masking_agrees(legacy_files, converted, tmp_path):
+    """tf.keras adds -1e9 to masked attention scores and keeps nonzero mask values; Keras 3 puts -1e9
+    there and keeps values > 0.5. Without a mask (a causal one included) the .keras output matches
+    tf_keras; an attention_mask, in either softmax form, or a mask_zero Embedding is refused; the ONNX
+    output is exact."""
+    rep, dst = converted("mha_plain", "keras")
+    xs = _inputs(legacy_files("mha_plain"))
+    assert_close(_keras3(dst, xs)[0], _reference(legacy_files("mha_plain"), xs)[0], "mha plain")
+    for name in ("mha_mask", "mha_robust_mask"):
+        with pytest.raises(bnrewrite.UnsupportedModelError, match="mask.*called with an attention_mask"):
+            bnrewrite.convert(legacy_files(name), tmp_path / "o.keras")
+        assert not list(tmp_path.iterdir())
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="layer 'emb' makes a Keras mask"):
+        bnrewrite.convert(legacy_files("mha_embedding_mask"), tmp_path / "o.keras")
+    rep, dst = converted("mha_mask", "onnx")
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((2, 5, 8)).astype("float32"), (rng.random((2, 5, 5)) > 0.4).astype("float32")]
+    xs[1][:, 1, :] = 0  # a query that sees no key
+    assert_close(_onnx(dst, xs)[0], _reference(legacy_files("mha_mask"), xs)[0], "mha mask onnx")
 
 
 def test_timedistributed_before_bn_unwraps_and_bn_with_mask_folds(converted):

@@ -200,6 +200,13 @@ def _getitem(x, slice_spec=None, **kw):
     return x[spec]
 
 
+def _silu(features, beta=1.0, name=None):
+    import keras
+
+    o = keras.ops
+    return o.silu(features) if beta == 1.0 else o.multiply(features, o.sigmoid(o.multiply(features, beta)))
+
+
 def tf_op_as_keras(function: str):
     """The Keras 3 op computing what tf.keras's ``TFOpLambda(tf.<function>)`` computes, with
     tf.keras's call arguments, or None. Each is the same math (no approximation)."""
@@ -222,6 +229,14 @@ def tf_op_as_keras(function: str):
         "math.tanh": lambda x, name=None: o.tanh(x), "nn.relu": lambda features, name=None: o.relu(features),
         "nn.relu6": lambda features, name=None: o.relu6(features),
         "nn.sigmoid": lambda x, name=None: o.sigmoid(x), "nn.tanh": lambda x, name=None: o.tanh(x),
+        # tf.nn.silu(x, beta) = x * sigmoid(beta * x) (``keras.activations.swish`` called on a tensor)
+        "nn.silu": _silu, "nn.swish": _silu,
+        "nn.gelu": lambda features, approximate=False, name=None: o.gelu(features, approximate=approximate),
+        "nn.elu": lambda features, name=None: o.elu(features), "nn.selu": lambda features, name=None: o.selu(features),
+        "nn.softplus": lambda features, name=None: o.softplus(features),
+        "math.softplus": lambda features, name=None: o.softplus(features),
+        "nn.leaky_relu": lambda features, alpha=0.2, name=None: o.leaky_relu(features, negative_slope=alpha),
+        "math.erf": lambda x, name=None: o.erf(x), "math.reciprocal": lambda x, name=None: o.reciprocal(x),
         "nn.softmax": lambda logits, axis=None, name=None: o.softmax(logits, axis=-1 if axis is None else axis),
         "math.reduce_mean": _reduce(o.mean), "math.reduce_sum": _reduce(o.sum),
         "math.reduce_max": _reduce(o.max), "math.reduce_min": _reduce(o.min),

@@ -38,6 +38,15 @@ size, adjustment, fused)``                      inference with the moving statis
 ``input_dim``/``batch_size`` on other layers
 ``Random*`` augmentation ``rng_type``            dropped (training-time augmentation's random generator)
 ``RandomCrop``                                  refused: its inference-time resize and crop differs
+``MultiHeadAttention`` ``query/key/value_shape``  dropped (build shapes; Keras 3 builds from the call)
+``MultiHeadAttention``: softmax masking         tf.keras adds -1e9 to masked scores (default), Keras 3 puts
+                                                -1e9 there (tf.keras's ``softmax_robust_masking=True``):
+                                                a query with every key masked differs. Migrated (the key
+                                                dropped) when no mask can reach the layer (no
+                                                ``attention_mask``: tf.keras keeps its nonzero values,
+                                                Keras 3 those > 0.5; no ``Masking``/``mask_zero``
+                                                ``Embedding`` unless robust; a causal mask never masks a
+                                                whole row); refused otherwise
 RNN ``implementation``, ``DepthwiseConv groups  dropped (computation layout only / the default)
 =1``, ``dynamic``
 ``trainable`` where Keras 3 takes none           dropped (``SpatialDropout*D``; training only)
@@ -81,6 +90,7 @@ _DROP = {
     ("BatchNormalization", "renorm"), ("BatchNormalization", "renorm_clipping"),
     ("BatchNormalization", "renorm_momentum"), ("BatchNormalization", "virtual_batch_size"),
     ("BatchNormalization", "adjustment"), ("BatchNormalization", "fused"),
+    *(("MultiHeadAttention", f"{t}_shape") for t in ("query", "key", "value")),  # build shapes: Keras 3 takes the call's
     *((c, "rng_type") for c in ("RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomHeight",
                                 "RandomRotation", "RandomTranslation", "RandomWidth", "RandomZoom")),
 }
@@ -139,11 +149,35 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
             layer.class_name, layer.module = "TFOp", OPS_MODULE
             layer.config = {"name": layer.name, "function": fn}
             continue
+        if layer.class_name == "MultiHeadAttention":
+            why = _masking_differs(out, layer)
+            if why:
+                raise refuse(layer.name, "tf.keras and Keras 3 mask attention scores differently (a query whose "
+                                         "keys are all masked; non-binary mask values), and " + why)
+            layer.config = {k: v for k, v in layer.config.items() if k != "softmax_robust_masking"}
         cls, config, weights = migrate_layer(layer.class_name, layer.config, layer.name, layer.weights, notes,
                                              top=True)
         layer.class_name, layer.config, layer.weights = cls, config, weights
         layer.module = None if cls == INPUT_CLASS else _keras3_module(cls)
     return out, notes
+
+
+def _masking_differs(mg: ModelGraph, layer: Layer) -> str | None:
+    """Why a tf.keras ``MultiHeadAttention`` may see a mask (where its softmax and Keras 3's differ), or
+    None. An ``attention_mask`` always counts (tf.keras keeps nonzero values, Keras 3 values > 0.5);
+    Keras's own boolean masks count unless ``softmax_robust_masking=True`` (Keras 3's form); a causal
+    mask alone never masks a whole row; without any mask the two are the same function."""
+    g = mg.graph
+    if any(mg.layer(n) is layer and g.nodes[n].get("kwargs", {}).get("attention_mask") is not None for n in g):
+        # also in the robust form: tf.keras keeps every nonzero mask value, Keras 3 those > 0.5
+        return "it is called with an attention_mask"
+    if layer.config.get("softmax_robust_masking"):
+        return None
+    for n in g:
+        other = mg.layer(n)
+        if other.class_name == "Masking" or other.class_name == "Embedding" and other.config.get("mask_zero"):
+            return f"layer {other.name!r} makes a Keras mask that may reach it"
+    return None
 
 
 def _keras3_module(class_name: str) -> str:

@@ -125,6 +125,8 @@ PROV = {
                   via=TF2ONNX.format(t="test_srgan.py")),
     "tf_dcgan_generator": dict(repo="tensorflow/docs", file="site/en/tutorials/generative/dcgan.ipynb",
                                licence="Apache-2.0"),
+    "mobilevit": dict(repo="keras-team/keras-io", file="examples/vision/mobilevit.py (create_mobilevit)",
+                      licence="Apache-2.0"),
 }
 
 # --------------------------------------------------------------------------- architectures
@@ -184,6 +186,7 @@ ARCHS: dict[str, dict] = {
     "pix2pix": dict(tags={"leaky_relu_alpha", "upsampling"}, k3=True),
     "srgan": dict(tags={"open_dims", "upsampling"}, k3=True, sample={0: (16, 16, 3)}),
     "tf_dcgan_generator": dict(tags={"conv_transpose"}, k3=True),
+    "mobilevit": dict(tags={"attention", "augmentation", "lambda"}, k3=True),
 }
 
 LEGACY_FRAMEWORK_LABEL = {

@@ -1247,3 +1247,63 @@ def arch_tf_dcgan_generator(K):
         L.LeakyReLU(),
         L.Conv2DTranspose(1, (5, 5), strides=(2, 2), padding="same", use_bias=False, activation="tanh"),
     ], name="tf_dcgan_generator")
+
+
+def arch_mobilevit(K):
+    """keras-team/keras-io ``examples/vision/mobilevit.py`` (``create_mobilevit``): conv blocks with
+    swish, MobileNetV2 inverted residuals (Conv-BN-swish, DepthwiseConv-BN-swish, Conv-BN, Add),
+    MobileViT blocks (unfold by Reshape, transformer of LayerNormalization + MultiHeadAttention +
+    swish MLP, fold back, Concatenate with the input); ``keras.activations.swish`` called on tensors
+    (a tf.keras op layer / a Keras 3 op). Added: the example's augmentation (RandomFlip,
+    RandomRotation) moved into the model, as Keras tutorials do. Image 32 (was 256), channels / 2,
+    one MobileViT block per stage with 1 transformer layer, 5 classes."""
+    L = K.layers
+    swish = K.activations.swish
+    patch = 4  # 2x2 patches
+
+    def conv_block(x, filters, kernel_size=3, strides=2):
+        return L.Conv2D(filters, kernel_size, strides=strides, activation=swish, padding="same")(x)
+
+    def inverted_residual(x, expanded, out, strides=1):
+        m = L.Conv2D(expanded, 1, padding="same", use_bias=False)(x)
+        m = swish(L.BatchNormalization()(m))
+        if strides == 2:
+            m = L.ZeroPadding2D(padding=((0, 1), (0, 1)))(m)
+        m = L.DepthwiseConv2D(3, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False)(m)
+        m = swish(L.BatchNormalization()(m))
+        m = L.Conv2D(out, 1, padding="same", use_bias=False)(m)
+        m = L.BatchNormalization()(m)
+        return L.Add()([m, x]) if x.shape[-1] == out and strides == 1 else m
+
+    def transformer(x, dim, num_heads=2):
+        x1 = L.LayerNormalization(epsilon=1e-6)(x)
+        att = L.MultiHeadAttention(num_heads=num_heads, key_dim=dim, dropout=0.1)(x1, x1)
+        x2 = L.Add()([att, x])
+        x3 = L.LayerNormalization(epsilon=1e-6)(x2)
+        for units in (x.shape[-1] * 2, x.shape[-1]):
+            x3 = L.Dropout(0.1)(L.Dense(units, activation=swish)(x3))
+        return L.Add()([x3, x2])
+
+    def mobilevit_block(x, dim):
+        local = conv_block(x, dim, strides=1)
+        local = conv_block(local, dim, kernel_size=1, strides=1)
+        n = local.shape[1] * local.shape[2] // patch
+        g = transformer(L.Reshape((patch, n, dim))(local), dim)
+        folded = L.Reshape((local.shape[1], local.shape[2], dim))(g)
+        folded = conv_block(folded, x.shape[-1], kernel_size=1, strides=1)
+        return conv_block(L.Concatenate(axis=-1)([x, folded]), dim, strides=1)
+
+    inp = K.Input((32, 32, 3))
+    x = L.RandomFlip("horizontal")(inp)
+    x = L.RandomRotation(0.1)(x)
+    x = L.Rescaling(scale=1.0 / 255)(x)
+    x = conv_block(x, 8)
+    x = inverted_residual(x, 16, 8)
+    x = inverted_residual(x, 16, 12, strides=2)
+    x = inverted_residual(x, 24, 12)
+    x = mobilevit_block(x, dim=16)
+    x = inverted_residual(x, 24, 16, strides=2)
+    x = mobilevit_block(x, dim=20)
+    x = conv_block(x, 32, kernel_size=1, strides=1)
+    x = L.GlobalAvgPool2D()(x)
+    return K.Model(inp, L.Dense(5, activation="softmax")(x), name="mobilevit")
