@@ -90,7 +90,7 @@ _DROP = {
     ("BatchNormalization", "renorm"), ("BatchNormalization", "renorm_clipping"),
     ("BatchNormalization", "renorm_momentum"), ("BatchNormalization", "virtual_batch_size"),
     ("BatchNormalization", "adjustment"), ("BatchNormalization", "fused"),
-    *(("MultiHeadAttention", f"{t}_shape") for t in ("query", "key", "value")),  # build shapes: Keras 3 takes the call's
+    *(("MultiHeadAttention", f"{t}_shape") for t in ("query", "key", "value")),  # build shapes only
     *((c, "rng_type") for c in ("RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomHeight",
                                 "RandomRotation", "RandomTranslation", "RandomWidth", "RandomZoom")),
 }
