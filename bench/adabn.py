@@ -1,6 +1,7 @@
 """AdaBN benchmark: calibration time vs one ``model.predict`` pass, memory as the data grows, Ray shards.
 
     python3 bench/adabn.py [--quick] [--size 128] [--samples 512] [--repeats 3]
+    python3 bench/adabn.py --fullbatch [--size 128] [--samples 512] [--repeats 3]
 
 (``bench/run.py`` calls :func:`run` and puts the result in docs/benchmarks.md.)
 
@@ -27,6 +28,11 @@
 * Ray: the same calibration at N with ``engine="ray", shards=2`` on a local Ray
   instance (started and stopped inside the timer), wall time vs one process and
   peak RSS per shard; its statistics are checked bit-equal to one process's.
+* ``--fullbatch`` (a reference point, bench/NOTES.md "Session 9", not in the tables): at N samples,
+  alternating fresh processes, the warm/cold predict and the calibration above beside Keras
+  computing the same statistics in one call -- ``tf.function(lambda x: model(x, training=True))``
+  on every sample as one batch (each BN normalizes with the mean and biased variance of all the
+  data given the BNs before it: AdaBN up to ddof), first call (tracing included) and again.
 """
 
 from __future__ import annotations
@@ -104,6 +110,19 @@ def _worker(args) -> dict:
         t, f = time.perf_counter(), faulted_bytes()
         model.predict(x, batch_size=32, verbose=0)
         return {"seconds": cold, "warm_seconds": time.perf_counter() - t, "warm_faulted_mb": (faulted_bytes() - f) / 2**20}
+    if args.worker == "fullbatch":
+        import keras
+        import tensorflow as tf
+
+        model = keras.saving.load_model(args.model, compile=False)
+        x = np.load(args.data)
+        fn = tf.function(lambda v: model(v, training=True))
+        t, f = time.perf_counter(), faulted_bytes()
+        fn(tf.constant(x)).numpy()
+        first, faulted = time.perf_counter() - t, faulted_bytes() - f
+        t = time.perf_counter()
+        fn(tf.constant(x)).numpy()
+        return {"seconds": first, "again_seconds": time.perf_counter() - t, "faulted_mb": faulted / 2**20}
     if args.worker == "calibrate":
         import bnrewrite
         from bnrewrite.calibration import calibrate
@@ -279,6 +298,18 @@ def run(quick: bool = False, size: int | None = None, samples: int | None = None
             "ratio_again_big": round(timed[4 * samples]["again"] / timed[4 * samples]["warm"], 3)}
 
 
+def fullbatch(size: int = 128, samples: int = 512, repeats: int = 3, say=print) -> None:
+    """``--fullbatch``: one line per process, predict / Keras's one-call statistics / calibration."""
+    model, data = _model_path(size), _data_path(size, samples)
+    if not (model.exists() and data.exists()):
+        raise SystemExit(f"run bench/adabn.py first: it writes {model.name} and {data.name}")
+    for i in range(repeats):
+        say(f"round {i + 1}: predict {_spawn('--worker', 'predict', '--model', model, '--data', data)}")
+        say(f"round {i + 1}: fullbatch {_spawn('--worker', 'fullbatch', '--model', model, '--data', data)}")
+        cal = _calibrate(model, data)
+        say(f"round {i + 1}: calibrate seconds={cal['seconds']:.2f} faulted_mb={cal['faulted_mb']:.0f}")
+
+
 def _median_run(t: dict) -> dict:
     """The calibration run of median time among a size's rounds."""
     return sorted(t["runs"], key=lambda r: r["seconds"])[len(t["runs"]) // 2]
@@ -298,9 +329,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int)
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--quick", action="store_true", help="64x64, 128 samples, one round")
+    ap.add_argument("--fullbatch", action="store_true", help="the one-call reference point (see above)")
     args = ap.parse_args()
     if args.worker:
         print(MARK + json.dumps(_worker(args)), flush=True)
+        return
+    if args.fullbatch:
+        fullbatch(args.size or 128, args.samples or 512, args.repeats or 3)
         return
     res = run(args.quick, args.size, args.samples, args.repeats)
     for r in res["rows"]:

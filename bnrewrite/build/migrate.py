@@ -76,7 +76,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..graph import INPUT_CLASS, OPS_MODULE, Layer, ModelGraph, is_op
-from ..io.allowlist import APP_LAYERS
+from ..io.allowlist import APP_LAYERS, LAYERS
 
 WRAPPERS = ("TimeDistributed", "Bidirectional")
 #: tf_keras.applications layers -> the Keras 3 application layer with the same call
@@ -91,8 +91,7 @@ _DROP = {
     ("BatchNormalization", "renorm_momentum"), ("BatchNormalization", "virtual_batch_size"),
     ("BatchNormalization", "adjustment"), ("BatchNormalization", "fused"),
     *(("MultiHeadAttention", f"{t}_shape") for t in ("query", "key", "value")),  # build shapes only
-    *((c, "rng_type") for c in ("RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomHeight",
-                                "RandomRotation", "RandomTranslation", "RandomWidth", "RandomZoom")),
+    *((c, "rng_type") for c in LAYERS if c.startswith("Random")),  # the augmentation layers we read
 }
 _OLD_HARD = ("hard_sigmoid", "hard_silu", "hard_swish")
 #: tf.keras hard_sigmoid(z) = clip(0.2z + 0.5, 0, 1) = clip(1.2z/6 + 0.5, 0, 1) = Keras 3 hard_sigmoid(1.2z)
