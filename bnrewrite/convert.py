@@ -466,7 +466,31 @@ def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:
                           outputs=[o.name for o in proto.graph.output])
         return atomic_write(dst, lambda p: onnx.save(proto, str(p)))
     rep.output["keras_layers"] = len(model.layers)
-    return atomic_write(dst, lambda p: model.save(str(p)))
+    try:
+        return atomic_write(dst, lambda p: model.save(str(p)))
+    except OSError:
+        raise  # the disk, not the model: surfaces as it is
+    except Exception as e:
+        raise _save_error(model, fmt, e) from e
+
+
+def _save_error(model, fmt: str, e: Exception):
+    """The framework could not write the model in ``fmt`` (e.g. Keras 3's .h5 writer deep-copies each
+    layer's config, and some layers' configs hold modules): one line, naming the layer when its
+    config alone fails that copy."""
+    import copy
+
+    from .errors import UnsupportedModelError, root_cause
+
+    where = ""
+    for lay in getattr(model, "layers", []):
+        try:
+            copy.deepcopy(lay.get_config())
+        except Exception:
+            where = f" (layer {lay.name!r}, {type(lay).__name__}: its config cannot be copied)"
+            break
+    other = "write .keras or .onnx instead" if fmt == "h5" else "write .onnx or .h5 instead"
+    return UnsupportedModelError(f"the model cannot be written as .{fmt}{where}: {root_cause(e)}; {other}")
 
 
 def load(path, *, unsafe: bool = False, custom_objects: dict | None = None) -> ModelGraph:

@@ -159,6 +159,16 @@ def _build(name, folder):
         m = K.Model(i, L.GlobalAveragePooling2D()(x))
         _rand_bn(m)
         m.save(path)
+    elif name in ("thresholded_relu", "locally_connected"):  # Keras 2 layers Keras 3 lacks
+        i = K.Input((8, 8, 3))
+        x = L.BatchNormalization()(L.Conv2D(4, 3)(i))
+        if name == "thresholded_relu":
+            x = L.ThresholdedReLU(theta=0.3)(x)
+        else:  # DeepFace-style: unshared weights per position
+            x = L.BatchNormalization()(L.LocallyConnected2D(3, 3, activation="relu")(x))
+        m = K.Model(i, L.Flatten()(x))
+        _rand_bn(m)
+        m.save(path)
     elif name.startswith("mha_"):  # MultiHeadAttention: plain, with a mask, robust softmax with a mask
         q = K.Input((5, 8))
         x = L.BatchNormalization()(q)
@@ -383,6 +393,36 @@ def test_augmentation_layers_pass_through_and_migrate(legacy_files, converted, t
     # tf_keras's RandomCrop keeps a stateful RNG op under its inference branch, which tf2onnx cannot export
     with pytest.raises(bnrewrite.UnsupportedModelError, match="tf2onnx could not export"):
         bnrewrite.convert(legacy_files("augmentation_crop"), tmp_path / "o.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_thresholded_relu_migrates_to_relu_threshold(legacy_files, converted):
+    """tf.keras ThresholdedReLU(theta) (x where x > theta, else 0) is Keras 3's ReLU(threshold=theta):
+    .onnx and .keras match tf_keras, on inputs that land on both sides of theta."""
+    import keras
+
+    path = legacy_files("thresholded_relu")
+    xs = _inputs(path)
+    want = _reference(path, xs)[0]
+    assert (want == 0).mean() > 0.2 and (np.abs(want) > 0.3).mean() > 0.2  # both sides of theta occur
+    for fmt in ("onnx", "keras"):
+        rep, dst = converted("thresholded_relu", fmt)
+        got = _onnx(dst, xs)[0] if fmt == "onnx" else _keras3(dst, xs)[0]
+        assert_close(got, want, f"thresholded_relu {fmt}")
+    relu = [l for l in keras.saving.load_model(dst, compile=False).layers if isinstance(l, keras.layers.ReLU)]
+    assert len(relu) == 1 and abs(relu[0].threshold - 0.3) < 1e-7
+    assert any("ThresholdedReLU" in n for n in rep.migration)
+
+
+def test_locally_connected_converts_and_is_refused_for_keras3(legacy_files, converted, tmp_path):
+    """LocallyConnected2D (tf_keras only) is read and exported to ONNX exactly; Keras 3 has no such
+    class, so .keras is refused with the way out, nothing written."""
+    path = legacy_files("locally_connected")
+    xs = _inputs(path)
+    rep, dst = converted("locally_connected", "onnx")
+    assert_close(_onnx(dst, xs)[0], _reference(path, xs)[0], "locally_connected onnx")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="LocallyConnected2D.*write .onnx or .h5"):
+        bnrewrite.convert(path, tmp_path / "o.keras")
     assert not list(tmp_path.iterdir())
 
 

@@ -979,6 +979,96 @@ def test_grouped_conv1d_keras3_exports_to_onnx(tmp_path, padding):
     assert not any("call" in vars(lay) for lay in m.layers)
 
 
+@pytest.mark.parametrize("fw", ["keras", "tf_keras"])
+def test_conv_transpose_output_padding_exports_to_onnx(tmp_path, fw):
+    """Conv2D/3DTranspose with ``output_padding`` and 'valid' padding: tf2onnx writes negative pads,
+    which onnxruntime refuses (tf2onnx alone fails); bnrewrite writes them as ONNX output padding.
+    The file holds no negative pad and equals the framework's predict, BN folded."""
+    import importlib
+
+    import onnx
+    import onnxruntime as ort
+    from models import randomize_bn
+
+    import bnrewrite
+
+    K = importlib.import_module(fw)
+    i = K.Input((5, 5, 2))
+    x = K.layers.Conv2DTranspose(3, 3, strides=2, output_padding=1, name="up")(i)
+    x = K.layers.BatchNormalization(name="bn")(x)
+    x = K.layers.Conv2DTranspose(3, 3, strides=3, output_padding=(2, 1), name="up2")(x)
+    x = K.layers.Reshape((1, 38, 37, 3))(x)
+    m = K.Model(i, K.layers.Conv3DTranspose(2, 2, strides=(1, 2, 2), output_padding=(0, 1, 0), name="up3")(x))
+    randomize_bn(m, K, np.random.default_rng(13))
+    src, out = tmp_path / ("t.keras" if fw == "keras" else "t.h5"), tmp_path / "t.onnx"
+    m.save(src)
+    rep = bnrewrite.convert(src, out)
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    pads = [list(a.ints) for n in onnx.load(out).graph.node if n.op_type == "ConvTranspose"
+            for a in n.attribute if a.name == "pads"]
+    assert len(pads) == 3 and min(min(p) for p in pads) >= 0, pads
+    x = np.random.default_rng(14).normal(size=(2, 5, 5, 2)).astype("float32")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
+
+
+def test_conv_transpose_pads_rule():
+    """The rewrite itself: a negative total becomes output padding, the rest is left as it was
+    (a non-negative split, and a negative begin with a non-negative total, which TF never writes)."""
+    from onnx import helper
+
+    from bnrewrite.io.onnx_writer import _conv_transpose_pads
+
+    def node(pads, **kw):
+        return helper.make_node("ConvTranspose", ["x", "w"], ["y"], pads=pads, **kw)
+
+    g = helper.make_graph([node([0, 0, -1, -2]), node([0, 1, 0, 1]), node([-1, 0, 2, 0]),
+                           node([0, 0, -1, 0], output_padding=[1, 0])], "g", [], [])
+    assert _conv_transpose_pads(g) == 2
+    got = [{a.name: list(a.ints) for a in n.attribute} for n in g.node]
+    assert got[0] == {"pads": [0, 0, 0, 0], "output_padding": [1, 2]}
+    assert got[1] == {"pads": [0, 1, 0, 1]}
+    assert got[2] == {"pads": [-1, 0, 2, 0]}
+    assert got[3] == {"pads": [0, 0, 0, 0], "output_padding": [2, 0]}
+
+
+def test_keras3_augmentation_and_newer_layers_convert(tmp_path):
+    """Keras 3's newer augmentation layers (the identity at inference), AutoContrast, RMSNormalization
+    and adaptive pooling are pure tensor ops: read, exported to ONNX and written as .keras, equal to
+    Keras's predict. Keras 3's own .h5 writer cannot copy RandAugment's (or RandomHue's) config:
+    refused in one line naming the first such layer, nothing written."""
+    import keras as K
+    import onnxruntime as ort
+    from models import randomize_bn
+
+    import bnrewrite
+
+    i = K.Input((16, 16, 3))
+    x = i
+    for layer in (K.layers.RandAugment(), K.layers.AugMix(), K.layers.RandomHue(0.5, name="hue"),
+                  K.layers.RandomErasing(), K.layers.MixUp(), K.layers.RandomGrayscale(),
+                  K.layers.AutoContrast()):
+        x = layer(x)
+    x = K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(4, 3, padding="same")(x))
+    x = K.layers.RMSNormalization()(x)
+    m = K.Model(i, K.layers.Flatten()(K.layers.AdaptiveAveragePooling2D(3)(x)))
+    randomize_bn(m, K, np.random.default_rng(15))
+    m.save(tmp_path / "a.keras")
+    x = np.random.default_rng(16).uniform(0, 255, size=(2, 16, 16, 3)).astype("float32")
+    want = m.predict(x, verbose=0)
+    rep = bnrewrite.convert(tmp_path / "a.keras", tmp_path / "a.onnx")
+    assert next(p for p in rep.passes if p["name"] == "fold_bn")["changed"] == ["bn"]
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], want, atol=1e-4, rtol=1e-4)
+    bnrewrite.convert(tmp_path / "a.keras", tmp_path / "b.keras")
+    back = K.saving.load_model(tmp_path / "b.keras", compile=False)
+    np.testing.assert_allclose(back.predict(x, verbose=0), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=r"cannot be written as \.h5 \(layer 'rand_augment'.*\.onnx"):
+        bnrewrite.convert(tmp_path / "a.keras", tmp_path / "c.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "a.onnx", "b.keras"]
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

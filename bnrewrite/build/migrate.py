@@ -24,7 +24,9 @@ ConvLSTM gates), also wrapped or as an RNN cell Keras 2.0-2.2. See :data:`HARD_S
 layer, LSTM/ConvLSTM ``activation``: applied
 to the cell state)
 ``hard_silu``/``hard_swish``                    refused (built on the old ``hard_sigmoid``)
-``ThresholdedReLU(theta)``                      refused: not in Keras 3 (``ReLU(threshold)`` differs at x=theta)
+``ThresholdedReLU(theta)`` (x if x > theta,     ``ReLU(threshold=theta)`` (Keras 3: x if x > threshold,
+else 0)                                         else 0); a NaN input gives 0 instead of NaN
+``LocallyConnected1D/2D``                       refused: not in Keras 3
 ``Embedding(input_dim, input_length)``          ``input_dim`` kept; ``input_length`` dropped (shape only)
 initializer configs with ``dtype``              ``dtype`` dropped (initializers only matter for training)
 wrapped layers without ``module``               ``module: keras.layers`` added (Keras 3 cannot locate them)
@@ -201,6 +203,10 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     class_name = APP_MIGRATIONS.get(class_name, class_name)
     if top:
         weights = fold_old_hard_sigmoid(class_name, config, name, weights, notes)
+    if class_name == "ThresholdedReLU":  # Keras 3's ReLU with a threshold keeps x where x > threshold
+        class_name = "ReLU"
+        config["threshold"] = float(config.pop("theta", 1.0))
+        notes.append(f"layer {name!r}: ThresholdedReLU theta={config['threshold']} -> ReLU(threshold)")
     cls = keras_class(class_name, _keras3_module(class_name))
     if cls is None:
         raise refuse(name, f"Keras 3 has no layer class {class_name!r}")

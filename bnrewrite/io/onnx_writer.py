@@ -25,6 +25,14 @@ original like any other.
 ConvNeXt, ViTs) is ``0.5 x erfc(-x/√2)``; ONNX has ``Erf`` but no ``Erfc`` and tf2onnx maps none, so
 it is written as ``1 - Erf(x)`` (:func:`_erfc`), exact in real arithmetic; in float32 an ``erfc``
 value below ~6e-8 becomes 0 (an absolute error of that size), and the export is verified as usual.
+
+Transposed convolutions whose output is longer than the full transposed convolution (Keras's
+``output_padding`` with ``padding='valid'``): TensorFlow computes ``Conv2DBackpropInput`` for that
+output length, where the extra trailing positions receive no gradient and so hold 0 (+ bias). tf2onnx
+writes them as negative ``pads``, which ONNX forbids (onnxruntime refuses the file; tf2onnx alone fails
+too). Per spatial axis with ``t = pad_begin + pad_end < 0``, :func:`_conv_transpose_pads` writes
+``pads = 0, 0`` and ``output_padding += -t``: ONNX's output padding appends exactly those positions at
+the end.
 """
 
 from __future__ import annotations
@@ -123,6 +131,7 @@ def _export(model, opset: int):
     finally:
         log.removeHandler(capture)
         log.propagate = propagate
+    _conv_transpose_pads(proto.graph)
     if capture.unsupported:
         node, op = capture.unsupported[0]
         more = len({o for _, o in capture.unsupported}) - 1
@@ -131,6 +140,39 @@ def _export(model, opset: int):
             f"ONNX conversion at opset {opset}" + (f" ({more} more unsupported op types)" if more > 0 else "")
         )
     return proto
+
+
+def _conv_transpose_pads(graph) -> int:
+    """Rewrite ``ConvTranspose`` nodes with negative ``pads`` as explained in the module docstring,
+    in place (subgraphs included); returns how many nodes changed."""
+    from onnx import AttributeProto, helper
+
+    changed = 0
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == AttributeProto.GRAPH else
+                        a.graphs if a.type == AttributeProto.GRAPHS else []):
+                changed += _conv_transpose_pads(sub)
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type != "ConvTranspose" or "pads" not in attrs or min(attrs["pads"].ints, default=0) >= 0:
+            continue
+        pads = list(attrs["pads"].ints)
+        k = len(pads) // 2
+        extra = list(attrs["output_padding"].ints) if "output_padding" in attrs else [0] * k
+        for i in range(k):
+            total = pads[i] + pads[i + k]
+            if total < 0:
+                pads[i] = pads[i + k] = 0
+                extra[i] -= total
+        if min(pads) < 0:  # a negative begin with a non-negative total: not TensorFlow's layout; left to verification
+            continue
+        attrs["pads"].ints[:] = pads
+        if "output_padding" in attrs:
+            attrs["output_padding"].ints[:] = extra
+        else:
+            node.attribute.append(helper.make_attribute("output_padding", extra))
+        changed += 1
+    return changed
 
 
 def _erfc(ctx, node, name, args):
