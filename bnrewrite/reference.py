@@ -109,9 +109,11 @@ def _label(original: Original) -> str:
 def _tf_keras_h5(config, weights, custom_objects, unsafe):
     from tf_keras.src.saving.legacy import hdf5_format
 
-    from .build.tf_keras import model_from_config
+    from .build.tf_keras import cudnn_config_as_standard, model_from_config
 
-    model = model_from_config(config, custom_objects, unsafe)
+    # CuDNN layers have no CPU kernel: tf_keras builds the standard layers they equal, and its
+    # loader converts their weights from the CuDNN layout itself (independently of bnrewrite's pass)
+    model = model_from_config(cudnn_config_as_standard(config), custom_objects, unsafe)
     with weights as f:
         hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
     return model

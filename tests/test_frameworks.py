@@ -169,6 +169,16 @@ def _build(name, folder):
         m = K.Model(i, L.Flatten()(x))
         _rand_bn(m)
         m.save(path)
+    elif name.startswith("cudnn_"):  # Keras 2.2.4 CuDNNLSTM/CuDNNGRU (GPU-only), BN in front
+        i = K.Input((6, 3))
+        x = L.BatchNormalization(name="bn")(i)
+        rnn = {"cudnn_lstm": L.LSTM(4, name="rnn", return_sequences=True),
+               "cudnn_gru": L.GRU(4, name="rnn", reset_after=True, return_sequences=True),
+               "cudnn_bidi": L.Bidirectional(L.LSTM(4, name="rl"), name="rnn")}[name]
+        m = K.Model(i, rnn(x))
+        _rand_bn(m)
+        m.save(path)
+        _to_cudnn(path)
     elif name.startswith("mha_"):  # MultiHeadAttention: plain, with a mask, robust softmax with a mask
         q = K.Input((5, 8))
         x = L.BatchNormalization()(q)
@@ -216,6 +226,85 @@ def _build(name, folder):
     else:  # pragma: no cover
         raise KeyError(name)
     return path
+
+
+_CUDNN_KEYS = {"name", "trainable", "dtype", "return_sequences", "return_state", "go_backwards", "stateful",
+               "units", "kernel_initializer", "recurrent_initializer", "bias_initializer", "kernel_regularizer",
+               "recurrent_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
+               "recurrent_constraint", "bias_constraint"}
+
+
+def _to_cudnn(path, seed=5):
+    """Rewrite a saved LSTM/GRU model as Keras 2.2.4 writes the same model with CuDNNLSTM/CuDNNGRU:
+    the class and its config keys, and random weights in the CuDNN layout (bias: 2 x gates x units)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+
+    def cudnn(lc):
+        cls = {"LSTM": "CuDNNLSTM", "GRU": "CuDNNGRU"}.get(lc["class_name"])
+        if cls:
+            keys = _CUDNN_KEYS | ({"unit_forget_bias"} if cls == "CuDNNLSTM" else set())
+            lc["class_name"], lc["config"] = cls, {k: v for k, v in lc["config"].items() if k in keys}
+        elif isinstance(lc.get("config", {}).get("layer"), dict):
+            cudnn(lc["config"]["layer"])
+        return cls is not None or lc["class_name"] == "Bidirectional"
+
+    with h5py.File(path, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        names = [lc["name"] for lc in cfg["config"]["layers"] if cudnn(lc)]
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+        f.attrs["keras_version"] = b"2.2.4"
+        for name in names:
+            g = f[f"model_weights/{name}"]
+            for w in g.attrs["weight_names"]:
+                w = w.decode() if isinstance(w, bytes) else w
+                shape = g[w].shape
+                del g[w]
+                if w.endswith("bias:0"):
+                    shape = (2 * shape[-1],)  # LSTM (4u,) / GRU (2, 3u) -> input and recurrent biases
+                g[w] = rng.normal(0, 0.5, shape).astype("float32")
+
+
+def _cudnn_numpy(path, x):
+    """cuDNN's recurrences in numpy, from the raw file: each gate's kernel block (inputs x units) is
+    read by cuDNN as a row-major (units x inputs) matrix W, a recurrent block R (units x units)
+    as itself; the bias is [input biases; recurrent biases]. LSTM gates i, f, c, o; GRU (Keras's
+    order) z, r, h with the reset gate applied after the recurrent product."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        bn = {k: f[f"model_weights/bn/bn/{k}:0"][()] for k in ("gamma", "beta", "moving_mean", "moving_variance")}
+        rl = next(lc for lc in cfg["config"]["layers"] if lc["name"] == "rnn")
+        g = f["model_weights/rnn"]
+        kern, rec, bias = [g[w][()] for w in g.attrs["weight_names"]]
+    eps = next(lc for lc in cfg["config"]["layers"] if lc["name"] == "bn")["config"]["epsilon"]
+    x = (x - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + eps) * bn["gamma"] + bn["beta"]
+    x = x.astype("float64")
+    u = rec.shape[0]
+    gates = 4 if rl["class_name"] == "CuDNNLSTM" else 3
+    W = [np.ascontiguousarray(b).reshape(u, -1) for b in np.hsplit(kern, gates)]
+    R = [np.ascontiguousarray(b).reshape(u, u) for b in np.hsplit(rec, gates)]
+    bw, br = np.split(bias, 2)
+    bw, br = np.split(bw, gates), np.split(br, gates)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    h = np.zeros((x.shape[0], u))
+    c = np.zeros_like(h)
+    out = []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        lin = [xt @ W[k].T + bw[k] for k in range(gates)]
+        rh = [h @ R[k].T + br[k] for k in range(gates)]
+        if gates == 4:
+            i, f_, o = sig(lin[0] + rh[0]), sig(lin[1] + rh[1]), sig(lin[3] + rh[3])
+            c = f_ * c + i * np.tanh(lin[2] + rh[2])
+            h = o * np.tanh(c)
+        else:
+            z, r = sig(lin[0] + rh[0]), sig(lin[1] + rh[1])
+            h = z * h + (1 - z) * np.tanh(lin[2] + r * rh[2])
+        out.append(h)
+    return np.stack(out, 1)
 
 
 @pytest.fixture(scope="session")
@@ -423,6 +512,63 @@ def test_locally_connected_converts_and_is_refused_for_keras3(legacy_files, conv
     assert_close(_onnx(dst, xs)[0], _reference(path, xs)[0], "locally_connected onnx")
     with pytest.raises(bnrewrite.UnsupportedModelError, match="LocallyConnected2D.*write .onnx or .h5"):
         bnrewrite.convert(path, tmp_path / "o.keras")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["cudnn_lstm", "cudnn_gru"])
+def test_cudnn_rnn_runs_as_the_standard_layer(legacy_files, converted, name):
+    """Keras 2.2.4 CuDNNLSTM/CuDNNGRU files (GPU-only: no CPU kernel, no ONNX op) convert: the pass
+    rewrites them as LSTM / GRU(reset_after=True) with the weights in that layout. .onnx and .keras
+    equal cuDNN's recurrence computed in numpy from the raw file, and verification ran against
+    tf_keras's own reading (its loader converts the CuDNN weights itself)."""
+    path = legacy_files(name)
+    xs = _inputs(path)
+    want = _cudnn_numpy(path, xs[0])
+    for fmt in ("onnx", "keras"):
+        rep, dst = converted(name, fmt)
+        assert next(p for p in rep.passes if p["name"] == "cudnn_rnn")["changed"] == ["rnn"]
+        assert rep.verification["ok"] and rep.verification["reference"].startswith("tf_keras")
+        got = _onnx(dst, xs)[0] if fmt == "onnx" else _keras3(dst, xs)[0]
+        assert_close(got, want, f"{name} {fmt} vs numpy cuDNN")
+
+
+def test_cudnn_bidirectional_converts(legacy_files, converted):
+    """Bidirectional(CuDNNLSTM): both directions converted; .onnx and .keras match tf_keras's reading."""
+    path = legacy_files("cudnn_bidi")
+    xs = _inputs(path)
+    from bnrewrite.build.tf_keras import cudnn_config_as_standard
+
+    for fmt in ("onnx", "keras"):
+        rep, dst = converted("cudnn_bidi", fmt)
+        assert next(p for p in rep.passes if p["name"] == "cudnn_rnn")["changed"] == ["rnn"]
+        assert rep.verification["ok"]
+    import h5py
+    import tf_keras
+
+    with h5py.File(path, "r") as f:  # tf_keras's own load of the standard-layer config + its weight conversion
+        cfg = cudnn_config_as_standard(json.loads(f.attrs["model_config"]))
+        model = tf_keras.models.model_from_config(cfg)
+        from tf_keras.src.saving.legacy import hdf5_format
+
+        hdf5_format.load_weights_from_hdf5_group(f["model_weights"], model)
+    want = np.asarray(model(xs[0], training=False))
+    assert_close(_onnx(converted("cudnn_bidi", "onnx")[1], xs)[0], want, "bidi onnx")
+    assert_close(_keras3(converted("cudnn_bidi", "keras")[1], xs)[0], want, "bidi keras")
+
+
+def test_a_wrong_cudnn_layout_is_caught_against_the_original(legacy_files, tmp_path, monkeypatch):
+    """Negative case: the kernel blocks taken as they lie (no cuDNN reading) give another function;
+    verification against tf_keras's independent conversion fails: exit 3, nothing written."""
+    from bnrewrite.passes import cudnn_rnn
+
+    real = cudnn_rnn.convert_weights
+
+    def wrong(cls, k, r, b):
+        return [k, *real(cls, k, r, b)[1:]]
+
+    monkeypatch.setattr(cudnn_rnn, "convert_weights", wrong)
+    with pytest.raises(bnrewrite.VerificationError, match="differs from the original model"):
+        bnrewrite.convert(legacy_files("cudnn_lstm"), tmp_path / "o.onnx")
     assert not list(tmp_path.iterdir())
 
 

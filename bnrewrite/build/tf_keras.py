@@ -96,6 +96,36 @@ def model_from_config(config: dict, custom_objects=None, unsafe: bool = False):
         return tf_keras.models.model_from_config(config, custom_objects=objects)
 
 
+#: GPU-only recurrent layers of Keras 2 / tf.keras 1.x -> (the standard layer they equal, gates)
+CUDNN_RNN = {"CuDNNLSTM": ("LSTM", 4), "CuDNNGRU": ("GRU", 3)}
+
+
+def cudnn_as_standard(class_name: str, config: dict) -> tuple[str, dict]:
+    """``(class, config)`` of the standard layer a CuDNN layer equals (see
+    :mod:`bnrewrite.passes.cudnn_rnn` for the math): cuDNN's fixed tanh/sigmoid activations,
+    GRU in its reset-after form; the rest of the config (units, return_*, go_backwards, stateful,
+    time_major, initializers, regularizers, constraints) carries over."""
+    config = dict(config)
+    config.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True)
+    if class_name == "CuDNNGRU":
+        config["reset_after"] = True
+        config.pop("unit_forget_bias", None)
+    return CUDNN_RNN[class_name][0], config
+
+
+def cudnn_config_as_standard(config):
+    """A model config (any depth: wrappers, nested models) with every CuDNN layer replaced by
+    :func:`cudnn_as_standard`, for tf_keras's own loader, which converts the weights itself."""
+    if isinstance(config, list):
+        return [cudnn_config_as_standard(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: cudnn_config_as_standard(v) for k, v in config.items()}
+    if out.get("class_name") in CUDNN_RNN and isinstance(out.get("config"), dict):
+        out["class_name"], out["config"] = cudnn_as_standard(out["class_name"], out["config"])
+    return out
+
+
 class TfKerasBuilder(Builder):
     framework = "tf_keras"
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .base import Pass, PassContext, PassError, PassManager, PassResult
 from .calibrate_bn import CalibrateBN
+from .cudnn_rnn import CudnnRNN
 from .fold_bn import FoldBN
 from .inference_mode import InferenceMode
 from .unwrap_timedistributed import UnwrapTimeDistributed
 
 #: The default pipeline, in order. One line per pass.
 DEFAULT_PASSES: list[type[Pass]] = [
+    CudnnRNN,  # GPU-only CuDNN RNN layers as the standard ones: runnable on CPU, exportable
     InferenceMode,  # first: later passes see explicit training=False
     UnwrapTimeDistributed,  # before folding, so unwrapped BNs can fold too
     CalibrateBN,  # only with calibration data; after unwrapping (stats over batch and time), before folding
@@ -28,5 +30,5 @@ def default_passes(**options) -> list[Pass]:
     return [p for cls in DEFAULT_PASSES if (p := cls.from_options(options)) is not None]
 
 
-__all__ = ["CalibrateBN", "FoldBN", "InferenceMode", "UnwrapTimeDistributed", "Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "PASS_OPTIONS",
+__all__ = ["CalibrateBN", "CudnnRNN", "FoldBN", "InferenceMode", "UnwrapTimeDistributed", "Pass", "PassContext", "PassError", "PassManager", "PassResult", "DEFAULT_PASSES", "PASS_OPTIONS",
            "default_passes"]
