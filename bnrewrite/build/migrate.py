@@ -207,6 +207,9 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
         class_name = "ReLU"
         config["threshold"] = float(config.pop("theta", 1.0))
         notes.append(f"layer {name!r}: ThresholdedReLU theta={config['threshold']} -> ReLU(threshold)")
+    if class_name in ("Sequential", "Functional", "Model"):  # top-level nested models are flattened by the reader
+        raise refuse(name, f"a {class_name} model nested inside a wrapper (TimeDistributed/Bidirectional) is not "
+                           "migrated by bnrewrite")
     cls = keras_class(class_name, _keras3_module(class_name))
     if cls is None:
         raise refuse(name, f"Keras 3 has no layer class {class_name!r}")
