@@ -125,6 +125,8 @@ PROV = {
                   via=TF2ONNX.format(t="test_srgan.py")),
     "tf_dcgan_generator": dict(repo="tensorflow/docs", file="site/en/tutorials/generative/dcgan.ipynb",
                                licence="Apache-2.0"),
+    "vui_cudnn": dict(repo="udacity/AIND-VUI-Capstone", file="sample_models.py (cnn_rnn_model, deep_rnn_model, "
+                      "bidirectional_rnn_model)", licence="not stated (not read)"),
     "mobilevit": dict(repo="keras-team/keras-io", file="examples/vision/mobilevit.py (create_mobilevit)",
                       licence="Apache-2.0"),
 }
@@ -187,12 +189,15 @@ ARCHS: dict[str, dict] = {
     "srgan": dict(tags={"open_dims", "upsampling"}, k3=True, sample={0: (16, 16, 3)}),
     "tf_dcgan_generator": dict(tags={"conv_transpose"}, k3=True),
     "mobilevit": dict(tags={"attention", "augmentation", "lambda"}, k3=True),
+    "vui_cudnn": dict(tags={"rnn", "open_dims", "timedistributed", "cudnn"}, k3=True,
+                      legacy=["keras-2.2.4-cudnn"], sample={"the_input": (31, 20)}),
 }
 
 LEGACY_FRAMEWORK_LABEL = {
     "keras-2.0.8": "Keras 2.0.8 (standalone)", "keras-2.1.6": "Keras 2.1.6 (standalone)",
     "keras-2.2.4": "Keras 2.2.4 (standalone)", "keras-2.3.1": "Keras 2.3.1 (standalone)",
     "tf-1.13": "tf.keras 1.13 ('2.2.4-tf')", "tf-1.15": "tf.keras 1.15 ('2.2.4-tf')",
+    "keras-2.2.4-cudnn": "Keras 2.2.4 (standalone) with CuDNNLSTM/CuDNNGRU",
 }
 
 
@@ -256,8 +261,11 @@ def _cases() -> list[Case]:
                             tags=tags | {"keras3", "keras3_h5"}, **base))
         for d in o.get("legacy", []):
             extra = {"legacy_dialect"} | ({"seq_list"} if d in ("keras-2.0.8", "keras-2.1.6") else set())
+            # a CuDNN file runs nowhere but on a GPU (tf_keras cannot load it on CPU): its reference is
+            # the model it was written from, with the standard layers cuDNN's function equals
+            cudnn = {"ref_twin": True} if d.endswith("-cudnn") else {}
             out.append(Case(name=f"{arch}-{d.replace('.', '')}", framework="tf_keras", dialect=d, suffix=".h5",
-                            tags=tags | {"tf_keras"} | extra, **base))
+                            tags=tags | {"tf_keras"} | extra, **{**base, **cudnn}))
     return out
 
 
@@ -330,9 +338,11 @@ def build(case: Case, folder) -> Path:
             tmp = Path(d) / "tfk.h5"
             _save(K, case, model, tmp)
             legacy.rewrite(tmp, path, case.dialect, common.bn_ranks(model, K))
+            if case.ref_twin:  # the CuDNN dialect: the file before the rewrite
+                shutil.copyfile(tmp, folder / case.ref_filename)
     else:
         _save(K, case, model, path)
-    if case.ref_twin:
+    if case.ref_twin and not case.dialect.endswith("-cudnn"):
         kwargs = dict(case.arch_kwargs)
         kwargs["train_bn"] = False
         twin = case.fn(K, **kwargs)

@@ -799,6 +799,27 @@ def arch_deep_speaker(K):
     return K.Model(inp, x, name="ResCNN")
 
 
+def arch_vui_cudnn(K):
+    """udacity/AIND-VUI-Capstone ``sample_models.py`` (the Udacity speech-recognition project; many
+    public forks complete it with ``CuDNNGRU``/``CuDNNLSTM``): open time axis of spectrogram frames,
+    Conv1D(relu, stride 2, 'valid') -> BN 'bn_conv_1d' -> GRU(return_sequences) -> BN (the
+    project's ``deep_rnn_model`` puts a BN after each recurrent layer) -> Bidirectional(LSTM) -> BN ->
+    TimeDistributed(Dense(29)) -> softmax. Built with the standard layers in cuDNN's function
+    (tanh/sigmoid, GRU reset_after); the ``keras-2.2.4-cudnn`` variant stores them as the CuDNN
+    layers. 20 features instead of 161, units / 25."""
+    L = K.layers
+    inp = L.Input((None, 20), name="the_input")
+    x = L.Conv1D(16, 11, strides=2, padding="valid", activation="relu", name="conv1d")(inp)
+    x = L.BatchNormalization(name="bn_conv_1d")(x)
+    x = L.GRU(8, return_sequences=True, reset_after=True, recurrent_activation="sigmoid", name="rnn")(x)
+    x = L.BatchNormalization(name="bn_rnn")(x)
+    x = L.Bidirectional(L.LSTM(8, return_sequences=True, recurrent_activation="sigmoid"), name="bidir_rnn")(x)
+    x = L.BatchNormalization(name="bn_bidir")(x)
+    x = L.TimeDistributed(L.Dense(29), name="time_dense")(x)
+    out = L.Activation("softmax", name="softmax")(x)
+    return K.Model(inp, out)
+
+
 def arch_crnn_ocr(K):
     """faustomorales/keras-ocr ``build_model`` backbone (via tf2onnx's test_ocr, without the spatial
     transformer): Permute((2, 1, 3)), width reversal ``x[:, :, ::-1]``, Conv -> BN blocks, Reshape,

@@ -10,7 +10,8 @@ dialects").
 
 Dialects: ``keras-2.0.8``, ``keras-2.1.6``, ``keras-2.2.4``, ``keras-2.3.1``
 (standalone Keras, TensorFlow backend), ``tf-1.13`` and ``tf-1.15`` (tf.keras,
-``keras_version`` "2.2.4-tf").
+``keras_version`` "2.2.4-tf"), and ``keras-2.2.4-cudnn``: Keras 2.2.4 with the
+recurrent layers as the GPU-only ``CuDNNLSTM``/``CuDNNGRU`` it trained with.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ DIALECTS = {
                                    old_dropout=False, old_flatten=False, bn_v1=False)),
     "keras-2.3.1": ("2.3.1", dict(standalone=True, seq_list=False, all_dtype=True, init_dtype=False,
                                    old_dropout=False, old_flatten=False, bn_v1=False)),
+    # Keras 2.2.4 trained on a GPU with CuDNNLSTM/CuDNNGRU (GPU-only layers; see _to_cudnn)
+    "keras-2.2.4-cudnn": ("2.2.4", dict(standalone=True, seq_list=False, all_dtype=False, init_dtype=False,
+                                         old_dropout=False, old_flatten=False, bn_v1=False, cudnn=True)),
     "tf-1.13": ("2.2.4-tf", dict(standalone=False, seq_list=False, all_dtype=True, init_dtype=True,
                                   old_dropout=False, old_flatten=False, bn_v1=True)),
     "tf-1.15": ("2.2.4-tf", dict(standalone=False, seq_list=False, all_dtype=True, init_dtype=False,
@@ -129,6 +133,8 @@ class _Rewriter:
             cfg = {k: v for k, v in cfg.items() if k not in ("noise_shape", "seed")}
         if cls == "Flatten" and self.s["old_flatten"]:
             cfg.pop("data_format", None)
+        if self.s.get("cudnn") and cls in _CUDNN:
+            cls, cfg = _CUDNN[cls], _cudnn_config(cls, cfg)
         if cls in ("TimeDistributed", "Bidirectional"):
             for k in ("layer", "backward_layer"):
                 if k in cfg and isinstance(cfg[k], dict):
@@ -171,6 +177,61 @@ class _Rewriter:
     def top(self, conf: dict) -> dict:
         cls, cfg = self.model(conf["class_name"], conf["config"])
         return {"class_name": cls, "config": cfg}
+
+
+#: standard layer -> the CuDNN layer Keras 2.x trained on a GPU (same function, other weight layout)
+_CUDNN = {"LSTM": "CuDNNLSTM", "GRU": "CuDNNGRU"}
+_CUDNN_KEYS = ("name", "trainable", "units", "kernel_initializer", "recurrent_initializer", "bias_initializer",
+               "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
+               "kernel_constraint", "recurrent_constraint", "bias_constraint", "return_sequences",
+               "return_state", "go_backwards", "stateful")
+
+
+def _cudnn_config(cls: str, cfg: dict) -> dict:
+    """The CuDNN layer's config (Keras 2.2.4 ``CuDNNLSTM``/``CuDNNGRU.get_config``); only a layer with
+    cuDNN's fixed function may become one."""
+    fixed = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True, "dropout": 0.0,
+             "recurrent_dropout": 0.0, **({"reset_after": True} if cls == "GRU" else {})}
+    bad = {k: cfg.get(k) for k, v in fixed.items() if cfg.get(k, v) != v}
+    if bad:
+        raise ValueError(f"{cls} {cfg.get('name')!r} is not cuDNN's function: {bad}")
+    keys = _CUDNN_KEYS + (("unit_forget_bias",) if cls == "LSTM" else ())
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def _to_cudnn_layout(kind: str, kernel, recurrent, bias):
+    """Standard LSTM/GRU weights -> the CuDNN layer's: cuDNN reads each gate's kernel block
+    (inputs x units) as a row-major (units x inputs) matrix W applied as W x, so the block
+    stored is reshape(K_gate^T, (inputs, units)); a recurrent block R is used as R h: stored R^T.
+    Bias: [input biases; recurrent biases] (the LSTM's single bias split as (b, 0))."""
+    gates = 4 if kind == "CuDNNLSTM" else 3
+    inputs, units = kernel.shape[0], recurrent.shape[0]
+    k = np.hstack([b.T.reshape(inputs, units) for b in np.hsplit(kernel, gates)])
+    r = np.hstack([b.T for b in np.hsplit(recurrent, gates)])
+    b = np.concatenate([bias, np.zeros_like(bias)]) if kind == "CuDNNLSTM" else np.asarray(bias).reshape(-1)
+    return [k, r, b]
+
+
+def _cudnn_weights(f, conf: dict) -> int:
+    """Rewrite the weights of every CuDNN layer in ``conf`` (top level or inside Bidirectional) into
+    the CuDNN layout; returns how many layers."""
+    n = 0
+    for lay in conf["config"]["layers"]:
+        cls, cfg = lay["class_name"], lay["config"]
+        kinds = [cls] if cls in _CUDNN.values() else \
+            [cfg["layer"]["class_name"]] * 2 if cls == "Bidirectional" and cfg["layer"]["class_name"] in \
+            _CUDNN.values() else []
+        if not kinds:
+            continue
+        g = f["model_weights"][lay["name"]]
+        names = [w.decode() if isinstance(w, bytes) else str(w) for w in g.attrs["weight_names"]]
+        for kind, trio in zip(kinds, zip(*[iter(names)] * 3)):
+            new = _to_cudnn_layout(kind, *[np.asarray(g[w]) for w in trio])
+            for w, v in zip(trio, new):
+                del g[w]
+                g.create_dataset(w, data=v.astype("float32"))
+        n += 1
+    return n
 
 
 _CELL = re.compile(r"^(lstm|gru|simple_rnn|conv_lstm(1d|2d|3d)?)_cell(_\d+)?$")
@@ -242,4 +303,6 @@ def rewrite(src, dst, dialect: str, bn_ranks: dict | None = None) -> dict:
         for k in ("training_config",):
             if k in f.attrs:
                 del f.attrs[k]
+        if s.get("cudnn"):
+            summary["cudnn_layers"] = _cudnn_weights(f, new)
     return summary
