@@ -43,6 +43,10 @@ code                       severity  rule                                       
 ``TIMEDISTRIBUTED_BN``     warning   the BN is wrapped in ``TimeDistributed``    ``convert`` unwraps it by default (do not pass
                                      (Keras 3 exports it unrolled per time       ``--keep-timedistributed``)
                                      step; Keras 2.0.x never updated its stats)
+``BN_IN_WRAPPED_MODEL``    warning   a model inside ``TimeDistributed`` (a      they run with their moving statistics, but
+                                     per-frame encoder) holds BN layers: they    ``convert`` neither folds nor calibrates them
+                                     are not listed above, and no pass can       (``--calibration`` is refused); to adapt them,
+                                     reach them                                  calibrate the encoder model on its own
 ``FROZEN_BN``              info      ``trainable`` is False in the layer config  ``convert --calibration DATA`` (AdaBN) if the
                                      (for a wrapped BN: the wrapper's or the     deployment domain differs from the training
                                      inner one's; the reader propagates a        domain
@@ -101,6 +105,11 @@ CODES: dict[str, tuple[str, str]] = {
         WARNING,
         "`bnrewrite convert` unwraps it by default (do not pass --keep-timedistributed); "
         "check its statistics too (STALE_STATS)",
+    ),
+    "BN_IN_WRAPPED_MODEL": (
+        WARNING,
+        "they run with their moving statistics, but convert neither folds nor calibrates them "
+        "(--calibration is refused); to adapt them, calibrate the encoder model on its own",
     ),
     "FROZEN_BN": (
         INFO,
@@ -255,6 +264,12 @@ def audit(mg: ModelGraph) -> Audit:
             "channels": channels,
         })
         result.findings.extend(_layer_findings(name, wrapper, trainable, trainings, w, cfg, epsilon))
+    layers = mg.layers()
+    for name, bns in mg.wrapped_model_bns().items():
+        result.findings.append(_finding(
+            "BN_IN_WRAPPED_MODEL", name,
+            f"{layers[name].class_name} wraps a model with {len(bns)} BatchNormalization layer(s) "
+            f"({', '.join(bns[:5])}{', ...' if len(bns) > 5 else ''})"))
     return result
 
 

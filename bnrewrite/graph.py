@@ -106,9 +106,33 @@ class Layer:
         inner = self.inner
         return inner is not None and (inner.get("class_name") in BN_CLASSES or self.bn_subclass)
 
+    def wrapped_model_bns(self) -> list[str]:
+        """Names of the BN layers inside a model this layer wraps (``TimeDistributed(Sequential
+        [..., BatchNormalization, ...])``, any depth): they run, but are not graph nodes, so no pass
+        folds or calibrates them."""
+        return _model_bns(self.config.get("layer"), inside_model=False) if self.wrapped_configs() else []
+
     def bn_config(self) -> dict:
         """The BN's own config (the innermost wrapped one for a wrapper around a BN)."""
         return self.config if self.is_bn() else (self.inner or {}).get("config", {})
+
+
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def _model_bns(entry, inside_model: bool) -> list[str]:
+    """BN names in a serialized layer ``{"class_name", "config"}`` once inside a nested model."""
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        return []
+    cls, cfg = entry["class_name"], entry.get("config")
+    if cls in BN_CLASSES:
+        return [cfg.get("name", "?") if isinstance(cfg, dict) else "?"] if inside_model else []
+    if cls in _MODEL_CLASSES:
+        layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") or []
+        return [n for lay in layers for n in _model_bns(lay, True)]
+    if isinstance(cfg, dict):
+        return [n for k in ("layer", "backward_layer") for n in _model_bns(cfg.get(k), inside_model)]
+    return []
 
 
 def bn_axis(config: dict) -> int | list:
@@ -265,6 +289,10 @@ class ModelGraph:
 
     def calls(self, layer_name: str) -> list[str]:
         return [n for n, d in self.graph.nodes(data=True) if d["layer"].name == layer_name]
+
+    def wrapped_model_bns(self) -> dict[str, list[str]]:
+        """Wrapper layer name -> the BN layers inside the model it wraps (:meth:`Layer.wrapped_model_bns`)."""
+        return {name: bns for name, lay in self.layers().items() if (bns := lay.wrapped_model_bns())}
 
     def layers(self) -> dict[str, Layer]:
         """Unique layers, in topological order of their first call."""

@@ -591,6 +591,24 @@ def test_model_inside_timedistributed_converts_and_is_refused_for_keras3(legacy_
     assert not list(tmp_path.iterdir())
 
 
+def test_bn_inside_a_wrapped_model_is_reported_and_calibration_refused(legacy_files, tmp_path):
+    """The encoder's BN inside TimeDistributed(Sequential) is no graph node: inspect says so
+    (BN_IN_WRAPPED_MODEL, naming it) instead of '0 BN layers, no findings', and --calibration is
+    refused (exit 2, nothing written) instead of silently adapting none of the statistics."""
+    import tf_keras
+
+    path = legacy_files("td_sequential")
+    inner = tf_keras.models.load_model(path, compile=False).layers[1].layer
+    bn = next(lay.name for lay in inner.layers if isinstance(lay, tf_keras.layers.BatchNormalization))
+    audit = bnrewrite.inspect(path)
+    found = [f for f in audit.findings if f["code"] == "BN_IN_WRAPPED_MODEL"]
+    assert len(found) == 1 and bn in found[0]["message"] and found[0]["severity"] == "warning", audit.findings
+    data = np.random.default_rng(0).normal(size=(8, 5, 8, 8, 3)).astype("float32")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=f"calibration cannot reach.*{bn}") as err:
+        bnrewrite.convert(path, tmp_path / "o.onnx", calibration=data)
+    assert err.value.exit_code == 2 and not list(tmp_path.iterdir())
+
+
 def test_multi_head_attention_migrates_only_where_masking_agrees(legacy_files, converted, tmp_path):
     """tf.keras adds -1e9 to masked attention scores and keeps nonzero mask values; Keras 3 puts -1e9
     there and keeps values > 0.5. Without a mask (a causal one included) the .keras output matches
