@@ -1069,6 +1069,31 @@ def test_keras3_augmentation_and_newer_layers_convert(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "a.onnx", "b.keras"]
 
 
+def test_keras3_int8_quantized_model_converts(tmp_path):
+    """A Keras 3 model after ``model.quantize('int8')`` names its quantization config objects
+    (keras.quantizers, data only): read; the BN after the int8 Dense is not folded (no float kernel:
+    the reason is in the report) and the ONNX output equals Keras's predict."""
+    import keras as K
+    import onnxruntime as ort
+    from models import randomize_bn
+
+    import bnrewrite
+
+    i = K.Input((10,))
+    x = K.layers.BatchNormalization(name="bn")(K.layers.Dense(8, name="dq")(i))
+    m = K.Model(i, K.layers.Dense(3, name="head")(x))
+    randomize_bn(m, K, np.random.default_rng(17))
+    m.quantize("int8")
+    m.save(tmp_path / "q.keras")
+    rep = bnrewrite.convert(tmp_path / "q.keras", tmp_path / "q.onnx")
+    fold = next(p for p in rep.passes if p["name"] == "fold_bn")
+    assert fold["changed"] == [] and any("float kernel" in s["reason"] for s in fold["skipped"]), fold
+    x = np.random.default_rng(18).normal(size=(4, 10)).astype("float32")
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], m.predict(x, verbose=0),
+                               atol=1e-4, rtol=1e-4)
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

@@ -82,7 +82,8 @@ ZerosV2 OnesV2 ConstantV2 RandomNormalV2 RandomUniformV2 TruncatedNormalV2 Varia
 OrthogonalV2 GlorotUniformV2 GlorotNormalV2 HeNormalV2 HeUniformV2 LecunNormalV2 LecunUniformV2
 L1 L2 L1L2 OrthogonalRegularizer
 MaxNorm NonNeg UnitNorm MinMaxNorm RadialConstraint
-Policy DTypePolicy FloatDTypePolicy PolicyV1 QuantizedDTypePolicy
+Policy DTypePolicy FloatDTypePolicy PolicyV1 QuantizedDTypePolicy QuantizedFloat8DTypePolicy
+Int8QuantizationConfig Int4QuantizationConfig Float8QuantizationConfig AbsMaxQuantizer
 LSTMCell GRUCell SimpleRNNCell StackedRNNCells PeepholeLSTMCell
 __tuple__ __numpy__ __bytes__ __ellipsis__ __slice__ __typespec__ TensorShape
 """.split())
