@@ -1094,6 +1094,26 @@ def test_keras3_int8_quantized_model_converts(tmp_path):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_bfloat16_compute_refused_for_onnx(tmp_path):
+    """A layer computing in bfloat16 (mixed_bfloat16 policy) exports to ops onnxruntime's CPU kernels
+    do not run: refused before writing (exit 2, one line naming the layer), not a verification error;
+    the .keras output still converts."""
+    import keras as K
+    from models import randomize_bn
+
+    import bnrewrite
+
+    i = K.Input((8, 8, 3))
+    x = K.layers.Conv2D(4, 3, dtype="mixed_bfloat16", name="c16")(i)
+    m = K.Model(i, K.layers.BatchNormalization(name="bn")(K.layers.Activation("linear", dtype="float32")(x)))
+    randomize_bn(m, K, np.random.default_rng(19))
+    m.save(tmp_path / "b.keras")
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=r"compute in bfloat16 \(e.g. 'c16'") as err:
+        bnrewrite.convert(tmp_path / "b.keras", tmp_path / "b.onnx")
+    assert err.value.exit_code == 2 and not (tmp_path / "b.onnx").exists()
+    assert bnrewrite.convert(tmp_path / "b.keras", tmp_path / "c.keras").verification["ok"]
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

@@ -500,3 +500,63 @@ def test_build_original_weight_mismatch():
     with pytest.raises(InputError, match="could not load the archive's weights") as ei:
         build_original(config, tree)
     assert "\n" not in str(ei.value)
+
+
+# ---------------------------------------------------------------- config smuggling
+def _smuggled(tmp_path, evil: dict, name: str) -> Path:
+    """``lone_bn.h5`` with ``evil`` listed before the real layer of the same name (the real one
+    keeps its weights and calls)."""
+    import h5py
+
+    dst = tmp_path / name
+    dst.write_bytes(hf.LONE_H5.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"].insert(1, evil)
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+    return dst
+
+
+def _canary_layers(canary: Path, victim: Path) -> list[tuple[str, dict]]:
+    lam = {"name": "bn", "trainable": True, "dtype": "float32", "function_type": "function", "module": "os",
+           "function": {"module": "os", "class_name": "function", "config": "system", "registered_name": None},
+           "output_shape": None, "output_shape_type": "raw", "output_shape_module": None, "arguments": {}}
+    return [
+        ("lambda_os_system", {"class_name": "Lambda", "name": "bn", "config": lam,
+                              "inbound_nodes": [["_CONSTANT_VALUE", -1, f"touch {canary}", {}]]}),
+        ("tfop_write_file", {"class_name": "TFOpLambda", "name": "bn",
+                             "config": {"name": "bn", "trainable": True, "dtype": "float32",
+                                        "function": "io.write_file"},
+                             "inbound_nodes": [["_CONSTANT_VALUE", -1, str(canary), {"contents": "x"}]]}),
+        ("tfop_rmtree", {"class_name": "TFOpLambda", "name": "bn",
+                         "config": {"name": "bn", "trainable": True, "dtype": "float32", "function": "io.gfile.rmtree"},
+                         "inbound_nodes": [["_CONSTANT_VALUE", -1, str(victim), {}]]}),
+        ("benign_duplicate", {"class_name": "Activation", "name": "bn",
+                              "config": {"name": "bn", "trainable": True, "dtype": "float32", "activation": "relu"},
+                              "inbound_nodes": [[["x", 0, 0, {}]]]}),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["lambda_os_system", "tfop_write_file", "tfop_rmtree", "benign_duplicate"])
+def test_duplicate_layer_name_cannot_smuggle_a_layer(tmp_path, kind):
+    """A layer listed before the real layer of the same name: bnrewrite's traversal sees one layer per
+    name, but a framework rebuilding the original builds (and, on constants, runs) every listed one.
+    Every listed layer is checked, and a repeated name is refused: exit 2, nothing run (no canary file,
+    the victim folder intact), nothing written -- by convert and by inspect."""
+    import bnrewrite
+
+    canary, victim = tmp_path / "PWNED", tmp_path / "victim"
+    victim.mkdir()
+    evil = dict(_canary_layers(canary, victim))[kind]
+    src = _smuggled(tmp_path, evil, f"{kind}.h5")
+    with pytest.raises(InputError) as err:
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert err.value.exit_code == 2
+    if kind == "benign_duplicate":
+        assert "appears twice" in str(err.value)
+        with pytest.raises(InputError, match="appears twice"):
+            bnrewrite.inspect(src)
+    else:  # inspect reports the smuggled layer as unsafe content, without running it
+        codes = {f["code"] for f in bnrewrite.inspect(src).findings}
+        assert codes & {"UNSAFE_FUNCTION", "UNSAFE_TF_OP"}, codes
+    assert not canary.exists() and victim.is_dir() and not (tmp_path / "o.onnx").exists()

@@ -77,6 +77,7 @@ def build_graph(
     name = cfg.get("name", "model") if isinstance(cfg, dict) else "sequential"
     mg = ModelGraph(name=name, source=source, framework="tf_keras" if legacy else "keras")
     builder = _Builder(mg, weights, legacy, unsafe, custom_classes, bn_classes)
+    builder.check_tree(model_config)
     builder.reserve(model_config)
     mg.outputs = builder.expand(model_config, path=(), inputs=None, training=None, trainable=True)
     builder.mg.source.setdefault("notes", []).extend(builder.notes)
@@ -95,6 +96,38 @@ class _Builder:
         self.flat_names: dict[tuple, str] = {}
         self.layers: dict[tuple, Layer] = {}
         self.notes: list[str] = []
+
+    # ------------------------------------------------------------ checking
+    def check_tree(self, model_config: dict, where: str = "the model") -> None:
+        """Check every layer the config lists, at every depth, before anything else reads it.
+
+        A framework rebuilding the original builds (and, for calls on constants, runs) every listed
+        layer, reached by bnrewrite's traversal or not; so each one is checked here, and a name listed
+        twice in one model is refused: only one of the two can be the layer the name refers to, and
+        the other would reach the framework unchecked."""
+        seen: set[str] = set()
+        for lc in _layer_list(model_config):
+            if not isinstance(lc, dict) or not isinstance(lc.get("class_name"), str):
+                raise InputError(f"a layer of {where} is not a layer config")
+            name = _lname(lc)
+            if name in seen:
+                raise InputError(f"layer name {name!r} appears twice in {where}; a Keras model's layer names are "
+                                 "unique, so the file was edited")
+            seen.add(name)
+            self.check_entry(lc, f"model {name!r}")
+
+    def check_entry(self, lc: dict, where: str) -> None:
+        cls = lc["class_name"]
+        if cls in MODEL_CLASSES:
+            self.check_tree(lc, where)
+            return
+        check_layer(cls, lc.get("config") or {}, layer_name=_lname(lc), module=lc.get("module"),
+                    unsafe=self.unsafe, custom_classes=self.custom)
+        cfg = lc.get("config")
+        for key in ("layer", "backward_layer"):  # a model inside a wrapper
+            inner = cfg.get(key) if isinstance(cfg, dict) else None
+            if isinstance(inner, dict) and inner.get("class_name") in MODEL_CLASSES:
+                self.check_tree(inner, f"the model wrapped by {_lname(lc)!r}")
 
     # ------------------------------------------------------------ naming
     def reserve(self, model_config: dict) -> None:

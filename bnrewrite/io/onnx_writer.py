@@ -109,8 +109,23 @@ def to_onnx(model, opset: int = DEFAULT_OPSET, metadata: dict | None = None):
     top, version = tf2onnx_max_opset()
     if not 9 <= int(opset) <= top:
         raise UnsupportedModelError(f"opset {opset} is not one tf2onnx {version} exports (9..{top})")
+    _check_compute_dtypes(model)
     proto = _export(model, opset)
     return normalize(proto, metadata)
+
+
+def _check_compute_dtypes(model) -> None:
+    """Refuse bfloat16 computation (``mixed_bfloat16`` policies) before exporting: tf2onnx writes the
+    ops in bfloat16, which onnxruntime's CPU kernels (Conv, MatMul, ...) do not run, so the file
+    could never be loaded, let alone verified."""
+    walk = getattr(model, "_flatten_layers", None)
+    layers = list(walk(include_self=False, recursive=True)) if walk else list(model.layers)
+    bf16 = [lay.name for lay in layers if str(getattr(lay, "compute_dtype", "")) == "bfloat16"]
+    if bf16:
+        raise UnsupportedModelError(
+            f"{len(bf16)} layer(s) compute in bfloat16 (e.g. {bf16[0]!r}: a mixed_bfloat16 dtype policy), which "
+            "onnxruntime's CPU kernels do not run; write .keras or .h5, or re-save the model with a float32 or "
+            "mixed_float16 policy")
 
 
 def _export(model, opset: int):
