@@ -32,6 +32,7 @@ import numpy as np
 from .build.base import numpy_dtype
 from .errors import UnsupportedModelError, root_cause
 from .graph import framework_label
+from .io.budget import BudgetError
 from .io.original import Original
 
 
@@ -96,7 +97,7 @@ def build_reference(original: Original, *, custom_objects: dict | None = None, u
         if original.framework == "tf_keras":
             return _tf_keras_h5(config, weights, custom_objects, unsafe)
         return _keras3_h5(config, weights, custom_objects, unsafe)
-    except NoReference:
+    except (NoReference, BudgetError):
         raise
     except Exception as e:
         raise NoReference(f"{_label(original)} could not rebuild the original model: {root_cause(e)}") from e
@@ -122,7 +123,7 @@ def _tf_keras_h5(config, weights, custom_objects, unsafe):
 def _keras3_h5(config, weights, custom_objects, unsafe):
     from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
     from keras.src.saving import serialization_lib
-    from keras.src.utils import json_utils
+    from keras.src.legacy.saving import json_utils
 
     config = json_utils.decode(json.dumps(config))
     with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(not unsafe):

@@ -1114,6 +1114,22 @@ def test_bfloat16_compute_refused_for_onnx(tmp_path):
     assert bnrewrite.convert(tmp_path / "b.keras", tmp_path / "c.keras").verification["ok"]
 
 
+def test_keras3_h5_is_verified_against_keras3s_own_reading(tmp_path):
+    """A Keras 3 .h5 is verified against Keras 3's legacy-H5 reading of the file (it once fell back to
+    bnrewrite's own rebuild for every such file: an import moved in Keras 3.15)."""
+    import keras as K
+    from models import randomize_bn
+
+    import bnrewrite
+
+    i = K.Input((6, 6, 3))
+    m = K.Model(i, K.layers.BatchNormalization(name="bn")(K.layers.Conv2D(4, 3, name="c")(i)))
+    randomize_bn(m, K, np.random.default_rng(21))
+    m.save(tmp_path / "k.h5")
+    v = bnrewrite.convert(tmp_path / "k.h5", tmp_path / "k.onnx").verification
+    assert v["ok"] and v["no_reference"] is None and v["reference"].startswith("Keras 3 reading"), v
+
+
 def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     """A crash half-way through writing OUT (disk full): the exception surfaces, OUT does not
     exist, the temporary file is gone, an existing OUT is untouched."""

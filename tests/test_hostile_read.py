@@ -560,3 +560,134 @@ def test_duplicate_layer_name_cannot_smuggle_a_layer(tmp_path, kind):
         codes = {f["code"] for f in bnrewrite.inspect(src).findings}
         assert codes & {"UNSAFE_FUNCTION", "UNSAFE_TF_OP"}, codes
     assert not canary.exists() and victim.is_dir() and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("value, dtype, needle", [
+    (0, "(16000,16000)f8", "not a plain numeric type"),  # a sub-array dtype: 2 GB per element
+    (0, [["a", "f8"]], "not a plain numeric type"),      # a structured dtype
+    ([[0] * 1024] * 1025, "float32", "more than"),        # 1,049,600 inline elements
+])
+def test_constant_call_argument_bounded_before_allocation(tmp_path, value, dtype, needle):
+    """A Keras 3 call argument serialized as ``__numpy__`` is built by numpy from the file's value and
+    dtype: only plain numeric dtypes and a bounded element count are accepted, checked before anything
+    is allocated (a sub-array dtype made an 18 KB file take 9.7 GB). Exit 2, one line, quickly."""
+    import resource
+
+    members = hf._members()
+    cfg = json.loads(members["config.json"])
+    bn = next(lc for lc in cfg["config"]["layers"] if lc["class_name"] == "BatchNormalization")
+    bn["inbound_nodes"][0]["kwargs"]["mask"] = {"class_name": "__numpy__", "config": {"value": value, "dtype": dtype}}
+    members["config.json"] = json.dumps(cfg).encode()
+    src = hf.rezip(tmp_path / "c.keras", members)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused(src, needle)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing big allocated
+
+
+def test_deeply_nested_model_config_is_one_line(tmp_path):
+    """A ``model_config`` nested deeper than the JSON parser recurses: exit 2, one line naming the file
+    (it was 'unexpected RecursionError' without the file)."""
+    import h5py
+
+    dst = tmp_path / "deep.h5"
+    dst.write_bytes(hf.LONE_H5.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        f.attrs["model_config"] = ("[" * 100_000 + "]" * 100_000).encode()
+    assert str(dst) in refused(dst, "not valid JSON")
+
+
+def _with_big_dense(tmp_path, kind: str) -> Path:
+    """``lone_bn`` plus ``Dense(units=2**30)`` on its input, with no weights stored: a 4 GiB kernel
+    that only the config declares (.h5: tf_keras builds it; .keras: Keras 3)."""
+    big = {"name": "big", "trainable": True, "dtype": "float32", "units": 1 << 30, "activation": "linear",
+           "use_bias": False}
+    if kind == "h5":
+        src = _smuggled(tmp_path, {"class_name": "Dense", "name": "big", "config": big,
+                                   "inbound_nodes": [[["x", 0, 0, {}]]]}, "big.h5")
+        return src
+    members = hf._members()
+    cfg = json.loads(members["config.json"])
+    x = cfg["config"]["layers"][0]
+    cfg["config"]["layers"].insert(1, {
+        "module": "keras.layers", "class_name": "Dense", "config": big, "registered_name": None, "name": "big",
+        "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {
+            "shape": [None, 1], "dtype": "float32", "keras_history": [x["name"], 0, 0]}}], "kwargs": {}}]})
+    members["config.json"] = json.dumps(cfg).encode()
+    return hf.rezip(tmp_path / "big.keras", members)
+
+
+@pytest.mark.parametrize("kind", ["h5", "keras"])
+def test_variables_the_file_does_not_store_are_refused_before_allocation(tmp_path, kind):
+    """A layer config declaring a variable far beyond the weights the file stores (Dense(2**28): a 4 GiB
+    kernel, no stored weights) is refused when the framework is about to create it -- before it
+    allocates -- by convert and inspect: exit 2, one line, memory bounded, nothing written."""
+    import resource
+
+    import bnrewrite
+
+    src = _with_big_dense(tmp_path, kind)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"variable kernel of shape \(1, 1073741824\).*does not match its weights"):
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    if kind == "keras":  # reading a .keras builds it (Keras locates the weights)
+        with pytest.raises(InputError, match="does not match its weights"):
+            bnrewrite.inspect(src)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2 << 20  # KiB (TF's import included)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_variable_budget_rule():
+    """The budget itself: 2 x stored + 64 MiB in all, charged before each variable; nothing outside it."""
+    import keras
+
+    from bnrewrite.io.budget import BudgetError, variable_budget
+
+    with variable_budget(10 << 20, "keras"):
+        keras.layers.Dense(1 << 20).build((None, 20))  # 80 MiB: within 2 x 10 + 64
+        with pytest.raises(BudgetError):
+            keras.layers.Dense(1 << 20).build((None, 2))  # 8 MiB more: beyond
+    keras.layers.Dense(1 << 20).build((None, 40))  # no budget: no check
+
+
+@pytest.mark.parametrize("dims, ok", [([36000, 36000], False), ([4, 8], True)])
+def test_op_on_constants_bounded(tmp_path, dims, ok):
+    """A tf.keras op layer whose inputs are all constants runs while the framework rebuilds the model
+    (``tf.fill([36000, 36000], 1.0)``: 5 GB, and the file converted). Its size arguments are bounded
+    (2**20 elements) before anything runs; a small constant op still converts."""
+    import bnrewrite
+
+    src = _smuggled(tmp_path, {"class_name": "TFOpLambda", "name": "tf.fill",
+                               "config": {"name": "tf.fill", "trainable": True, "dtype": "float32", "function": "fill"},
+                               "inbound_nodes": [["_CONSTANT_VALUE", -1, dims, {"value": 1.0}]]}, "fill.h5")
+    if ok:
+        assert bnrewrite.convert(src, tmp_path / "o.onnx").verification["ok"]
+        return
+    with pytest.raises(InputError, match="runs on constants only, with a size argument of 1,296,000,000"):
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_layers_out_of_order_refused(tmp_path):
+    """A functional config listing a chain of 40 layers in reverse: Keras's rebuild would sweep the
+    list once per layer (quadratic; 53 s for 1500 layers). Counted by the reader and refused; the same
+    chain listed in order converts."""
+    import h5py
+
+    import bnrewrite
+
+    def chain(name, reverse):
+        dst = tmp_path / name
+        dst.write_bytes(hf.LONE_H5.read_bytes())
+        with h5py.File(dst, "r+") as f:
+            cfg = json.loads(f.attrs["model_config"])
+            x, bn = cfg["config"]["layers"]
+            acts = [{"class_name": "Activation", "name": f"a{i}",
+                     "config": {"name": f"a{i}", "trainable": True, "dtype": "float32", "activation": "linear"},
+                     "inbound_nodes": [[[f"a{i - 1}" if i else x["name"], 0, 0, {}]]]} for i in range(40)]
+            bn["inbound_nodes"] = [[["a39", 0, 0, {}]]]
+            cfg["config"]["layers"] = [x, *(acts[::-1] if reverse else acts), bn]
+            f.attrs["model_config"] = json.dumps(cfg).encode()
+        return dst
+
+    assert bnrewrite.convert(chain("fwd.h5", False), tmp_path / "fwd.onnx").verification["ok"]
+    refused(chain("rev.h5", True), "far out of dependency order", "passes over 41 layers")

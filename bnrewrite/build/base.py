@@ -124,6 +124,14 @@ class Builder:
         return {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
 
     def trace(self, mg: ModelGraph, custom_objects=None):
+        """:meth:`_trace` within the variable budget of the graph's stored weights
+        (:mod:`bnrewrite.io.budget`): layers allocate their variables while they are traced."""
+        from ..io.budget import stored_bytes, variable_budget
+
+        with variable_budget(stored_bytes({name: lay.weights for name, lay in mg.layers().items()}), self.framework):
+            return self._trace(mg, custom_objects)
+
+    def _trace(self, mg: ModelGraph, custom_objects=None):
         """Call every layer on symbolic tensors in topological order."""
         tensors: dict[tuple[str, int], object] = {}
         live: dict[str, object] = {}

@@ -108,7 +108,7 @@ class _Builder:
         seen: set[str] = set()
         for lc in _layer_list(model_config):
             if not isinstance(lc, dict) or not isinstance(lc.get("class_name"), str):
-                raise InputError(f"a layer of {where} is not a layer config")
+                raise TypeError(f"a layer of {where} is not a layer config")  # the reader: "malformed config"
             name = _lname(lc)
             if name in seen:
                 raise InputError(f"layer name {name!r} appears twice in {where}; a Keras model's layer names are "
@@ -266,6 +266,7 @@ class _Builder:
             for name, lc in layer_cfgs.items() if lc["class_name"] != INPUT_CLASS
         }
         done = {name: 0 for name in pending}
+        call_refs: dict[str, list] = {}
         waiting: dict[tuple[str, int], list[str]] = {}
         todo = list(reversed(pending))
         while todo:
@@ -281,12 +282,19 @@ class _Builder:
                     waiting.setdefault(missing[:2], []).append(name)
                     break
                 calls.pop(0)
+                call_refs.setdefault(name, []).append(refs)
                 made[(name, done[name])] = self._call(path, layer_cfgs[name], ins, args, kwargs, training, trainable)
                 todo.extend(waiting.pop((name, done[name]), ()))
                 done[name] += 1
         stuck = [n for n, c in pending.items() if c]
         if stuck:
             raise InputError(f"model config is inconsistent: calls of {stuck[:3]} reference missing tensors")
+        passes = _rebuild_passes(list(pending), call_refs, {k for k in made if k[0] not in pending})
+        if passes > MAX_REBUILD_PASSES:
+            raise InputError(
+                f"model {cfg.get('name')!r} lists its layers far out of dependency order (Keras's rebuild would "
+                f"take {passes}+ passes over {len(pending)} layers, a time quadratic in their number); Keras writes "
+                "them in order, so the file was edited")
         outs = [tensor(r) for r in out_refs]
         for r, t in zip(out_refs, outs):
             if t is None:
@@ -309,6 +317,14 @@ class _Builder:
             cls in TRAINING_AWARE or cls in MODEL_CLASSES
         ):
             kwargs["training"] = training
+        if not in_tensors and (cls in ("TFOpLambda", "SlicingOpLambda") or is_keras_op(lc.get("module"))):
+            # all inputs constant: the framework runs this op while it rebuilds the model
+            size = _largest_size([args, kwargs])
+            if size > MAX_CONST_ELEMENTS:
+                raise UnsupportedModelError(
+                    f"layer {_lname(lc)!r} ({cls}) runs on constants only, with a size argument of {size:,} "
+                    f"elements (at most {MAX_CONST_ELEMENTS:,}): such a call runs while the model is rebuilt",
+                    code="UNSAFE_CALL_ARGUMENT")
         if cls in MODEL_CLASSES:
             inner_training = kwargs.get("training", training)
             return self.expand(lc, path + (_lname(lc),), in_tensors, inner_training, trainable)
@@ -387,6 +403,29 @@ class _Builder:
 _CONSTANT = "_CONSTANT_VALUE"
 
 
+#: Keras rebuilds a functional model by sweeping its layer list until every call has its inputs
+#: (``functional_from_config``); files Keras writes need 1-3 sweeps (shared layers' later calls)
+MAX_REBUILD_PASSES = 32
+
+
+def _rebuild_passes(order: list[str], call_refs: dict[str, list], available: set) -> int:
+    """How many sweeps over ``order`` make every call, each call once all its input refs exist (what
+    Keras's rebuild does); stops counting past :data:`MAX_REBUILD_PASSES`."""
+    made = set(available)
+    nxt = {name: 0 for name in order}
+    left = sum(len(v) for v in call_refs.values())
+    passes = 0
+    while left and passes <= MAX_REBUILD_PASSES:
+        passes += 1
+        for name in order:
+            calls = call_refs.get(name, [])
+            while nxt[name] < len(calls) and all(tuple(r[:2]) in made for r in calls[nxt[name]]):
+                made.add((name, nxt[name]))
+                nxt[name] += 1
+                left -= 1
+    return passes
+
+
 def _keras3_value(obj: dict, conv, layer: str):
     """A Keras 3 serialized value in call arguments, as Keras's deserializer reads it (``x[1:]``
     is saved as ``__slice__``): data only -- any other object in call arguments is refused."""
@@ -398,14 +437,66 @@ def _keras3_value(obj: dict, conv, layer: str):
     if cls == "__tuple__":
         return tuple(conv(v) for v in cfg.get("value") or [])
     if cls in ("__numpy__", "__tensor__"):
-        import numpy as np
-
-        return np.array(cfg.get("value"), dtype=cfg.get("dtype"))
+        return _array_value(cfg, layer)
     if cls == "__bytes__":
         return str(cfg.get("value", "")).encode("utf-8")
     raise UnsupportedModelError(
         f"layer {layer!r} is called with an object of class {cls!r}; bnrewrite passes only tensors and "
         "plain values to layers", code="UNSAFE_CALL_ARGUMENT")
+
+
+#: elements a constant call argument may hold (a mask or an index array; Keras writes the values inline)
+MAX_CONST_ELEMENTS = 1 << 20
+
+
+def _array_value(cfg: dict, layer: str):
+    """A ``__numpy__``/``__tensor__`` call argument: a plain numeric or bool dtype only (a dtype string
+    like ``"(16000,16000)f8"`` is a sub-array type that multiplies every element), and a bounded size,
+    checked before numpy allocates anything."""
+    import numpy as np
+
+    value, dtype = cfg.get("value"), cfg.get("dtype")
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None
+    except TypeError:
+        dt = None
+        ok = False
+    else:
+        ok = dt is None or (dt.shape == () and dt.kind in "biufc" and dt.names is None)
+    if not ok:
+        raise UnsupportedModelError(f"layer {layer!r} is called with an array of dtype {_short(dtype)}, "
+                                    "not a plain numeric type", code="UNSAFE_CALL_ARGUMENT")
+    count, stack = 0, [value]
+    while stack:  # count the leaves without building anything
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        else:
+            count += 1
+        if count > MAX_CONST_ELEMENTS or len(stack) > MAX_CONST_ELEMENTS:
+            raise UnsupportedModelError(f"layer {layer!r} is called with a constant array of more than "
+                                        f"{MAX_CONST_ELEMENTS} elements", code="UNSAFE_CALL_ARGUMENT")
+    return np.array(value, dtype=dt)
+
+
+def _largest_size(obj) -> int:
+    """The largest element count a constant argument can ask for: an int, or the product of a list
+    of ints (a shape), at any depth."""
+    if isinstance(obj, bool):
+        return 0
+    if isinstance(obj, int):
+        return abs(obj)
+    if isinstance(obj, dict):
+        return max((_largest_size(v) for v in obj.values()), default=0)
+    if isinstance(obj, (list, tuple)):
+        inner = max((_largest_size(v) for v in obj), default=0)
+        if obj and all(isinstance(v, int) and not isinstance(v, bool) for v in obj):
+            prod = 1
+            for v in obj:
+                prod *= abs(v)
+            return max(inner, prod)
+        return inner
+    return 0
 
 
 def _is_node_data(obj) -> bool:

@@ -76,7 +76,7 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_
         raise InputError(f"{path}: HDF5 file has no model_config attribute")
     try:
         config = json.loads(_text(attrs["model_config"]))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise InputError(f"{path}: model_config is not valid JSON ({_short(e)})") from None
     if not raw["has_model_weights"]:
         raise InputError(f"{path}: HDF5 file has a model_config but no model_weights group")
@@ -120,7 +120,7 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_
         mg.original = Original(framework=mg.framework, format="h5", config=config, weights=raw,
                                path=str(path))
         return mg
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, RecursionError) as e:
         raise InputError(f"{path}: malformed model_config ({type(e).__name__}: {_short(e)})") from None
     except InputError as e:
         raise with_path(e, path) from None

@@ -84,8 +84,12 @@ def read_keras(path: Path, *, unsafe: bool = False, custom_objects: dict | None 
             f"{path}: a .keras archive written by tf.keras {source['keras_version']} keeps its weights under "
             f"{OLD_LAYOUT} by generated names, which neither tf_keras nor Keras 3 reads back; save it as .h5 "
             "with that TensorFlow (model.save('model.h5')) and convert the .h5")
+    from .budget import stored_bytes, variable_budget
+
     try:
-        model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects, framework=mg.framework)
+        with variable_budget(stored_bytes(tree), mg.framework):
+            model = build_original(config, tree, unsafe=unsafe, custom_objects=custom_objects,
+                                   framework=mg.framework)
     except InputError as e:
         raise with_path(e, path) from None
     for nest, name, d in requests:
