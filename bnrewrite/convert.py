@@ -436,12 +436,10 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
 
     if changed_by:
         return None, "", f"pass {', '.join(changed_by)} changes the model's function on purpose (changes_function)"
-    from .io.budget import stored_bytes, variable_budget
+    from .io.budget import graph_budget
 
     try:
-        # the original's stored weights are the graph's (folding only removes the small BN vectors)
-        with variable_budget(stored_bytes({name: lay.weights for name, lay in mg.layers().items()}),
-                             mg.original.framework if mg.original is not None else mg.framework):
+        with graph_budget(mg, getattr(mg.original, "framework", None)):
             reference = build_reference(mg.original, custom_objects=custom_objects, unsafe=unsafe)
     except NoReference as e:
         return None, "", str(e)

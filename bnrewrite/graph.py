@@ -48,6 +48,8 @@ import networkx as nx
 import numpy as np
 
 #: BatchNormalization under every name a Keras writer used (TF 1.13: ...V1 / ...V2)
+#: class names of (nested) models in a config
+MODEL_CLASSES = ("Functional", "Model", "Sequential")
 BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1", "BatchNormalizationV2")
 INPUT_CLASS = "InputLayer"
 FRAMEWORKS = ("tf_keras", "keras")
@@ -117,9 +119,6 @@ class Layer:
         return self.config if self.is_bn() else (self.inner or {}).get("config", {})
 
 
-_MODEL_CLASSES = ("Sequential", "Functional", "Model")
-
-
 def _model_bns(entry, inside_model: bool) -> list[str]:
     """BN names in a serialized layer ``{"class_name", "config"}`` once inside a nested model."""
     if not isinstance(entry, dict) or "class_name" not in entry:
@@ -127,7 +126,7 @@ def _model_bns(entry, inside_model: bool) -> list[str]:
     cls, cfg = entry["class_name"], entry.get("config")
     if cls in BN_CLASSES:
         return [cfg.get("name", "?") if isinstance(cfg, dict) else "?"] if inside_model else []
-    if cls in _MODEL_CLASSES:
+    if cls in MODEL_CLASSES:
         layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") or []
         return [n for lay in layers for n in _model_bns(lay, True)]
     if isinstance(cfg, dict):

@@ -121,9 +121,8 @@ def _tf_keras_h5(config, weights, custom_objects, unsafe):
 
 
 def _keras3_h5(config, weights, custom_objects, unsafe):
-    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.legacy.saving import json_utils, legacy_h5_format, saving_options, saving_utils
     from keras.src.saving import serialization_lib
-    from keras.src.legacy.saving import json_utils
 
     config = json_utils.decode(json.dumps(config))
     with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(not unsafe):

@@ -126,9 +126,9 @@ class Builder:
     def trace(self, mg: ModelGraph, custom_objects=None):
         """:meth:`_trace` within the variable budget of the graph's stored weights
         (:mod:`bnrewrite.io.budget`): layers allocate their variables while they are traced."""
-        from ..io.budget import stored_bytes, variable_budget
+        from ..io.budget import graph_budget
 
-        with variable_budget(stored_bytes({name: lay.weights for name, lay in mg.layers().items()}), self.framework):
+        with graph_budget(mg, self.framework):
             return self._trace(mg, custom_objects)
 
     def _trace(self, mg: ModelGraph, custom_objects=None):

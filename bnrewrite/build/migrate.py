@@ -77,7 +77,7 @@ import inspect
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..graph import INPUT_CLASS, OPS_MODULE, Layer, ModelGraph, is_op
+from ..graph import INPUT_CLASS, MODEL_CLASSES, OPS_MODULE, Layer, ModelGraph, is_op
 from ..io.allowlist import APP_LAYERS, LAYERS
 
 WRAPPERS = ("TimeDistributed", "Bidirectional")
@@ -207,7 +207,7 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
         class_name = "ReLU"
         config["threshold"] = float(config.pop("theta", 1.0))
         notes.append(f"layer {name!r}: ThresholdedReLU theta={config['threshold']} -> ReLU(threshold)")
-    if class_name in ("Sequential", "Functional", "Model"):  # top-level nested models are flattened by the reader
+    if class_name in MODEL_CLASSES:  # top-level nested models are flattened by the reader
         raise refuse(name, f"a {class_name} model nested inside a wrapper (TimeDistributed/Bidirectional) is not "
                            "migrated by bnrewrite")
     cls = keras_class(class_name, _keras3_module(class_name))

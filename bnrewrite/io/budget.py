@@ -26,6 +26,8 @@ SLACK = 64 << 20
 
 class BudgetError(UnsupportedModelError):
     """A variable beyond the budget (exit 2); never taken for a mere failure to rebuild."""
+
+
 _BUDGET: contextvars.ContextVar = contextvars.ContextVar("bnrewrite_variable_budget", default=None)
 
 
@@ -50,6 +52,13 @@ def variable_budget(stored: int, framework: str):
         _BUDGET.reset(token)
 
 
+def graph_budget(mg, framework: str | None = None):
+    """:func:`variable_budget` for rebuilding ``mg`` (or its original): the graph's weights are the
+    file's (folding only removes BN vectors, far below the slack)."""
+    return variable_budget(stored_bytes({name: lay.weights for name, lay in mg.layers().items()}),
+                           framework or mg.framework)
+
+
 def _charge(shape, dtype, name) -> None:
     state = _BUDGET.get()
     if state is None or shape is None:
@@ -60,10 +69,10 @@ def _charge(shape, dtype, name) -> None:
         return  # an unknown dimension: no allocation of that shape can happen
     import numpy as np
 
-    try:
-        itemsize = np.dtype(getattr(dtype, "as_numpy_dtype", None) or str(getattr(dtype, "name", dtype) or "float32")).itemsize
+    try:  # a tf.DType or a dtype string
+        itemsize = np.dtype(str(getattr(dtype, "name", dtype))).itemsize
     except TypeError:
-        itemsize = 8
+        itemsize = 8  # bfloat16 and other names numpy lacks: counted at the widest
     size = itemsize
     for d in dims:
         size *= max(d, 0)  # Python ints: no overflow

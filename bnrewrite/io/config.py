@@ -161,8 +161,7 @@ class _Builder:
         cls = lc["class_name"]
         flat = self.flat_name(path, name)
         config = copy.deepcopy(lc.get("config") or {})  # the graph owns its configs (frameworks mutate theirs)
-        check_layer(cls, config, layer_name=name, module=lc.get("module"), unsafe=self.unsafe,
-                    custom_classes=self.custom)
+        # (its config was checked by check_tree, with every other listed layer, before the expansion)
         config["name"] = flat
         if not trainable:
             config["trainable"] = False
@@ -459,11 +458,8 @@ def _array_value(cfg: dict, layer: str):
     try:
         dt = np.dtype(dtype) if dtype is not None else None
     except TypeError:
-        dt = None
-        ok = False
-    else:
-        ok = dt is None or (dt.shape == () and dt.kind in "biufc" and dt.names is None)
-    if not ok:
+        dt = np.dtype("V")  # not a dtype: refused below like any non-numeric one
+    if dt is not None and (dt.shape != () or dt.kind not in "biufc" or dt.names is not None):
         raise UnsupportedModelError(f"layer {layer!r} is called with an array of dtype {_short(dtype)}, "
                                     "not a plain numeric type", code="UNSAFE_CALL_ARGUMENT")
     count, stack = 0, [value]

@@ -21,9 +21,9 @@ A config is accepted only if every class and function it names is on the allowli
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
+from ..graph import MODEL_CLASSES
 from .allowlist import FUNCTIONS, LAYERS, NESTED, REFUSED, app_layer, tf_op_allowed
 
-MODEL_CLASSES = ("Functional", "Model", "Sequential")
 _KERAS_MODULES = ("keras", "tf_keras")
 #: TensorFlow's own initializer modules: tf.keras 2.x records ``tf.constant_initializer`` & co. under them.
 #: Only the class name counts: both frameworks look it up among their initializers, never in the module.

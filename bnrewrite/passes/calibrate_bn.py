@@ -64,10 +64,8 @@ class CalibrateBN(Pass):
         import os
 
         from ..calibration import calibrate
-        from ..errors import InputError
+        from ..errors import InputError, UnsupportedModelError
         from ..io.data import DataPath
-
-        from ..errors import UnsupportedModelError
 
         hidden = mg.wrapped_model_bns()
         if hidden:  # a partial AdaBN would leave those statistics from the old domain, silently

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..build.tf_keras import CUDNN_RNN, cudnn_as_standard
+from ..build.tf_keras import CUDNN_RNN, cudnn_config_as_standard
 from ..graph import ModelGraph
 from .base import Pass, PassContext
 
@@ -94,19 +94,7 @@ class CudnnRNN(Pass):
         for (cls, _), (k, r, b) in zip(found, zip(*[iter(values)] * 3)):
             new += convert_weights(cls, np.asarray(k), np.asarray(r), np.asarray(b))
         lay.weights = dict(zip(keys, new))
-        if lay.class_name in CUDNN_RNN:
-            lay.class_name, lay.config = cudnn_as_standard(lay.class_name, lay.config)
-        else:
-            _replace_inner(lay.config)
+        # the same config translation the reference gets (the layer itself, or those it wraps)
+        out = cudnn_config_as_standard({"class_name": lay.class_name, "config": lay.config})
+        lay.class_name, lay.config = out["class_name"], out["config"]
         return [lay.name]
-
-
-def _replace_inner(config: dict) -> None:
-    for key in ("layer", "backward_layer"):
-        inner = config.get(key)
-        if not (isinstance(inner, dict) and "class_name" in inner):
-            continue
-        if inner["class_name"] in CUDNN_RNN:
-            inner["class_name"], inner["config"] = cudnn_as_standard(inner["class_name"], inner.get("config") or {})
-        else:
-            _replace_inner(inner.get("config") or {})

@@ -46,7 +46,7 @@ import copy
 
 import networkx as nx
 
-from ..graph import BN_CLASSES, Layer, ModelGraph, TensorRef, bn_axis, reshape_like_op, reshape_op
+from ..graph import BN_CLASSES, MODEL_CLASSES, Layer, ModelGraph, TensorRef, bn_axis, reshape_like_op, reshape_op
 from .base import Pass, PassContext
 
 # Act on the last axis or elementwise: no reshape needed.
@@ -137,7 +137,7 @@ class UnwrapTimeDistributed(Pass):
             if any(d is None for d in out[1:depth + 1]) and not (self.open_time and mg.framework == "keras"):
                 return f"the time length of {out} is unknown, needed to reshape back after {cls}"
             return None
-        if cls in ("Functional", "Sequential", "Model"):
+        if cls in MODEL_CLASSES:
             return "a nested model inside TimeDistributed is left wrapped"
         return f"{cls} is not known to act sample by sample"
 
