@@ -235,24 +235,19 @@ def _build(name, folder):
     return path
 
 
-_CUDNN_KEYS = {"name", "trainable", "dtype", "return_sequences", "return_state", "go_backwards", "stateful",
-               "units", "kernel_initializer", "recurrent_initializer", "bias_initializer", "kernel_regularizer",
-               "recurrent_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
-               "recurrent_constraint", "bias_constraint"}
-
-
 def _to_cudnn(path, seed=5):
     """Rewrite a saved LSTM/GRU model as Keras 2.2.4 writes the same model with CuDNNLSTM/CuDNNGRU:
-    the class and its config keys, and random weights in the CuDNN layout (bias: 2 x gates x units)."""
+    the class and its config keys (as the real-model set's keras-2.2.4-cudnn dialect writes them), and
+    random weights in the CuDNN layout (bias: 2 x gates x units)."""
     import h5py
+    from realmodels.legacy import _CUDNN, _cudnn_config
 
     rng = np.random.default_rng(seed)
 
     def cudnn(lc):
-        cls = {"LSTM": "CuDNNLSTM", "GRU": "CuDNNGRU"}.get(lc["class_name"])
+        cls = _CUDNN.get(lc["class_name"])
         if cls:
-            keys = _CUDNN_KEYS | ({"unit_forget_bias"} if cls == "CuDNNLSTM" else set())
-            lc["class_name"], lc["config"] = cls, {k: v for k, v in lc["config"].items() if k in keys}
+            lc["class_name"], lc["config"] = cls, _cudnn_config(lc["class_name"], lc["config"])
         elif isinstance(lc.get("config", {}).get("layer"), dict):
             cudnn(lc["config"]["layer"])
         return cls is not None or lc["class_name"] == "Bidirectional"
