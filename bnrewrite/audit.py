@@ -43,10 +43,12 @@ code                       severity  rule                                       
 ``TIMEDISTRIBUTED_BN``     warning   the BN is wrapped in ``TimeDistributed``    ``convert`` unwraps it by default (do not pass
                                      (Keras 3 exports it unrolled per time       ``--keep-timedistributed``)
                                      step; Keras 2.0.x never updated its stats)
-``BN_IN_WRAPPED_MODEL``    warning   a model inside ``TimeDistributed`` (a      they run with their moving statistics, but
-                                     per-frame encoder) holds BN layers: they    ``convert`` neither folds nor calibrates them
-                                     are not listed above, and no pass can       (``--calibration`` is refused); to adapt them,
-                                     reach them                                  calibrate the encoder model on its own
+``BN_IN_WRAPPED_MODEL``    warning   a model inside ``TimeDistributed`` (a      ``convert`` inlines the model between two
+                                     per-frame encoder) holds BN layers: they    reshapes, so they fold and calibrate; where
+                                     are not listed above                        it cannot (``--keep-timedistributed``, a
+                                                                                 shared wrapper, several inputs/outputs) they
+                                                                                 are neither folded nor calibrated, and
+                                                                                 ``--calibration`` is refused
 ``FROZEN_BN``              info      ``trainable`` is False in the layer config  ``convert --calibration DATA`` (AdaBN) if the
                                      (for a wrapped BN: the wrapper's or the     deployment domain differs from the training
                                      inner one's; the reader propagates a        domain
@@ -108,8 +110,9 @@ CODES: dict[str, tuple[str, str]] = {
     ),
     "BN_IN_WRAPPED_MODEL": (
         WARNING,
-        "they run with their moving statistics, but convert neither folds nor calibrates them "
-        "(--calibration is refused); to adapt them, calibrate the encoder model on its own",
+        "convert inlines the wrapped model (reshape to frames, its layers, reshape back) so that they fold and "
+        "calibrate; where it cannot (--keep-timedistributed, a shared wrapper, several inputs or outputs) they "
+        "are left as they are and --calibration is refused",
     ),
     "FROZEN_BN": (
         INFO,

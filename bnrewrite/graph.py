@@ -96,7 +96,7 @@ class Layer:
     def wrapped_configs(self) -> list[dict]:
         """The wrapped layers' ``{"class_name", "config"}``, outermost first."""
         chain, cfg = [], self.config
-        while isinstance(cfg.get("layer"), dict) and "class_name" in cfg["layer"]:
+        while isinstance(cfg, dict) and isinstance(cfg.get("layer"), dict) and "class_name" in cfg["layer"]:
             chain.append(cfg["layer"])
             cfg = cfg["layer"].get("config") or {}
         return chain
@@ -111,7 +111,11 @@ class Layer:
     def wrapped_model_bns(self) -> list[str]:
         """Names of the BN layers inside a model this layer wraps (``TimeDistributed(Sequential
         [..., BatchNormalization, ...])``, any depth): they run, but are not graph nodes, so no pass
-        folds or calibrates them."""
+        folds or calibrates them (unless ``unwrap_timedistributed`` inlines the model)."""
+        return [c.get("name", "?") for c in self.wrapped_model_bn_configs()]
+
+    def wrapped_model_bn_configs(self) -> list[dict]:
+        """The configs of those BN layers (live references into this layer's config)."""
         return _model_bns(self.config.get("layer"), inside_model=False) if self.wrapped_configs() else []
 
     def bn_config(self) -> dict:
@@ -119,18 +123,18 @@ class Layer:
         return self.config if self.is_bn() else (self.inner or {}).get("config", {})
 
 
-def _model_bns(entry, inside_model: bool) -> list[str]:
-    """BN names in a serialized layer ``{"class_name", "config"}`` once inside a nested model."""
+def _model_bns(entry, inside_model: bool) -> list[dict]:
+    """BN configs in a serialized layer ``{"class_name", "config"}`` once inside a nested model."""
     if not isinstance(entry, dict) or "class_name" not in entry:
         return []
     cls, cfg = entry["class_name"], entry.get("config")
     if cls in BN_CLASSES:
-        return [cfg.get("name", "?") if isinstance(cfg, dict) else "?"] if inside_model else []
+        return [cfg if isinstance(cfg, dict) else {}] if inside_model else []
     if cls in MODEL_CLASSES:
         layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") or []
-        return [n for lay in layers for n in _model_bns(lay, True)]
+        return [c for lay in layers for c in _model_bns(lay, True)]
     if isinstance(cfg, dict):
-        return [n for k in ("layer", "backward_layer") for n in _model_bns(cfg.get(k), inside_model)]
+        return [c for k in ("layer", "backward_layer") for c in _model_bns(cfg.get(k), inside_model)]
     return []
 
 

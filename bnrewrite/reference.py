@@ -68,6 +68,9 @@ def strip_training(config: dict) -> dict:
                 else:
                     legacy_leaves(node)
             walk(lc)  # nested models
+            if isinstance(lc.get("config"), dict):  # models inside wrappers (TimeDistributed(encoder))
+                for key in ("layer", "backward_layer"):
+                    walk(lc["config"].get(key))
 
     walk(config)
     return config
@@ -142,11 +145,13 @@ def _model_weights_h5(original: Original):
 
 def set_statistics(model, stats: dict) -> None:
     """Put re-estimated BN statistics into the reference: ``stats`` maps a layer's origin
-    ``(enclosing models, name)`` to ``{"moving_mean": ..., "moving_variance": ...}``."""
+    ``(enclosing models or wrappers of a model, name)`` to ``{"moving_mean": ..., "moving_variance": ...}``."""
     for (path, name), values in stats.items():
         layer = model
         try:
             for p in (*path, name):
+                while not hasattr(layer, "get_layer") and hasattr(layer, "layer"):
+                    layer = layer.layer  # the model inside a wrapper (TimeDistributed(encoder))
                 layer = layer.get_layer(p)
         except (ValueError, AttributeError) as e:
             raise UnsupportedModelError(f"reference model has no layer {'/'.join((*path, name))}") from e

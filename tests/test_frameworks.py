@@ -507,12 +507,10 @@ def test_thresholded_relu_migrates_to_relu_threshold(legacy_files, converted):
 
 @pytest.mark.parametrize("name, why", [
     ("locally_connected", "Keras 3 has no layer class 'LocallyConnected2D'"),
-    ("td_sequential", "a Sequential model nested inside a wrapper"),
 ])
 def test_legacy_content_converts_and_is_refused_for_keras3(legacy_files, converted, tmp_path, name, why):
-    """LocallyConnected2D (tf_keras only, DeepFace-style) and a model inside TimeDistributed (a per-frame
-    encoder) are read and exported to ONNX exactly; .keras (no such Keras 3 class / a migration of the
-    nested model bnrewrite does not do) is refused with the reason and the way out, nothing written."""
+    """LocallyConnected2D (tf_keras only, DeepFace-style) is read and exported to ONNX exactly; .keras
+    (no such Keras 3 class) is refused with the reason and the way out, nothing written."""
     path = legacy_files(name)
     xs = _inputs(path)
     rep, dst = converted(name, "onnx")
@@ -581,10 +579,11 @@ def test_a_wrong_cudnn_layout_is_caught_against_the_original(legacy_files, tmp_p
 
 
 
-def test_bn_inside_a_wrapped_model_is_reported_and_calibration_refused(legacy_files, tmp_path):
-    """The encoder's BN inside TimeDistributed(Sequential) is no graph node: inspect says so
-    (BN_IN_WRAPPED_MODEL, naming it) instead of '0 BN layers, no findings', and --calibration is
-    refused (exit 2, nothing written) instead of silently adapting none of the statistics."""
+def test_bn_inside_a_wrapped_model_is_reported_and_inlined(legacy_files, converted, tmp_path):
+    """The encoder's BN inside TimeDistributed(Sequential) is no node of the graph as read: inspect
+    says so (BN_IN_WRAPPED_MODEL, naming it) instead of '0 BN layers, no findings'; convert inlines
+    the encoder, so it folds, and the .keras migration (a flat model now) matches tf_keras.
+    (Calibration and the cases left wrapped: tests/test_td_model.py.)"""
     import tf_keras
 
     path = legacy_files("td_sequential")
@@ -593,10 +592,12 @@ def test_bn_inside_a_wrapped_model_is_reported_and_calibration_refused(legacy_fi
     audit = bnrewrite.inspect(path)
     found = [f for f in audit.findings if f["code"] == "BN_IN_WRAPPED_MODEL"]
     assert len(found) == 1 and bn in found[0]["message"] and found[0]["severity"] == "warning", audit.findings
-    data = np.random.default_rng(0).normal(size=(8, 5, 8, 8, 3)).astype("float32")
-    with pytest.raises(bnrewrite.UnsupportedModelError, match=f"calibration cannot reach.*{bn}") as err:
-        bnrewrite.convert(path, tmp_path / "o.onnx", calibration=data)
-    assert err.value.exit_code == 2 and not list(tmp_path.iterdir())
+    xs = _inputs(path)
+    rep, dst = converted("td_sequential", "keras")
+    assert bn in {p["name"]: p for p in rep.passes}["fold_bn"]["changed"]
+    assert_close(_keras3(dst, xs)[0], _reference(path, xs)[0], "td_sequential .keras")
+    rep, dst = converted("td_sequential", "onnx")
+    assert_close(_onnx(dst, xs)[0], _reference(path, xs)[0], "td_sequential .onnx")
 
 
 def test_multi_head_attention_migrates_only_where_masking_agrees(legacy_files, converted, tmp_path):

@@ -84,6 +84,23 @@ def build_graph(
     return mg
 
 
+class ModelInliner:
+    """Adds the calls of a model config to ``mg``, as the reader flattens a nested model: for a pass
+    that takes a model out of a wrapper (``TimeDistributed(model)``). The config was checked with the
+    rest of the file when it was read (:meth:`_Builder.check_tree` checks models inside wrappers); new
+    layer names yield to the graph's; ``path`` (the wrapper's place in the original file) prefixes the
+    layers' origins. Calls of one inliner share their layers (a wrapper called twice)."""
+
+    def __init__(self, mg: ModelGraph, weights: WeightsLookup, bn_classes: frozenset = frozenset()):
+        self._builder = _Builder(mg, weights, mg.framework == "tf_keras", False, frozenset(), bn_classes)
+        self._builder.taken.update(d["layer"].name for _, d in mg.graph.nodes(data=True))
+
+    def call(self, model_config: dict, inputs: list[tuple[str, int]], *, path: tuple, training=None,
+             trainable: bool = True) -> list[tuple[str, int]]:
+        """The model's output tensors, called on ``inputs``."""
+        return self._builder.expand(model_config, path=path, inputs=inputs, training=training, trainable=trainable)
+
+
 class _Builder:
     def __init__(self, mg: ModelGraph, weights: WeightsLookup, legacy: bool, unsafe: bool, custom, bn_classes):
         self.mg = mg
@@ -160,7 +177,7 @@ class _Builder:
             return self.layers[key]
         cls = lc["class_name"]
         flat = self.flat_name(path, name)
-        config = copy.deepcopy(lc.get("config") or {})  # the graph owns its configs (frameworks mutate theirs)
+        config = _dict_sequentials(copy.deepcopy(lc.get("config") or {}))  # the graph owns its configs
         # (its config was checked by check_tree, with every other listed layer, before the expansion)
         config["name"] = flat
         if not trainable:
@@ -535,7 +552,8 @@ def _layer_list(model_config: dict):
 
 
 def _lname(lc: dict) -> str:
-    name = (lc.get("name") or (lc.get("config") or {}).get("name")) if isinstance(lc, dict) else None
+    cfg = lc.get("config") if isinstance(lc, dict) else None
+    name = (lc.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None)) if isinstance(lc, dict) else None
     if not isinstance(name, str) or not name:
         raise KeyError("a layer has no name")  # the reader reports it as a malformed config
     return name
@@ -566,13 +584,28 @@ def _legacy_offset(lc: dict | None) -> int:
     return 1
 
 
+def _dict_sequentials(obj):
+    """Keras 2.0/2.1 write a Sequential's config as the bare list of its layers; inside a wrapper
+    (``TimeDistributed(Sequential)``) it is given the later ``{"name", "layers": [...]}`` form, which every
+    framework reads the same way, so that passes meet one form."""
+    if isinstance(obj, list):
+        return [_dict_sequentials(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: _dict_sequentials(v) for k, v in obj.items()}
+    if out.get("class_name") == "Sequential" and isinstance(out.get("config"), list):
+        out["config"] = {"name": "sequential", "layers": out["config"]}  # (tf_keras reads a dict's name)
+    return out
+
+
 def _wraps(config: dict, classes: frozenset) -> bool:
     """Whether a wrapper config wraps (at any depth) a layer of one of ``classes``."""
     inner = config.get("layer")
     while isinstance(inner, dict) and "class_name" in inner:
         if inner["class_name"] in classes:
             return True
-        inner = (inner.get("config") or {}).get("layer")
+        cfg = inner.get("config")
+        inner = cfg.get("layer") if isinstance(cfg, dict) else None  # (a Keras 2.0 Sequential's is a list)
     return False
 
 

@@ -146,7 +146,10 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
                 f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras",
                 code="UNSAFE_OBJECT",
             )
-        if cls in LAYERS or cls in MODEL_CLASSES:
+        if cls in MODEL_CLASSES:  # its layers; Keras 2.0/2.1 write a Sequential's config as the list of them
+            _check_nested(obj.get("config"), layer_name, custom)
+            return
+        if cls in LAYERS:
             check_layer(cls, obj.get("config") or {}, layer_name=f"{layer_name}/{(obj.get('config') or {}).get('name', cls)}",
                         module=module, unsafe=True, custom_classes=frozenset(custom))  # bytecode checked at top
             return

@@ -70,10 +70,11 @@ class CalibrateBN(Pass):
         hidden = mg.wrapped_model_bns()
         if hidden:  # a partial AdaBN would leave those statistics from the old domain, silently
             name, bns = next(iter(hidden.items()))
+            kept = ctx.artifacts.get("timedistributed_kept", {}).get(name, "--keep-timedistributed")
             raise UnsupportedModelError(
                 f"calibration cannot reach the {sum(map(len, hidden.values()))} BatchNormalization layer(s) inside "
-                f"the model wrapped by {name!r} ({', '.join(bns[:3])}{', ...' if len(bns) > 3 else ''}); "
-                "calibrate that model on its own (e.g. on the frames), then rebuild the wrapper with it")
+                f"the model wrapped by {name!r} ({', '.join(bns[:3])}{', ...' if len(bns) > 3 else ''}): the wrapper "
+                f"was kept ({kept})")
         data, preprocess, feature = self.data, self.preprocess, self.tfrecord_feature
         if isinstance(data, (str, os.PathLike)) and not isinstance(data, DataPath):
             data = DataPath(data, preprocess, feature)  # images preprocessed and bad ones counted; a tfrecord's feature

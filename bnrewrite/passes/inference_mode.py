@@ -4,7 +4,7 @@ A BN called with ``training=True`` in a functional graph normalizes with the
 statistics of the current batch: tf.keras ``predict`` honours that, tf2onnx
 exports the batch-statistics ops, Keras 3.15 lets the outer flag win, newer
 Keras honours the call-site flag again. After this pass every BN call (plain or
-inside TimeDistributed) carries ``training=False``: it computes
+inside TimeDistributed, also inside a model it wraps) carries ``training=False``: it computes
 
     y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta
 
@@ -36,7 +36,7 @@ class InferenceMode(Pass):
     def candidates(self, mg: ModelGraph):
         for n in mg.topo():
             lay = mg.layer(n)
-            if lay.is_bn() or lay.wraps_bn() or (
+            if lay.is_bn() or lay.wraps_bn() or lay.wrapped_model_bns() or (
                 lay.class_name in TRAINING_AWARE and mg.graph.nodes[n]["kwargs"].get("training") is True
             ):
                 yield n
@@ -46,9 +46,12 @@ class InferenceMode(Pass):
         lay = data["layer"]
         changed = data["kwargs"].get("training") is not False
         data["kwargs"]["training"] = False
-        if (lay.is_bn() or lay.wraps_bn()) and not self.keep_trainable:
-            for cfg in (lay.config, *(w.get("config") for w in lay.wrapped_configs())):
-                if cfg is not None and cfg.get("trainable", True) is not False:
-                    cfg["trainable"] = False
-                    changed = True
+        if lay.is_bn() or lay.wraps_bn():
+            bn_configs = [lay.config, *(w.get("config") for w in lay.wrapped_configs())]
+        else:  # the BNs inside a wrapped model (TimeDistributed(encoder)), if any
+            bn_configs = lay.wrapped_model_bn_configs()
+        for cfg in bn_configs if not self.keep_trainable else ():
+            if cfg is not None and cfg.get("trainable", True) is not False:
+                cfg["trainable"] = False
+                changed = True
         return [lay.name] if changed else []

@@ -31,8 +31,15 @@ outputs keep the wrapper. Keras 3's ``.h5`` stores layers only, no op nodes: for
 output (``keras3_ops=False``) a Keras 3 wrapper that needs reshapes is kept, with the
 reason (a wrapped BN or Dense needs none and is still unwrapped). The shape table is
 updated after each rewrite, so consecutive wrappers unwrap too.
-Anything else (recurrent layers, nested models, masks) is left wrapped, with
-the reason in the report.
+A model inside the wrapper (a per-frame encoder, ``TimeDistributed(Sequential[Conv,
+BN, ...])``) that holds BN layers is inlined between the same two reshapes: its layers
+become graph calls on (B*T, *d), so its BNs fold and calibrate like any other (their
+statistics over batch and time, as in training). Its weights are taken per inner layer
+from the wrapper as the framework itself assigned them (the live wrapper's inner
+model), so no naming or ordering rule of the file is assumed; the calls of a wrapper
+called more than once share the inlined layers. A model with several inputs or outputs,
+and a model without BN, are left wrapped.
+Anything else (recurrent layers, masks) is left wrapped, with the reason in the report.
 
 In a tf_keras graph, TimeDistributed already runs as one reshape (no unrolling),
 and unwrapping e.g. a Dense would make tf2onnx export a dynamic tensordot instead:
@@ -45,8 +52,11 @@ from __future__ import annotations
 import copy
 
 import networkx as nx
+import numpy as np
 
 from ..graph import BN_CLASSES, MODEL_CLASSES, Layer, ModelGraph, TensorRef, bn_axis, reshape_like_op, reshape_op
+from ..io.config import TRAINING_AWARE, ModelInliner
+from ..io.weights import weight_keys
 from .base import Pass, PassContext
 
 # Act on the last axis or elementwise: no reshape needed.
@@ -99,18 +109,29 @@ class UnwrapTimeDistributed(Pass):
         return [n for n in mg.topo() if mg.layer(n).class_name == "TimeDistributed"]
 
     def run(self, mg, ctx):
-        from ..build import infer_shapes
+        from ..build import builder
 
-        # one symbolic trace of the whole model, only when there is something to unwrap
-        self._shapes = infer_shapes(mg) if self.candidates(mg) else {}
+        # one symbolic trace of the whole model, only when there is something to unwrap; live
+        # layers with their weights when a wrapped model may be inlined (its per-layer weights)
+        candidates = self.candidates(mg)
+        self._builder, self._live = builder(mg), {}
+        if any(mg.layer(n).wrapped_model_bns() for n in candidates):
+            tensors, self._live = self._builder.build_live(mg)
+            self._shapes = {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
+        else:
+            self._shapes = self._builder.infer_shapes(mg) if candidates else {}
         self._made: dict[str, Layer] = {}  # one unwrapped layer per shared wrapper
-        return super().run(mg, ctx)
+        self._inliners: dict[str, ModelInliner] = {}  # one per wrapped model: its calls share the layers
+        result = super().run(mg, ctx)
+        # why a wrapper was kept, for calibration's refusal of BNs it cannot reach
+        ctx.artifacts["timedistributed_kept"] = {s["layer"]: s["reason"] for s in result.skipped}
+        return result
 
     def check(self, mg: ModelGraph, node: str, ctx: PassContext) -> str | None:
         layer = mg.layer(node)
         inner, depth = _strip(layer)
         cls = inner.get("class_name")
-        if mg.framework == "tf_keras" and not (layer.wraps_bn() or _feeds_bn(mg, node)):
+        if mg.framework == "tf_keras" and not (layer.wraps_bn() or _feeds_bn(mg, node) or layer.wrapped_model_bns()):
             return "tf_keras runs TimeDistributed as one reshape already; unwrapping gains nothing here"
         kwargs = mg.graph.nodes[node]["kwargs"]
         if kwargs.get("mask") is not None:
@@ -124,7 +145,13 @@ class UnwrapTimeDistributed(Pass):
             return None
         if cls in DIRECT:
             return None
-        if cls in RESHAPED:
+        if cls in MODEL_CLASSES:
+            if not layer.wrapped_model_bns():
+                return "a nested model without BatchNormalization inside TimeDistributed is left wrapped"
+            kmodel = _wrapped_live(self._live.get(layer.name))
+            if kmodel is None or len(kmodel.inputs) != 1 or len(kmodel.outputs) != 1:
+                return "the wrapped model does not have exactly one input and one output"
+        if cls in RESHAPED or cls in MODEL_CLASSES:
             if mg.framework == "keras" and not self.keras3_ops:
                 return (f"unwrapping {cls} needs reshape op nodes, which Keras 3's .h5 format cannot store; "
                         "the wrapper is kept (a .keras or .onnx output unwraps it)")
@@ -137,14 +164,14 @@ class UnwrapTimeDistributed(Pass):
             if any(d is None for d in out[1:depth + 1]) and not (self.open_time and mg.framework == "keras"):
                 return f"the time length of {out} is unknown, needed to reshape back after {cls}"
             return None
-        if cls in MODEL_CLASSES:
-            return "a nested model inside TimeDistributed is left wrapped"
         return f"{cls} is not known to act sample by sample"
 
     def rewrite(self, mg: ModelGraph, node: str, ctx: PassContext) -> list[str]:
         td = mg.layer(node)
         inner, depth = _strip(td)
         cls = inner["class_name"]
+        if cls in MODEL_CLASSES:
+            return self._inline(mg, node, td, inner, depth)
         config = copy.deepcopy(inner["config"])
         config["name"] = td.name  # the unwrapped layer keeps the wrapper's name
         if td.config.get("trainable") is False:
@@ -186,6 +213,46 @@ class UnwrapTimeDistributed(Pass):
         self._shapes[(sp, 0)] = out_shape
         return [td.name]
 
+    def _inline(self, mg: ModelGraph, node: str, td: Layer, inner: dict, depth: int) -> list[str]:
+        """reshape (B*T, *d) -> the wrapped model's layers as graph calls -> reshape back."""
+        data = mg.graph.nodes[node]
+        src = mg.inbound(node)[0]
+        shape, out_shape = self._shapes[src], self._shapes[(node, 0)]
+        merge = reshape_op(mg.unique_name(f"{td.name}_merge_time"), [-1, *shape[depth + 1:]])
+        m = mg.add_call(merge, [src], path=data["path"])
+        mg.graph.nodes[m]["order"] = data["order"] - 0.5
+        kmodel = _wrapped_live(self._live[td.name])
+        prefix = (*td.origin[0], td.origin[1]) if td.origin else (*data["path"], td.name)
+
+        def weights(path, name, _cls):  # as the framework assigned them to the wrapper's inner layers
+            live = kmodel
+            for p in (*path[len(prefix):], name):
+                live = live.get_layer(p)
+            named = self._builder.variables(live)
+            return {k: np.asarray(v.numpy()) for k, (_, v) in zip(weight_keys([n for n, _ in named]), named)}
+
+        if td.name not in self._inliners:
+            self._inliners[td.name] = ModelInliner(mg, weights, bn_classes=_bn_subclasses(kmodel))
+        before = set(mg.graph)
+        trainable = td.config.get("trainable", True) is not False
+        (out,) = self._inliners[td.name].call(inner, [(m, 0)], path=prefix, training=False, trainable=trainable)
+        for n in set(mg.graph) - before:  # inference semantics, as inference_mode gave the wrapper's call
+            kwargs = mg.graph.nodes[n]["kwargs"]
+            if mg.layer(n).class_name in TRAINING_AWARE and kwargs.get("training") is True:
+                kwargs["training"] = False
+        if any(d is None for d in out_shape[1:depth + 1]):  # open time length: B and T read at run time
+            split = reshape_like_op(mg.unique_name(f"{td.name}_split_time"), depth + 1, out_shape[depth + 1:])
+            sp = mg.add_call(split, [out, src], args=[TensorRef(0), TensorRef(1)], path=data["path"])
+        else:
+            split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
+                               [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
+            sp = mg.add_call(split, [out], path=data["path"])
+        mg.rewire((node, 0), (sp, 0))
+        mg.remove(node)
+        self._shapes[(m, 0)] = (None, *shape[depth + 1:])
+        self._shapes[(sp, 0)] = out_shape
+        return [td.name]
+
     @staticmethod
     def _replace(mg, node, new_layer, inputs, kwargs) -> str:
         """Swap the TimeDistributed call for a call of ``new_layer`` on ``inputs``."""
@@ -214,3 +281,22 @@ def _feeds_bn(mg: ModelGraph, node: str) -> bool:
     readers = mg.consumers(node, 0)
     return len(readers) == 1 and mg.uses(node, 0) == 1 and (
         mg.layer(readers[0][0]).is_bn() or mg.layer(readers[0][0]).wraps_bn())
+
+
+def _wrapped_live(klayer):
+    """The live model inside a (nested) TimeDistributed wrapper, or None."""
+    while klayer is not None and not hasattr(klayer, "get_layer"):
+        klayer = getattr(klayer, "layer", None)
+    return klayer
+
+
+def _bn_subclasses(kmodel) -> frozenset:
+    """Class names of the wrapped model's layers that subclass BatchNormalization (custom classes)."""
+    names, todo = set(), list(kmodel.layers)
+    while todo:
+        lay = todo.pop()
+        todo.extend(getattr(lay, "layers", ()))
+        mro = {c.__name__ for c in type(lay).__mro__}
+        if type(lay).__name__ not in BN_CLASSES and mro & set(BN_CLASSES):
+            names.add(type(lay).__name__)
+    return frozenset(names)

@@ -1328,3 +1328,582 @@ def arch_mobilevit(K):
     x = conv_block(x, 32, kernel_size=1, strides=1)
     x = L.GlobalAvgPool2D()(x)
     return K.Model(inp, L.Dense(5, activation="softmax")(x), name="mobilevit")
+
+
+def arch_td_convnet_gru(K):
+    """metal3d/keras-video-generators' action-recognition example (``build_convnet`` + ``action_model``):
+    a Sequential ConvNet (pairs of Conv2D(3x3, same, relu) then ``BatchNormalization(momentum=.9)``,
+    MaxPool2D, GlobalMaxPool2D) wrapped whole in ``TimeDistributed(convnet, input_shape=shape)``,
+    then GRU(64) and a Dense/Dropout decision stack. Two of the four blocks, filters / 8, 5 frames of 32x32."""
+    L = K.layers
+    convnet = K.Sequential([K.Input((32, 32, 3))], name="convnet")
+    for f in (8, 16):
+        convnet.add(L.Conv2D(f, (3, 3), padding="same", activation="relu"))
+        convnet.add(L.Conv2D(f, (3, 3), padding="same", activation="relu"))
+        convnet.add(L.BatchNormalization(momentum=0.9))
+        convnet.add(L.MaxPool2D())
+    convnet.add(L.GlobalMaxPool2D())
+    return K.Sequential([
+        K.Input((5, 32, 32, 3)),
+        L.TimeDistributed(convnet),
+        L.GRU(16),
+        L.Dense(32, activation="relu"), L.Dropout(0.5),
+        L.Dense(16, activation="relu"), L.Dropout(0.5),
+        L.Dense(2, activation="sigmoid"),
+    ], name="action_model")
+
+
+def arch_td_mobilenet_gru(K):
+    """The same repository's transfer-learning variant (``build_mobilenet``): ``keras.applications``
+    MobileNet without its top, all but the last 9 layers frozen (``trainable = False``), inside
+    ``Sequential([mobilenet, GlobalMaxPool2D()])``, wrapped in TimeDistributed, then GRU(64) and the
+    decision stack. MobileNet alpha 0.25 at 32x32 (``weights=None``), GRU(16)."""
+    L = K.layers
+    base = K.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(32, 32, 3), weights=None)
+    for layer in base.layers[:-9]:
+        layer.trainable = False
+    convnet = K.Sequential([base, L.GlobalMaxPool2D()], name="convnet")
+    return K.Sequential([
+        K.Input((4, 32, 32, 3)),
+        L.TimeDistributed(convnet),
+        L.GRU(16),
+        L.Dense(32, activation="relu"), L.Dropout(0.5),
+        L.Dense(3, activation="softmax"),
+    ], name="action_model")
+
+
+# --------------------------------------------------------------------------- PointNet (keras-io)
+_POINTNET_REG: dict = {}
+def _orthogonal_regularizer(K):
+    key = K.__name__
+    if key in _POINTNET_REG:
+        return _POINTNET_REG[key]
+    if is_tfk(K):
+        import tensorflow as tf
+        class OrthogonalRegularizer(K.regularizers.Regularizer):
+            def __init__(self, num_features, l2reg=0.001):
+                self.num_features = num_features
+                self.l2reg = l2reg
+                self.eye = tf.eye(num_features)
+            def __call__(self, x):
+                x = tf.reshape(x, (-1, self.num_features, self.num_features))
+                xxt = tf.tensordot(x, x, axes=(2, 2))
+                xxt = tf.reshape(xxt, (-1, self.num_features, self.num_features))
+                return tf.reduce_sum(self.l2reg * tf.square(xxt - self.eye))
+            def get_config(self):
+                return {"num_features": int(self.num_features), "l2reg": float(self.l2reg)}
+    else:
+        import keras
+        @keras.saving.register_keras_serializable("OrthogonalRegularizer")
+        class OrthogonalRegularizer(keras.regularizers.Regularizer):
+            def __init__(self, num_features, l2reg=0.001):
+                self.num_features = num_features
+                self.l2reg = l2reg
+                self.identity = keras.ops.eye(num_features)
+            def __call__(self, x):
+                x = keras.ops.reshape(x, (-1, self.num_features, self.num_features))
+                xxt = keras.ops.tensordot(x, x, axes=(2, 2))
+                xxt = keras.ops.reshape(xxt, (-1, self.num_features, self.num_features))
+                return keras.ops.sum(self.l2reg * keras.ops.square(xxt - self.identity))
+            def get_config(self):
+                return {"num_features": self.num_features, "l2reg": self.l2reg}
+    _POINTNET_REG[key] = OrthogonalRegularizer
+    return OrthogonalRegularizer
+
+
+def arch_pointnet(K, points=64, classes=5):
+    """keras-team/keras-io ``examples/vision/pointnet.py``: Conv1D(k=1)/Dense -> BN(momentum=0.0) -> ReLU,
+    two T-nets (Dense with an ``OrthogonalRegularizer`` activity regularizer -- a custom object -- and an
+    identity bias, Reshape, ``Dot(axes=(2, 1))``); 64 points, filters / 4 to / 16. The T-net kernel is
+    drawn small instead of the example's zeros, so that the T-nets' BNs reach the output."""
+    import numpy as np
+
+    L = K.layers
+    Reg = _orthogonal_regularizer(K)
+
+    def conv_bn(x, f):
+        x = L.Conv1D(f, kernel_size=1, padding="valid")(x)
+        x = L.BatchNormalization(momentum=0.0)(x)
+        return L.Activation("relu")(x)
+
+    def dense_bn(x, f):
+        x = L.Dense(f)(x)
+        x = L.BatchNormalization(momentum=0.0)(x)
+        return L.Activation("relu")(x)
+
+    def tnet(inputs, n):
+        bias = K.initializers.Constant(np.eye(n).flatten().tolist() if is_tfk(K) else np.eye(n).flatten())
+        x = conv_bn(inputs, 8)
+        x = conv_bn(x, 16)
+        x = conv_bn(x, 64)
+        x = L.GlobalMaxPooling1D()(x)
+        x = dense_bn(x, 32)
+        x = dense_bn(x, 16)
+        # the example's kernel_initializer="zeros" would make the T-net ignore its input until trained
+        x = L.Dense(n * n, kernel_initializer=K.initializers.RandomNormal(stddev=0.05), bias_initializer=bias,
+                    activity_regularizer=Reg(n))(x)
+        feat_t = L.Reshape((n, n))(x)
+        return L.Dot(axes=(2, 1))([inputs, feat_t])
+
+    inp = K.Input(shape=(points, 3))
+    x = tnet(inp, 3)
+    x = conv_bn(x, 8)
+    x = conv_bn(x, 8)
+    x = tnet(x, 8)
+    x = conv_bn(x, 8)
+    x = conv_bn(x, 16)
+    x = conv_bn(x, 64)
+    x = L.GlobalMaxPooling1D()(x)
+    x = dense_bn(x, 32)
+    x = L.Dropout(0.3)(x)
+    x = dense_bn(x, 16)
+    x = L.Dropout(0.3)(x)
+    out = L.Dense(classes, activation="softmax")(x)
+    return K.Model(inputs=inp, outputs=out, name="pointnet")
+
+
+# --------------------------------------------------------------------------- 3D CT scan classification (keras-io)
+def arch_ct3d(K, depth=16, side=32):
+    """keras-team/keras-io ``examples/vision/3D_image_classification.py`` (``get_model``): Conv3D(relu) ->
+    MaxPool3D -> **BN after the pooling** (nothing to fold into), GlobalAveragePooling3D; 32x32x16 volume,
+    filters / 8, three blocks of four."""
+    L = K.layers
+    inp = K.Input((side, side, depth, 1))
+    x = L.Conv3D(filters=8, kernel_size=3, activation="relu")(inp)
+    x = L.MaxPool3D(pool_size=2)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Conv3D(filters=8, kernel_size=3, activation="relu")(x)
+    x = L.MaxPool3D(pool_size=2)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Conv3D(filters=16, kernel_size=3, activation="relu", padding="same")(x)
+    x = L.MaxPool3D(pool_size=2)(x)
+    x = L.BatchNormalization()(x)
+    x = L.GlobalAveragePooling3D()(x)
+    x = L.Dense(units=32, activation="relu")(x)
+    x = L.Dropout(0.3)(x)
+    out = L.Dense(units=1, activation="sigmoid")(x)
+    return K.Model(inp, out, name="3dcnn")
+
+
+# --------------------------------------------------------------------------- DeepLabV3+ (keras-io)
+def arch_deeplabv3plus(K, size=64, classes=4):
+    """keras-team/keras-io ``examples/vision/deeplabv3_plus.py``: ``convolution_block`` (Conv2D no bias,
+    He normal, dilation 1/6/12/18 -> BN -> ReLU; Keras 3: ``ops.nn.relu`` as the example), DSPP with a
+    full-size AveragePooling2D and bilinear UpSampling2D, decoder on a conv2 tap. The ResNet50 backbone
+    (``keras.applications``) is replaced by a three-block ResNet with the same layer names at 64x64."""
+    L = K.layers
+
+    def cblock(x, f=16, k=3, d=1, padding="same", use_bias=False):
+        x = L.Conv2D(f, kernel_size=k, dilation_rate=d, padding=padding, use_bias=use_bias,
+                     kernel_initializer=K.initializers.HeNormal())(x)
+        x = L.BatchNormalization()(x)
+        return L.Activation("relu")(x) if is_tfk(K) else K.ops.nn.relu(x)
+
+    def dspp(x):
+        dims = x.shape
+        y = L.AveragePooling2D(pool_size=(dims[-3], dims[-2]))(x)
+        y = cblock(y, k=1, use_bias=True)
+        out_pool = L.UpSampling2D(size=(dims[-3] // y.shape[1], dims[-2] // y.shape[2]), interpolation="bilinear")(y)
+        o1 = cblock(x, k=1, d=1)
+        o6 = cblock(x, k=3, d=6)
+        o12 = cblock(x, k=3, d=12)
+        o18 = cblock(x, k=3, d=18)
+        x = L.Concatenate(axis=-1)([out_pool, o1, o6, o12, o18])
+        return cblock(x, k=1)
+
+    # backbone: a small ResNet-style stand-in for keras.applications.ResNet50 (conv2 / conv4 taps)
+    def bottleneck(x, f, s, name):
+        sc = L.Conv2D(4 * f, 1, strides=s, name=name + "_0_conv")(x)
+        sc = L.BatchNormalization(epsilon=1.001e-5, name=name + "_0_bn")(sc)
+        y = L.Conv2D(f, 1, strides=s, name=name + "_1_conv")(x)
+        y = L.BatchNormalization(epsilon=1.001e-5, name=name + "_1_bn")(y)
+        y = L.Activation("relu", name=name + "_1_relu")(y)
+        y = L.Conv2D(f, 3, padding="same", name=name + "_2_conv")(y)
+        y = L.BatchNormalization(epsilon=1.001e-5, name=name + "_2_bn")(y)
+        y = L.Activation("relu", name=name + "_2_relu")(y)
+        y = L.Conv2D(4 * f, 1, name=name + "_3_conv")(y)
+        y = L.BatchNormalization(epsilon=1.001e-5, name=name + "_3_bn")(y)
+        y = L.Add(name=name + "_add")([sc, y])
+        return L.Activation("relu", name=name + "_out")(y)
+
+    inp = K.Input(shape=(size, size, 3))
+    x = L.ZeroPadding2D(3, name="conv1_pad")(inp)
+    x = L.Conv2D(8, 7, strides=2, name="conv1_conv")(x)
+    x = L.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = L.Activation("relu", name="conv1_relu")(x)
+    x = L.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = L.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = bottleneck(x, 4, 1, "conv2_block1")
+    low = x
+    x = bottleneck(x, 8, 2, "conv3_block1")
+    x = bottleneck(x, 8, 2, "conv4_block1")
+    x = dspp(x)
+    ih = size // 4 // x.shape[1]
+    x = L.UpSampling2D(size=(ih, ih), interpolation="bilinear")(x)
+    y = cblock(low, f=8, k=1)
+    x = L.Concatenate(axis=-1)([x, y])
+    x = cblock(x)
+    x = cblock(x)
+    x = L.UpSampling2D(size=(size // x.shape[1], size // x.shape[2]), interpolation="bilinear")(x)
+    out = L.Conv2D(classes, kernel_size=(1, 1), padding="same")(x)
+    return K.Model(inputs=inp, outputs=out, name="deeplabv3plus")
+
+
+# --------------------------------------------------------------------------- ECG ResNet (antonior92/automatic-ecg-diagnosis)
+def arch_ecg_resnet(K, samples=256, leads=12, classes=6, postactivation_bn=False):
+    """antonior92/automatic-ecg-diagnosis ``model.py`` (``ResidualUnit``, ``get_model``): Conv1D (no bias,
+    kernel 16, 'same') -> BN -> ReLU -> Dropout, strided second conv, skip MaxPooling1D + 1x1 Conv1D,
+    pre-activation **BN after the Add**; 256 samples x 12 leads, filters / 8."""
+    L = K.layers
+    ks, init = 16, "he_normal"
+
+    def bn_act(x):
+        if postactivation_bn:
+            x = L.Activation("relu")(x)
+            return L.BatchNormalization(center=False, scale=False)(x)
+        x = L.BatchNormalization()(x)
+        return L.Activation("relu")(x)
+
+    def unit(x, y, n_out, f_out):
+        n_in = y.shape[1]
+        down = n_in // n_out
+        if down > 1:
+            y = L.MaxPooling1D(down, strides=down, padding="same")(y)
+        if y.shape[2] != f_out:
+            y = L.Conv1D(f_out, 1, padding="same", use_bias=False, kernel_initializer=init)(y)
+        x = L.Conv1D(f_out, ks, padding="same", use_bias=False, kernel_initializer=init)(x)
+        x = bn_act(x)
+        x = L.Dropout(0.2)(x)
+        x = L.Conv1D(f_out, ks, strides=down, padding="same", use_bias=False, kernel_initializer=init)(x)
+        x = L.Add()([x, y])
+        y = x
+        x = bn_act(x)
+        x = L.Dropout(0.2)(x)
+        return x, y
+
+    sig = K.Input(shape=(samples, leads), dtype="float32", name="signal")
+    x = L.Conv1D(8, ks, padding="same", use_bias=False, kernel_initializer=init)(sig)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x, y = unit(x, x, samples // 4, 16)
+    x, y = unit(x, y, samples // 16, 24)
+    x, y = unit(x, y, samples // 64, 32)
+    x, _ = unit(x, y, samples // 256, 40)
+    x = L.Flatten()(x)
+    out = L.Dense(classes, activation="sigmoid", kernel_initializer=init)(x)
+    return K.Model(sig, out)
+
+
+def arch_ecg_resnet_post(K):
+    """The same with ``postactivation_bn=True``: ReLU -> **BN(center=False, scale=False)**."""
+    return arch_ecg_resnet(K, postactivation_bn=True)
+
+
+# --------------------------------------------------------------------------- DDIM residual U-Net (keras-io generative/ddim.py)
+_DDIM_EMB_DIMS = 8
+
+def sinusoidal_embedding_tf(x):
+    import math
+    import tensorflow as tf
+    frequencies = tf.exp(tf.linspace(tf.math.log(1.0), tf.math.log(1000.0), 8 // 2))
+    angular_speeds = 2.0 * math.pi * frequencies
+    return tf.concat([tf.sin(angular_speeds * x), tf.cos(angular_speeds * x)], axis=3)
+
+def sinusoidal_embedding_k3(x):
+    import math
+    import keras
+    from keras import ops
+    frequencies = ops.exp(ops.linspace(ops.log(1.0), ops.log(1000.0), 8 // 2))
+    angular_speeds = ops.cast(2.0 * math.pi * frequencies, "float32")
+    return ops.concatenate([ops.sin(angular_speeds * x), ops.cos(angular_speeds * x)], axis=3)
+
+
+def arch_ddim_unet(K, size=16, widths=(8, 16, 24), block_depth=2):
+    """keras-team/keras-io ``examples/generative/ddim.py`` (``get_network``): two inputs (images, noise
+    variances), sinusoidal embedding in a **Lambda** (Python code in tf_keras: bytecode), residual blocks
+    with **BN(center=False, scale=False) before the conv** (no fold), swish convs, AveragePooling2D,
+    bilinear UpSampling2D + skip Concatenates; 16x16, widths / 4. Final conv drawn instead of zeros."""
+    L = K.layers
+
+    def residual_block(width):
+        def apply(x):
+            input_width = x.shape[3]
+            if input_width == width:
+                residual = x
+            else:
+                residual = L.Conv2D(width, kernel_size=1)(x)
+            x = L.BatchNormalization(center=False, scale=False)(x)
+            x = L.Conv2D(width, kernel_size=3, padding="same", activation="swish")(x)
+            x = L.Conv2D(width, kernel_size=3, padding="same")(x)
+            return L.Add()([x, residual])
+        return apply
+
+    def down_block(width):
+        def apply(x):
+            x, skips = x
+            for _ in range(block_depth):
+                x = residual_block(width)(x)
+                skips.append(x)
+            return L.AveragePooling2D(pool_size=2)(x)
+        return apply
+
+    def up_block(width):
+        def apply(x):
+            x, skips = x
+            x = L.UpSampling2D(size=2, interpolation="bilinear")(x)
+            for _ in range(block_depth):
+                x = L.Concatenate()([x, skips.pop()])
+                x = residual_block(width)(x)
+            return x
+        return apply
+
+    noisy_images = K.Input(shape=(size, size, 3))
+    noise_variances = K.Input(shape=(1, 1, 1))
+    if is_tfk(K):
+        e = L.Lambda(sinusoidal_embedding_tf)(noise_variances)
+    else:
+        e = L.Lambda(sinusoidal_embedding_k3, output_shape=(1, 1, _DDIM_EMB_DIMS))(noise_variances)
+    e = L.UpSampling2D(size=size, interpolation="nearest")(e)
+    x = L.Conv2D(widths[0], kernel_size=1)(noisy_images)
+    x = L.Concatenate()([x, e])
+    skips = []
+    for width in widths[:-1]:
+        x = down_block(width)([x, skips])
+    for _ in range(block_depth):
+        x = residual_block(widths[-1])(x)
+    for width in reversed(widths[:-1]):
+        x = up_block(width)([x, skips])
+    # the example's kernel_initializer="zeros" (an untrained network outputs 0) left out
+    x = L.Conv2D(3, kernel_size=1)(x)
+    return K.Model([noisy_images, noise_variances], x, name="residual_unet")
+
+
+# --------------------------------------------------------------------------- EEGNet (vlawhern/arl-eegmodels EEGModels.py)
+def arch_eegnet(K, classes=4, chans=8, samples=64, kern=16, F1=4, D=2, F2=8, cf=False):
+    """vlawhern/arl-eegmodels ``EEGModels.py`` (``EEGNet``): Conv2D(1 x kern, no bias) -> BN ->
+    **DepthwiseConv2D(depth_multiplier=2**, max_norm constraint) -> BN -> ELU, SeparableConv2D -> BN,
+    Dense with max_norm; 8 channels x 64 samples. ``cf``: the 2018 channels_first version, BN(axis=1)."""
+    L = K.layers
+    mn = K.constraints.max_norm
+    if cf:  # the 2018 version: Input(1, Chans, Samples) with image_data_format channels_first, BN(axis=1)
+        inp = K.Input(shape=(1, chans, samples))
+        df, ax = "channels_first", 1
+    else:
+        inp = K.Input(shape=(chans, samples, 1))
+        df, ax = "channels_last", -1
+    b1 = L.Conv2D(F1, (1, kern), padding="same", use_bias=False, data_format=df)(inp)
+    b1 = L.BatchNormalization(axis=ax)(b1)
+    b1 = L.DepthwiseConv2D((chans, 1), use_bias=False, depth_multiplier=D, depthwise_constraint=mn(1.0),
+                           data_format=df)(b1)
+    b1 = L.BatchNormalization(axis=ax)(b1)
+    b1 = L.Activation("elu")(b1)
+    b1 = L.AveragePooling2D((1, 4), data_format=df)(b1)
+    b1 = L.Dropout(0.5)(b1)
+    b2 = L.SeparableConv2D(F2, (1, 16), use_bias=False, padding="same", data_format=df)(b1)
+    b2 = L.BatchNormalization(axis=ax)(b2)
+    b2 = L.Activation("elu")(b2)
+    b2 = L.AveragePooling2D((1, 8), data_format=df)(b2)
+    b2 = L.Dropout(0.5)(b2)
+    f = L.Flatten(name="flatten")(b2)
+    d = L.Dense(classes, name="dense", kernel_constraint=mn(0.25))(f)
+    out = L.Activation("softmax", name="softmax")(d)
+    return K.Model(inputs=inp, outputs=out)
+
+
+def arch_eegnet_cf(K):
+    """EEGNet as written in 2018: channels_first input (1, Chans, Samples), ``BatchNormalization(axis=1)``."""
+    return arch_eegnet(K, cf=True)
+
+
+# --------------------------------------------------------------------------- EfficientDet BiFPN + heads (xuannianz/EfficientDet)
+_WBIFPN: dict = {}
+def _wbifpn_add(K):
+    if K.__name__ in _WBIFPN:
+        return _WBIFPN[K.__name__]
+    import tensorflow as tf
+
+    class wBiFPNAdd(K.layers.Layer):
+        def __init__(self, epsilon=1e-4, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = epsilon
+
+        def build(self, input_shape):
+            num_in = len(input_shape)
+            self.w = self.add_weight(name=self.name, shape=(num_in,),
+                                     initializer=K.initializers.constant(1 / num_in), trainable=True, dtype=tf.float32)
+
+        def call(self, inputs, **kwargs):
+            w = K.activations.relu(self.w)
+            x = tf.reduce_sum([w[i] * inputs[i] for i in range(len(inputs))], axis=0)
+            return x / (tf.reduce_sum(w) + self.epsilon)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape[0]
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"epsilon": self.epsilon})
+            return config
+
+    _WBIFPN[K.__name__] = wBiFPNAdd
+    return wBiFPNAdd
+
+
+def arch_efficientdet_bifpn(K, width=16, depth=2, anchors=3, classes=2):
+    """xuannianz/EfficientDet ``model.py`` (``build_wBiFPN``, ``BoxNet``/``ClassNet``): custom ``wBiFPNAdd``
+    weighted fusion, SeparableConv2D -> BN(momentum=0.997, epsilon=1e-4); the heads' separable convs are
+    **shared by the five levels with one BN per level** (no fold into a shared conv). The original heads
+    are subclassed models and its swish a Python lambda; here functional, ``Activation("swish")``.
+    Backbone: a small conv-BN-swish stack in place of EfficientNet; 128x128, width 16."""
+    L = K.layers
+    W = _wbifpn_add(K)
+    MOM, EPS = 0.997, 1e-4
+
+    def sep_block(x, name, strides=1):
+        x = L.SeparableConv2D(width, 3, strides=strides, padding="same", use_bias=True, name=f"{name}/conv")(x)
+        return L.BatchNormalization(momentum=MOM, epsilon=EPS, name=f"{name}/bn")(x)
+
+    def conv_bn(x, f, s, name):
+        x = L.Conv2D(f, 3, strides=s, padding="same", use_bias=False, name=name + "_conv")(x)
+        x = L.BatchNormalization(momentum=MOM, epsilon=EPS, name=name + "_bn")(x)
+        return L.Activation("swish", name=name + "_act")(x)
+
+    inp = K.Input((128, 128, 3), name="image_input")
+    x = conv_bn(inp, 8, 2, "stem")
+    C3 = conv_bn(conv_bn(x, 8, 2, "b2"), 16, 2, "b3")
+    C4 = conv_bn(C3, 24, 2, "b4")
+    C5 = conv_bn(C4, 32, 2, "b5")
+    # first BiFPN layer inputs (xuannianz build_wBiFPN, id 0)
+    def resample(x, name):
+        x = L.Conv2D(width, 1, padding="same", name=f"{name}/conv2d")(x)
+        return L.BatchNormalization(momentum=MOM, epsilon=EPS, name=f"{name}/bn")(x)
+    P3, P4, P5 = resample(C3, "r3"), resample(C4, "r4"), resample(C5, "r5")
+    P6 = L.MaxPooling2D(pool_size=3, strides=2, padding="same")(P5)
+    P7 = L.MaxPooling2D(pool_size=3, strides=2, padding="same")(P6)
+    P6_td = W(name="fpn/p6_td_add")([P6, L.UpSampling2D()(P7)])
+    P6_td = sep_block(L.Activation("swish")(P6_td), "fpn/p6_td")
+    P5_td = W(name="fpn/p5_td_add")([P5, L.UpSampling2D()(P6_td)])
+    P5_td = sep_block(L.Activation("swish")(P5_td), "fpn/p5_td")
+    P4_td = W(name="fpn/p4_td_add")([P4, L.UpSampling2D()(P5_td)])
+    P4_td = sep_block(L.Activation("swish")(P4_td), "fpn/p4_td")
+    P3_out = W(name="fpn/p3_out_add")([P3, L.UpSampling2D()(P4_td)])
+    P3_out = sep_block(L.Activation("swish")(P3_out), "fpn/p3_out")
+    P4_out = W(name="fpn/p4_out_add")([P4, P4_td, L.MaxPooling2D(3, 2, padding="same")(P3_out)])
+    P4_out = sep_block(L.Activation("swish")(P4_out), "fpn/p4_out")
+    P5_out = W(name="fpn/p5_out_add")([P5, P5_td, L.MaxPooling2D(3, 2, padding="same")(P4_out)])
+    P5_out = sep_block(L.Activation("swish")(P5_out), "fpn/p5_out")
+    P6_out = W(name="fpn/p6_out_add")([P6, P6_td, L.MaxPooling2D(3, 2, padding="same")(P5_out)])
+    P6_out = sep_block(L.Activation("swish")(P6_out), "fpn/p6_out")
+    P7_out = W(name="fpn/p7_out_add")([P7, L.MaxPooling2D(3, 2, padding="same")(P6_out)])
+    P7_out = sep_block(L.Activation("swish")(P7_out), "fpn/p7_out")
+    feats = [P3_out, P4_out, P5_out, P6_out, P7_out]
+
+    def net(name, nv):
+        # BoxNet / ClassNet: separable convs shared by the five levels, one BN per level and conv
+        convs = [L.SeparableConv2D(width, 3, padding="same", bias_initializer="zeros", name=f"{name}/{name}-{i}")
+                 for i in range(depth)]
+        bns = [[L.BatchNormalization(momentum=MOM, epsilon=EPS, name=f"{name}/{name}-{i}-bn-{j}") for j in range(3, 8)]
+               for i in range(depth)]
+        head = L.SeparableConv2D(anchors * nv, 3, padding="same", name=f"{name}/{name}-predict")
+        reshape = L.Reshape((-1, nv))
+        outs = []
+        for level, f in enumerate(feats):
+            for i in range(depth):
+                f = convs[i](f)
+                f = bns[i][level](f)
+                f = L.Activation("swish")(f)
+            outs.append(reshape(head(f)))
+        return L.Concatenate(axis=1, name=name + "_out")(outs)
+
+    reg = net("box", 4)
+    cls = L.Activation("sigmoid")(net("class", classes))
+    return K.Model(inp, [reg, cls], name="efficientdet")
+
+
+# --------------------------------------------------------------------------- FaceNet Inception-ResNet-v1 (nyoki-mtl/keras-facenet)
+def facenet_scaling(x, scale):
+    return x * scale
+
+
+def arch_facenet(K, size=80, div=8):
+    """nyoki-mtl/keras-facenet ``inception_resnet_v1.py``: conv2d_bn with BN(momentum=0.995,
+    epsilon=0.001, **scale=False**), Block35/17/8 residuals scaled by ``Lambda(scaling, arguments={"scale":
+    s})`` (tf_keras stores the function as bytecode), Bottleneck Dense(no bias) -> BN(scale=False);
+    80x80, filters / 8, two blocks per stage."""
+    L = K.layers
+    bn_axis = 3
+
+    def cbn(x, filters, k, strides=1, padding="same", activation="relu", use_bias=False, name=None):
+        x = L.Conv2D(filters, k, strides=strides, padding=padding, use_bias=use_bias, name=name)(x)
+        if not use_bias:
+            x = L.BatchNormalization(axis=bn_axis, momentum=0.995, epsilon=0.001, scale=False,
+                                     name=name + "_BatchNorm")(x)
+        if activation is not None:
+            x = L.Activation(activation, name=name + "_Activation")(x)
+        return x
+
+    def block(x, scale, block_type, idx, activation="relu"):
+        p = f"{block_type}_{idx}"
+        if block_type == "Block35":
+            b0 = cbn(x, 32 // div, 1, name=p + "_Branch_0_Conv2d_1x1")
+            b1 = cbn(x, 32 // div, 1, name=p + "_Branch_1_Conv2d_0a_1x1")
+            b1 = cbn(b1, 32 // div, 3, name=p + "_Branch_1_Conv2d_0b_3x3")
+            b2 = cbn(x, 32 // div, 1, name=p + "_Branch_2_Conv2d_0a_1x1")
+            b2 = cbn(b2, 32 // div, 3, name=p + "_Branch_2_Conv2d_0b_3x3")
+            b2 = cbn(b2, 32 // div, 3, name=p + "_Branch_2_Conv2d_0c_3x3")
+            branches = [b0, b1, b2]
+        elif block_type == "Block17":
+            b0 = cbn(x, 128 // div, 1, name=p + "_Branch_0_Conv2d_1x1")
+            b1 = cbn(x, 128 // div, 1, name=p + "_Branch_1_Conv2d_0a_1x1")
+            b1 = cbn(b1, 128 // div, [1, 7], name=p + "_Branch_1_Conv2d_0b_1x7")
+            b1 = cbn(b1, 128 // div, [7, 1], name=p + "_Branch_1_Conv2d_0c_7x1")
+            branches = [b0, b1]
+        else:
+            b0 = cbn(x, 192 // div, 1, name=p + "_Branch_0_Conv2d_1x1")
+            b1 = cbn(x, 192 // div, 1, name=p + "_Branch_1_Conv2d_0a_1x1")
+            b1 = cbn(b1, 192 // div, [1, 3], name=p + "_Branch_1_Conv2d_0b_1x3")
+            b1 = cbn(b1, 192 // div, [3, 1], name=p + "_Branch_1_Conv2d_0c_3x1")
+            branches = [b0, b1]
+        mixed = L.Concatenate(axis=bn_axis, name=p + "_Concatenate")(branches)
+        up = cbn(mixed, x.shape[bn_axis], 1, activation=None, use_bias=True, name=p + "_Conv2d_1x1")
+        up = L.Lambda(facenet_scaling, output_shape=tuple(up.shape[1:]), arguments={"scale": scale},
+                      name=p + "_ScaleSum")(up)
+        x = L.Add()([x, up])
+        if activation is not None:
+            x = L.Activation(activation, name=p + "_Activation")(x)
+        return x
+
+    inp = K.Input(shape=(size, size, 3))
+    x = cbn(inp, 32 // div, 3, strides=2, padding="valid", name="Conv2d_1a_3x3")
+    x = cbn(x, 32 // div, 3, padding="valid", name="Conv2d_2a_3x3")
+    x = cbn(x, 64 // div, 3, name="Conv2d_2b_3x3")
+    x = L.MaxPooling2D(3, strides=2, name="MaxPool_3a_3x3")(x)
+    x = cbn(x, 80 // div, 1, padding="valid", name="Conv2d_3b_1x1")
+    x = cbn(x, 192 // div, 3, padding="valid", name="Conv2d_4a_3x3")
+    x = cbn(x, 256 // div, 3, strides=2, padding="valid", name="Conv2d_4b_3x3")
+    for i in range(1, 3):
+        x = block(x, 0.17, "Block35", i)
+    b0 = cbn(x, 384 // div, 3, strides=2, padding="valid", name="Mixed_6a_Branch_0_Conv2d_1a_3x3")
+    b1 = cbn(x, 192 // div, 1, name="Mixed_6a_Branch_1_Conv2d_0a_1x1")
+    b1 = cbn(b1, 192 // div, 3, name="Mixed_6a_Branch_1_Conv2d_0b_3x3")
+    b1 = cbn(b1, 256 // div, 3, strides=2, padding="valid", name="Mixed_6a_Branch_1_Conv2d_1a_3x3")
+    bp = L.MaxPooling2D(3, strides=2, padding="valid", name="Mixed_6a_Branch_2_MaxPool_1a_3x3")(x)
+    x = L.Concatenate(axis=bn_axis, name="Mixed_6a")([b0, b1, bp])
+    for i in range(1, 3):
+        x = block(x, 0.1, "Block17", i)
+    b0 = cbn(x, 256 // div, 1, name="Mixed_7a_Branch_0_Conv2d_0a_1x1")
+    b0 = cbn(b0, 384 // div, 3, strides=2, padding="valid", name="Mixed_7a_Branch_0_Conv2d_1a_3x3")
+    b1 = cbn(x, 256 // div, 1, name="Mixed_7a_Branch_1_Conv2d_0a_1x1")
+    b1 = cbn(b1, 256 // div, 3, strides=2, padding="valid", name="Mixed_7a_Branch_1_Conv2d_1a_3x3")
+    b2 = cbn(x, 256 // div, 1, name="Mixed_7a_Branch_2_Conv2d_0a_1x1")
+    b2 = cbn(b2, 256 // div, 3, name="Mixed_7a_Branch_2_Conv2d_0b_3x3")
+    b2 = cbn(b2, 256 // div, 3, strides=2, padding="valid", name="Mixed_7a_Branch_2_Conv2d_1a_3x3")
+    bp = L.MaxPooling2D(3, strides=2, padding="valid", name="Mixed_7a_Branch_3_MaxPool_1a_3x3")(x)
+    x = L.Concatenate(axis=bn_axis, name="Mixed_7a")([b0, b1, b2, bp])
+    x = block(x, 0.2, "Block8", 1)
+    x = block(x, 1.0, "Block8", 6, activation=None)
+    x = L.GlobalAveragePooling2D(name="AvgPool")(x)
+    x = L.Dropout(1.0 - 0.8, name="Dropout")(x)
+    x = L.Dense(16, use_bias=False, name="Bottleneck")(x)
+    x = L.BatchNormalization(momentum=0.995, epsilon=0.001, scale=False, name="Bottleneck_BatchNorm")(x)
+    return K.Model(inp, x, name="inception_resnet_v1")
