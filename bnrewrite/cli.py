@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from .errors import EXIT_BAD_INPUT, BnrewriteError
+from .errors import EXIT_BAD_INPUT, BnrewriteError, unexpected
 from .textsafe import clean, for_console
 
 _VERBOSE = False
@@ -119,7 +119,7 @@ def _run(fn):
             outputs.remove_temps()
             if outputs.interrupted():  # a framework turned our interrupt into its own error
                 _stopped(outputs.interrupted())
-            _fail(RuntimeError(f"unexpected {type(e).__name__}: {e}"), EXIT_BAD_INPUT)
+            _fail(unexpected(e), EXIT_BAD_INPUT)
         finally:
             outputs.exiting()  # a signal from here on is too late to stop anything
             outputs.remove_temps()  # anything left registered is a leftover
@@ -492,7 +492,7 @@ def _failure_reports(e, src, dst, report_path, html_path, force, state) -> None:
         rep.ok = False
         code = getattr(e, "exit_code", EXIT_BAD_INPUT)
         if not isinstance(e, BnrewriteError):
-            e = RuntimeError(f"unexpected {type(e).__name__}: {e}")
+            e = unexpected(e)
         _write_convert_reports(rep, src, dst, report_path, html_path, force, state, exit_code=code, error=e)
     except Exception as w:  # the run's own error is what matters; say why there is no report
         click.echo(f"bnrewrite: warning: could not write the report ({type(w).__name__}: {clean(w)})", err=True)

@@ -329,11 +329,29 @@ def convert(
             if verify:
                 t = time.perf_counter()
                 say("verifying against the original model")
-                v = _verify(mg, model, tmp, fmt, target.framework, atol=atol, rtol=rtol,
-                            custom_objects=custom_objects, unsafe=unsafe, input_shapes=input_shapes,
-                            verify_data=with_options(verify_data, preprocess, tfrecord_feature),
-                            stats=ctx.artifacts.get("calibrated_stats"),
-                            changed_by=ctx.artifacts.get("changes_function"))
+
+                def verify_tmp():
+                    return _verify(mg, model, tmp, fmt, target.framework, atol=atol, rtol=rtol,
+                                   custom_objects=custom_objects, unsafe=unsafe, input_shapes=input_shapes,
+                                   verify_data=with_options(verify_data, preprocess, tfrecord_feature),
+                                   stats=ctx.artifacts.get("calibrated_stats"),
+                                   changed_by=ctx.artifacts.get("changes_function"))
+
+                v = verify_tmp()
+                if not v.ok and v.export_differs and fmt == "onnx":
+                    # tf2onnx's layout optimizer (NHWC <-> NCHW transposes, some turned into reshapes) can
+                    # write a wrong graph; the export without it is slower but what the model computes
+                    check_interrupted()
+                    first = v.failure()
+                    say("verification failed; exporting again without tf2onnx's transpose optimizer")
+                    discard(tmp)
+                    tmp = _write(model, dst, fmt, opset, rep, transpose_optimizer=False)
+                    v = verify_tmp()
+                    if v.ok:
+                        rep.notes.append(f"tf2onnx's transpose optimizer wrote a graph that failed verification "
+                                         f"({first}); the file was exported without that optimizer and verified")
+                    else:
+                        v.error = f"{v.failure()} (also without tf2onnx's transpose optimizer; with it: {first})"
                 rep.verification = v.to_dict()
                 rep.timings["verify_s"] = time.perf_counter() - t
                 check_interrupted()
@@ -453,14 +471,14 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
     return reference, f"{who} reading of the original file", None
 
 
-def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport) -> Path:
+def _write(model, dst: Path, fmt: str, opset: int, rep: ConvertReport, transpose_optimizer: bool = True) -> Path:
     rep.output = {"path": str(dst), "format": fmt}
     if fmt == "onnx":
         import onnx
 
         from .io.onnx_writer import onnx_metadata, to_onnx
 
-        proto = to_onnx(model, opset=opset, metadata=onnx_metadata(rep))
+        proto = to_onnx(model, opset=opset, metadata=onnx_metadata(rep), transpose_optimizer=transpose_optimizer)
         ops: dict[str, int] = {}
         for n in proto.graph.node:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1

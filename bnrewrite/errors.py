@@ -105,6 +105,9 @@ def first_line(e: BaseException, limit: int = 200, empty: str | None = None) -> 
     return (lines[0] if lines else type(e).__name__ if empty is None else empty)[:limit]
 
 
+_SGR = _re.compile(r"\x1b\[[0-9;]*m")
+
+
 def root_cause(e: BaseException, limit: int = 400) -> str:
     """A framework error on one line, keeping its root cause: Keras wraps the real reason
     in its own first line ("Exception encountered when calling ...", "Could not
@@ -117,7 +120,8 @@ def root_cause(e: BaseException, limit: int = 400) -> str:
     def text(err: BaseException) -> str:
         skip = ("Exception encountered", "Call arguments", "Arguments received", "\u2022", "•", "File ",
                 "Traceback")
-        lines = [l.strip() for l in str(err).strip().splitlines() if l.strip() and not l.strip().startswith(skip)]
+        plain = _SGR.sub("", str(err))  # Keras bolds parts of its messages with terminal escapes
+        lines = [l.strip() for l in plain.strip().splitlines() if l.strip() and not l.strip().startswith(skip)]
         return " ".join(lines[:2]) if lines else type(err).__name__
 
     outer = text(chain[0])
@@ -135,3 +139,12 @@ def scope_layer(node_name: str, names) -> str | None:
             if cand in names:
                 return cand
     return None
+
+
+def unexpected(e: BaseException) -> RuntimeError:
+    """The one line for an exception no part of bnrewrite turned into a :class:`BnrewriteError`."""
+    if isinstance(e, RecursionError):  # e.g. tf_keras's recursive walk of a 4000-layer chain
+        return RuntimeError("the model's layers are chained or nested deeper than the framework's recursive "
+                            "graph code can follow (Python's recursion limit); the framework cannot load this "
+                            "model either")
+    return RuntimeError(f"unexpected {type(e).__name__}: {e}")

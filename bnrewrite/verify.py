@@ -58,13 +58,11 @@ def check_tensor_bytes(model) -> None:
     """Refuse a model whose declared shapes make one tensor of one sample larger than
     :data:`TENSOR_BYTES` -- an 8 KB config can declare a 100,000 x 100,000 input or an
     UpSampling by 4,000 -- before anything runs (export and verification would allocate
-    it). Static dimensions only: open ones count as 1."""
-    import os
+    it). Static dimensions only: open ones count as 1 (:func:`check_traced_bytes` counts them
+    once their sizes are chosen)."""
+    from .io.safe_files import fmt_bytes
 
-    from .io.safe_files import fmt_bytes, parse_bytes
-
-    env = os.environ.get("BNREWRITE_MAX_TENSOR_BYTES")
-    cap = parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
+    cap = _tensor_cap()
     tensors = list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]
     for t in tensors:
         dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
@@ -74,6 +72,40 @@ def check_tensor_bytes(model) -> None:
                 f"the model declares a tensor of {fmt_bytes(int(min(n, 1 << 62)))} per sample "
                 f"({getattr(t, 'name', '?')}, shape {tuple(t.shape)}), more than the {fmt_bytes(cap)} allowed "
                 "(BNREWRITE_MAX_TENSOR_BYTES; raise it only for a model you trust)")
+
+
+def _tensor_cap() -> int:
+    import os
+
+    from .io.safe_files import parse_bytes
+
+    env = os.environ.get("BNREWRITE_MAX_TENSOR_BYTES")
+    return parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
+
+
+def check_traced_bytes(model, specs, sizes: list[list[int]]) -> None:
+    """:func:`check_tensor_bytes` at the sizes chosen for open dimensions, before the model runs at
+    them: what an UpSampling by 600 of an open 32 x 32 input makes is known only once the sizes are.
+    The model is traced (``tf.function``, one sample, nothing allocated) and every tensor TensorFlow
+    gives a full static shape is counted."""
+    import tensorflow as tf
+
+    from .io.safe_files import fmt_bytes
+
+    cap = _tensor_cap()
+    fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
+    graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
+    for op in graph.get_operations():
+        for t in op.outputs:
+            if t.dtype in (tf.resource, tf.variant, tf.string) or not t.shape.is_fully_defined():
+                continue
+            n = float(np.prod(t.shape.as_list(), dtype=np.float64)) * t.dtype.size
+            if n > cap:
+                raise InputError(
+                    f"at input sizes {sizes} (chosen for the open dimensions) the model makes a tensor of "
+                    f"{fmt_bytes(int(min(n, 1 << 62)))} per sample ({op.name}, shape {tuple(t.shape)}), more "
+                    f"than the {fmt_bytes(cap)} allowed; give smaller sizes with --input-shape, or raise "
+                    "BNREWRITE_MAX_TENSOR_BYTES for a model you trust")
 
 
 def _outputs(layer) -> list:
@@ -143,6 +175,15 @@ class Verification:
             self.error is None and bool(deciding) and all(o.ok for o in deciding)
             and all(o.ok for o in self.outputs_vs_rewritten) and self.batch_independent is not False
         )
+
+    @property
+    def export_differs(self) -> bool:
+        """Whether the written file fails where the model it was exported from does not: it cannot be
+        loaded or run, or its outputs differ from the rewritten model's (the exporter's fault, not the
+        model's)."""
+        error = self.error or ""
+        out_of_memory = any(k in error for k in ("allocate", "bad_alloc", "out of memory", "OOM"))
+        return ("the written model" in error and not out_of_memory) or any(not o.ok for o in self.outputs_vs_rewritten)
 
     def failure(self) -> str:
         if self.error:
@@ -272,9 +313,11 @@ def parse_input_shapes(items) -> dict[str, list[int]]:
     return out
 
 
-def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None, skip=()) -> list[list[int]]:
+def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None, skip=(), check=None
+                 ) -> list[list[int]]:
     """Sample shapes for each input: ``given`` ones, static ones, and for open dimensions the
-    first size in :data:`OPEN_SIZES` (but ``skip``) that ``probe(xs)`` runs without error."""
+    first size in :data:`OPEN_SIZES` (but ``skip``) that ``probe(xs)`` runs without error;
+    ``check(sizes)`` runs before each probe and its InputError stops the search."""
     names = [n for n, _, _ in specs]
     unknown = set(given) - set(names)
     if unknown:
@@ -297,6 +340,13 @@ def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None, s
     for size in (s for s in OPEN_SIZES if s not in skip):
         sizes = [f if f is not None else [size if d is None else int(d) for d in shape]
                  for f, (_, shape, _) in zip(fixed, specs)]
+        if check is not None:
+            try:
+                check(sizes)
+            except InputError:
+                raise
+            except Exception:  # noqa: BLE001 - not traceable at this size: the probe says why
+                pass
         try:
             probe(make_inputs(specs, sizes, 1, 0, index_inputs))
             return sizes
@@ -323,7 +373,8 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
             else "given data"
         v.batch = batch = len(xs[0])
     else:
-        sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs)
+        sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs,
+                             check=lambda sizes: check_traced_bytes(probe_model, specs, sizes))
         xs = make_inputs(specs, sizes, batch, seed, index_inputs)
     v.input_shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
     try:
@@ -395,7 +446,8 @@ def _check_second_size(v: Verification, run, reference, specs, given, sizes, ind
         tried["xs"], tried["want"] = xs, run_model(reference, xs, graph=v.reference_mode == "graph")
 
     try:
-        choose_sizes(specs, given, probe, index_inputs, skip=used)
+        choose_sizes(specs, given, probe, index_inputs, skip=used,
+                     check=lambda sizes: check_traced_bytes(reference, specs, sizes))
     except InputError:  # the model runs at one size only: nothing more to compare
         return
     xs, want = tried["xs"], tried["want"]
@@ -430,9 +482,9 @@ def onnx_runner(path):
     """``(run, output names)`` for an ONNX file in onnxruntime, or raise with the reason."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # its deprecation warnings are not ours to print
+    ort.set_default_logger_severity(4)  # FATAL only: its warnings and errors reach the user as our one line
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     in_names = [i.name for i in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]

@@ -1013,6 +1013,47 @@ def test_conv_transpose_output_padding_exports_to_onnx(tmp_path, fw):
     np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-4, rtol=1e-4)
 
 
+def eeg_square(x):
+    """ShallowConvNet's square activation, as vlawhern/arl-eegmodels writes it (a TF op in a function)."""
+    import tensorflow as tf
+
+    return tf.square(x)
+
+
+def test_onnx_export_falls_back_when_tf2onnx_transposes_wrongly(tmp_path):
+    """ShallowConvNet (vlawhern/arl-eegmodels) in Keras 3: tf2onnx's transpose optimizer writes a graph
+    whose AveragePool onnxruntime cannot run (tf2onnx alone fails). Verification rejects it, bnrewrite
+    exports again without that optimizer, and the file equals Keras's predict; the report says so."""
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+    from models import randomize_bn
+
+    import bnrewrite
+
+    L = keras.layers
+    i = keras.Input((8, 96, 1))
+    x = L.Conv2D(8, (1, 13))(i)
+    x = L.Conv2D(8, (8, 1), use_bias=False)(x)
+    x = L.BatchNormalization(epsilon=1e-05, momentum=0.9)(x)
+    x = L.AveragePooling2D(pool_size=(1, 35), strides=(1, 7))(L.Activation(eeg_square)(x))
+    m = keras.Model(i, L.Dense(4)(L.Flatten()(x)))
+    randomize_bn(m, keras, np.random.default_rng(3))
+    src, out = tmp_path / "shallow.keras", tmp_path / "shallow.onnx"
+    m.save(src)
+    xs = np.random.default_rng(4).normal(size=(2, 8, 96, 1)).astype("float32")
+    alone, _ = tf2onnx.convert.from_keras(m, input_signature=[tf.TensorSpec((None, 8, 96, 1), tf.float32)], opset=17)
+    with pytest.raises(Exception, match="AveragePool"):  # the bug this works around is still there
+        ort.InferenceSession(alone.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+            alone.graph.input[0].name: xs})
+    rep = bnrewrite.convert(src, out, custom_objects={"eeg_square": eeg_square})
+    assert any("transpose optimizer" in n for n in rep.notes), rep.notes
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: xs})[0], m.predict(xs, verbose=0),
+                               atol=1e-4, rtol=1e-4)
+
+
 def test_conv_transpose_pads_rule():
     """The rewrite itself: a negative total becomes output padding, the rest is left as it was
     (a non-negative split, and a negative begin with a non-negative total, which TF never writes)."""

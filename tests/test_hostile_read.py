@@ -691,3 +691,166 @@ def test_layers_out_of_order_refused(tmp_path):
 
     assert bnrewrite.convert(chain("fwd.h5", False), tmp_path / "fwd.onnx").verification["ok"]
     refused(chain("rev.h5", True), "far out of dependency order", "passes over 41 layers")
+
+
+# ----------------------------------------------------------------- red-team round 2 (session 11)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _keras_archive(tmp_path, edit, src=None, name="e.keras") -> Path:
+    """A copy of a fixture archive with ``edit(config)`` applied to its config.json."""
+    with zipfile.ZipFile(src or FIXTURES / "lone_bn.keras") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(members["config.json"])
+    edit(cfg)
+    members["config.json"] = json.dumps(cfg).encode()
+    return hf.rezip(tmp_path / name, members)
+
+
+@pytest.mark.parametrize("src", ["lone_bn.keras", "tfkeras_archives/tf-2.15.1/training_true.keras"])
+@pytest.mark.parametrize("key, value, needle", [
+    ("module", "this", "not Keras"),                       # tf_keras imports it ('import this' ran)
+    ("module", "tensorflow.python.keras.engine.functional", "not Keras"),  # TF's old Keras: no safe mode
+    ("registered_name", "Evil", "registered as 'Evil'"),
+])
+def test_model_class_from_another_module_refused(tmp_path, capfd, src, key, value, needle):
+    """A model entry's ``module``/``registered_name`` tell the framework where to import its class from:
+    anything but Keras's own model classes is refused before any framework reads the config (a
+    tf.keras 2.15 archive naming module 'this' printed the Zen of Python during convert and inspect)."""
+    import bnrewrite
+
+    path = _keras_archive(tmp_path, lambda cfg: cfg.__setitem__(key, value), src=FIXTURES / src)
+    refused(path, needle)
+    found = [f for f in bnrewrite.inspect(path).findings if f["code"] == "UNSAFE_OBJECT"]
+    assert found and needle in found[0]["message"], found
+    assert "Beautiful is better than ugly" not in capfd.readouterr().out
+
+
+def test_nested_compile_config_is_dropped():
+    """bnrewrite never compiles: every model's compile_config (nested ones too, where the frameworks
+    would deserialize an optimizer the allowlist does not cover) is removed before anything reads it."""
+    from bnrewrite.io.config import _drop_compile_configs
+
+    evil = {"class_name": "Evil", "module": "os", "config": {}}
+    cfg = {"class_name": "Functional", "compile_config": {"optimizer": evil}, "config": {"layers": [
+        {"class_name": "Sequential", "compile_config": {"loss": evil}, "config": {"layers": []}},
+        {"class_name": "Dense", "config": {"compile_config": "a layer's own key is left alone"}}]}}
+    _drop_compile_configs(cfg)
+    layers = cfg["config"]["layers"]
+    assert cfg["compile_config"] is None and layers[0]["compile_config"] is None
+    assert layers[1]["config"]["compile_config"] == "a layer's own key is left alone"
+
+
+def test_savedmodel_link_out_of_the_folder_refused(tmp_path):
+    """A SavedModel whose variables shard is a symlink to a file outside the folder: TensorFlow would read
+    that file (and print checksums over it); refused before anything reads it. The folder itself may be
+    reached through a link."""
+    import shutil
+
+    sm = tmp_path / "sm"
+    shutil.copytree(FIXTURES / "savedmodel_td_bn", sm)
+    shard = next((sm / "variables").glob("variables.data-*"))
+    outside = tmp_path / "elsewhere.bin"
+    shutil.move(shard, outside)
+    shard.symlink_to(outside)
+    refused(sm, "leads out of the SavedModel folder")
+    shard.unlink()
+    shutil.move(outside, shard)
+    (tmp_path / "link").symlink_to(sm)
+    assert read_model(tmp_path / "link").summary()["batch_norm_layers"] >= 1
+
+
+@pytest.mark.parametrize("dtype, needle", [("(16000,16000)f8", "not a plain numeric type"),
+                                           ("(20000,20000)f8", "not a plain numeric type")])
+def test_array_anywhere_in_a_layer_config_is_bounded(tmp_path, dtype, needle):
+    """``__numpy__`` is built by numpy wherever a framework deserializes it (a wrapper's layer, an RNN cell,
+    an initializer), not only in call arguments: the same dtype and size rules apply everywhere."""
+    def edit(cfg):
+        bn = next(lc for lc in cfg["config"]["layers"] if lc["class_name"] == "BatchNormalization")
+        bn["config"]["beta_initializer"] = {"class_name": "__numpy__", "config": {"value": [1, 2], "dtype": dtype}}
+
+    refused(_keras_archive(tmp_path, edit), needle, "holds an array")
+
+
+def _op_model(tmp_path, fw: str, repeats: int) -> Path:
+    """x -> tile(x, [repeats, 1]) -> BN, written by ``fw`` (tf_keras: a TFOpLambda; Keras 3: a Tile op node)."""
+    import importlib
+
+    K = importlib.import_module(fw)
+    i = K.Input((4,))
+    if fw == "tf_keras":
+        import tensorflow as tf
+
+        t = tf.tile(i, [2, 1])
+    else:
+        t = K.ops.tile(i, [2, 1])
+    m = K.Model(i, K.layers.BatchNormalization()(t))
+    src = tmp_path / ("t.h5" if fw == "tf_keras" else "t.keras")
+    m.save(src)
+    if fw == "tf_keras":
+        import h5py
+
+        with h5py.File(src, "r+") as f:
+            text = json.dumps(json.loads(f.attrs["model_config"])).replace("[2, 1]", f"[{repeats}, 1]")
+            f.attrs["model_config"] = text
+    else:
+        src = _keras_archive(tmp_path, lambda cfg: None, src=src, name="t2.keras")
+        with zipfile.ZipFile(src) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        text = json.dumps(json.loads(members["config.json"])).replace("[2, 1]", f"[{repeats}, 1]")
+        members["config.json"] = text.encode()
+        src = hf.rezip(tmp_path / "t3.keras", members)
+    assert f"[{repeats}, 1]" in text
+    return src
+
+
+@pytest.mark.parametrize("fw", ["tf_keras", "keras"])
+def test_tile_over_the_batch_is_bounded(tmp_path, fw):
+    """``tile(x, [N, 1])`` multiplies the batch, which no static shape shows (a 14 KB file took 5 GB in
+    verification with N = 2**26): at most 2**16 repeats."""
+    refused(_op_model(tmp_path, fw, 1 << 26), "repeats its input 67,108,864 times")
+
+
+def test_open_dimensions_are_bounded_at_the_chosen_sizes(tmp_path):
+    """Open spatial dimensions count as 1 in the static check; an UpSampling by 600 makes 1.4 GiB per sample
+    once verification picks 32 x 32: refused when the sizes are chosen, before anything runs at them."""
+    import tf_keras
+
+    import bnrewrite
+
+    i = tf_keras.Input((None, None, 1))
+    m = tf_keras.Model(i, tf_keras.layers.BatchNormalization()(tf_keras.layers.UpSampling2D(600)(i)))
+    m.save(tmp_path / "up.h5")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="chosen for the open dimensions.*1.4 GiB per sample"):
+        bnrewrite.convert(tmp_path / "up.h5", tmp_path / "o.onnx")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1024 * 1024  # KiB
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_recursion_limit_is_one_clear_line():
+    from bnrewrite.errors import unexpected
+
+    assert "recursion limit" in str(unexpected(RecursionError("maximum recursion depth exceeded")))
+    assert str(unexpected(KeyError("x"))) == "unexpected KeyError: 'x'"
+
+
+def test_long_unrolled_rnn_refused_before_tracing(tmp_path):
+    """``LSTM(unroll=True)`` copies the cell once per time step when traced; a 22 KB file declaring 4000
+    steps ran past 10 minutes. Refused before the layer is traced (the file is edited from 8 steps)."""
+    import h5py
+    import tf_keras
+
+    import bnrewrite
+
+    i = tf_keras.Input((8, 3))
+    m = tf_keras.Model(i, tf_keras.layers.BatchNormalization()(tf_keras.layers.LSTM(2, unroll=True)(i)))
+    src = tmp_path / "u.h5"
+    m.save(src)
+    with h5py.File(src, "r+") as f:
+        f.attrs["model_config"] = f.attrs["model_config"].replace('"batch_input_shape": [null, 8, 3]',
+                                                                  '"batch_input_shape": [null, 4000, 3]')
+    t0 = time.perf_counter()
+    with pytest.raises(bnrewrite.UnsupportedModelError, match="unrolled .unroll=True. over 4,000 time steps"):
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert time.perf_counter() - t0 < 60 and not (tmp_path / "o.onnx").exists()

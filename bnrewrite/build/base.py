@@ -140,6 +140,7 @@ class Builder:
             if layer.class_name == INPUT_CLASS:
                 tensors[(node, 0)] = self.input(layer)
                 continue
+            _check_unroll(layer, [tensors.get(i) for i in mg.inbound(node)])
             if layer.name not in live:
                 live[layer.name] = self.make_op(layer) if is_op(layer) else self.make_layer(layer, custom_objects)
             try:
@@ -204,6 +205,24 @@ class Builder:
                     f"{tuple(v.shape)}"
                 )
             v.assign(np.asarray(value).astype(numpy_dtype(v.dtype)))
+
+
+#: time steps an ``unroll=True`` recurrent layer may have: tracing (and the export) copies the cell once
+#: per step, in time that grows faster than the steps (2000 steps: 4 minutes)
+MAX_UNROLL = 1024
+
+
+def _check_unroll(layer: Layer, inputs: list) -> None:
+    cfgs = [layer.config, *(w.get("config") or {} for w in layer.wrapped_configs())]
+    if not any(isinstance(c, dict) and c.get("unroll") for c in cfgs) or not inputs or inputs[0] is None:
+        return
+    shape = list(getattr(inputs[0], "shape", ()) or ())
+    steps = shape[1] if len(shape) > 1 else None
+    if steps is not None and int(steps) > MAX_UNROLL:
+        raise UnsupportedModelError(
+            f"layer {layer.name!r} ({layer.class_name}) is unrolled (unroll=True) over {int(steps):,} time steps, "
+            f"more than the {MAX_UNROLL:,} bnrewrite traces: each step is a copy of the cell; re-save the model "
+            "with unroll=False")
 
 
 def numpy_dtype(dtype):

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
 from ..graph import BN_CLASSES, INPUT_CLASS, Layer, ModelGraph, TensorRef
-from .layercheck import MODEL_CLASSES, check_layer, is_keras_op
+from .layercheck import MAX_CONST_ELEMENTS, MODEL_CLASSES, check_array, check_layer, is_keras_module, is_keras_op
 # Layers whose call takes ``training``; a nested call's training flag reaches them.
 TRAINING_AWARE = (
     *BN_CLASSES, "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -77,6 +77,7 @@ def build_graph(
     name = cfg.get("name", "model") if isinstance(cfg, dict) else "sequential"
     mg = ModelGraph(name=name, source=source, framework="tf_keras" if legacy else "keras")
     builder = _Builder(mg, weights, legacy, unsafe, custom_classes, bn_classes)
+    _drop_compile_configs(model_config)
     builder.check_tree(model_config)
     builder.reserve(model_config)
     mg.outputs = builder.expand(model_config, path=(), inputs=None, training=None, trainable=True)
@@ -122,6 +123,7 @@ class _Builder:
         layer, reached by bnrewrite's traversal or not; so each one is checked here, and a name listed
         twice in one model is refused: only one of the two can be the layer the name refers to, and
         the other would reach the framework unchecked."""
+        _check_model_class(model_config, where)
         seen: set[str] = set()
         for lc in _layer_list(model_config):
             if not isinstance(lc, dict) or not isinstance(lc.get("class_name"), str):
@@ -333,13 +335,24 @@ class _Builder:
             cls in TRAINING_AWARE or cls in MODEL_CLASSES
         ):
             kwargs["training"] = training
-        if not in_tensors and (cls in ("TFOpLambda", "SlicingOpLambda") or is_keras_op(lc.get("module"))):
+        is_op = cls in ("TFOpLambda", "SlicingOpLambda") or is_keras_op(lc.get("module"))
+        # a Keras 3 op keeps some size arguments in its own config (keras.ops.full's shape)
+        op_config = lc.get("config") if is_keras_op(lc.get("module")) else None
+        if is_op and not in_tensors:
             # all inputs constant: the framework runs this op while it rebuilds the model
-            size = _largest_size([args, kwargs])
+            size = _largest_size([args, kwargs, op_config])
             if size > MAX_CONST_ELEMENTS:
                 raise UnsupportedModelError(
                     f"layer {_lname(lc)!r} ({cls}) runs on constants only, with a size argument of {size:,} "
                     f"elements (at most {MAX_CONST_ELEMENTS:,}): such a call runs while the model is rebuilt",
+                    code="UNSAFE_CALL_ARGUMENT")
+        elif is_op and _op_name(lc) in REPEATING_OPS:
+            # tile/repeat multiply a tensor's size by their arguments, the batch axis included, which no
+            # static shape shows: bounded, as the verification runs the model on real batches
+            size = _largest_size([args, kwargs, op_config])
+            if size > MAX_REPEAT:
+                raise UnsupportedModelError(
+                    f"layer {_lname(lc)!r} ({cls}) repeats its input {size:,} times (at most {MAX_REPEAT:,})",
                     code="UNSAFE_CALL_ARGUMENT")
         if cls in MODEL_CLASSES:
             inner_training = kwargs.get("training", training)
@@ -461,35 +474,24 @@ def _keras3_value(obj: dict, conv, layer: str):
         "plain values to layers", code="UNSAFE_CALL_ARGUMENT")
 
 
-#: elements a constant call argument may hold (a mask or an index array; Keras writes the values inline)
-MAX_CONST_ELEMENTS = 1 << 20
-
-
 def _array_value(cfg: dict, layer: str):
-    """A ``__numpy__``/``__tensor__`` call argument: a plain numeric or bool dtype only (a dtype string
-    like ``"(16000,16000)f8"`` is a sub-array type that multiplies every element), and a bounded size,
-    checked before numpy allocates anything."""
+    """A ``__numpy__``/``__tensor__`` call argument, checked (:func:`~.layercheck.check_array`) before
+    numpy allocates anything."""
     import numpy as np
 
-    value, dtype = cfg.get("value"), cfg.get("dtype")
-    try:
-        dt = np.dtype(dtype) if dtype is not None else None
-    except TypeError:
-        dt = np.dtype("V")  # not a dtype: refused below like any non-numeric one
-    if dt is not None and (dt.shape != () or dt.kind not in "biufc" or dt.names is not None):
-        raise UnsupportedModelError(f"layer {layer!r} is called with an array of dtype {_short(dtype)}, "
-                                    "not a plain numeric type", code="UNSAFE_CALL_ARGUMENT")
-    count, stack = 0, [value]
-    while stack:  # count the leaves without building anything
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(v)
-        else:
-            count += 1
-        if count > MAX_CONST_ELEMENTS or len(stack) > MAX_CONST_ELEMENTS:
-            raise UnsupportedModelError(f"layer {layer!r} is called with a constant array of more than "
-                                        f"{MAX_CONST_ELEMENTS} elements", code="UNSAFE_CALL_ARGUMENT")
-    return np.array(value, dtype=dt)
+    return np.array(cfg.get("value"), dtype=check_array(cfg, f"layer {layer!r} is called with"))
+
+
+#: ops that multiply their input's size by their arguments, and the most they may multiply it by
+REPEATING_OPS = frozenset({"tile", "repeat", "Tile", "Repeat"})
+MAX_REPEAT = 1 << 16
+
+
+def _op_name(lc: dict) -> str:
+    """The op a TF-op layer (``"tile"``, ``"math.xyz"``) or Keras 3 op node (its class) runs."""
+    cfg = lc.get("config") if isinstance(lc.get("config"), dict) else {}
+    fn = cfg.get("function") if lc.get("class_name") in ("TFOpLambda", "SlicingOpLambda") else lc.get("class_name")
+    return str(fn).rsplit(".", 1)[-1]
 
 
 def _largest_size(obj) -> int:
@@ -582,6 +584,33 @@ def _legacy_offset(lc: dict | None) -> int:
         )
         return 1 if has_input else 0
     return 1
+
+
+def _check_model_class(model_config: dict, where: str) -> None:
+    """A model entry names a Keras model class and nothing else: its ``module`` and ``registered_name``
+    are where a framework's deserializer imports the class from and looks it up by, so a file naming
+    another module would make it import that module and call a class's ``from_config``."""
+    module, registered = model_config.get("module"), model_config.get("registered_name")
+    if module is not None and not is_keras_module(module):
+        raise UnsupportedModelError(
+            f"{where} names its class from module {str(module)[:100]!r}, which is not Keras", code="UNSAFE_OBJECT")
+    if registered is not None and registered not in (model_config.get("class_name"), *MODEL_CLASSES):
+        raise UnsupportedModelError(
+            f"{where} is registered as {str(registered)[:100]!r}, not a Keras model class", code="UNSAFE_OBJECT")
+
+
+def _drop_compile_configs(obj) -> None:
+    """Remove every model's ``compile_config`` in place (the top level's and nested models'): bnrewrite
+    never compiles, and a framework rebuilding the model would deserialize the optimizer, losses and
+    metrics named there -- objects the layer allowlist does not cover."""
+    if isinstance(obj, list):
+        for v in obj:
+            _drop_compile_configs(v)
+    elif isinstance(obj, dict):
+        if obj.get("class_name") in MODEL_CLASSES and "compile_config" in obj:
+            obj["compile_config"] = None
+        for v in obj.values():
+            _drop_compile_configs(v)
 
 
 def _dict_sequentials(obj):

@@ -30,7 +30,7 @@ _KERAS_MODULES = ("keras", "tf_keras")
 _TF_INITIALIZER_MODULES = ("tensorflow.python.ops.init_ops_v2", "tensorflow.python.ops.init_ops")
 
 
-def _keras_module(module) -> bool:
+def is_keras_module(module) -> bool:
     """``keras``, ``tf_keras`` or a module inside them (not merely a name that starts the same)."""
     return any(str(module) == k or str(module).startswith(k + ".") for k in _KERAS_MODULES)
 
@@ -43,6 +43,39 @@ KERAS_OP_MODULES = ("keras.src.ops.", "keras.src.activations.")
 def is_keras_op(module: str | None) -> bool:
     """Whether a config's ``module`` names one of Keras 3's own ops (not a layer)."""
     return (module or "").startswith(KERAS_OP_MODULES)
+
+
+#: elements a constant array or a size argument in a file may ask for (a rebuild allocates it)
+MAX_CONST_ELEMENTS = 1 << 20
+ARRAY_CLASSES = ("__numpy__", "__tensor__")
+
+
+def check_array(cfg: dict, who: str):
+    """The numpy dtype of a serialized ``__numpy__``/``__tensor__`` value (``{"value", "dtype"}``), after
+    checking it is a plain numeric or bool dtype (a dtype string like ``"(16000,16000)f8"`` is a
+    sub-array type that multiplies every element) and that the value has a bounded number of elements,
+    without building anything. ``who`` starts the message (``"layer 'bn' is called with"``)."""
+    import numpy as np
+
+    value, dtype = cfg.get("value"), cfg.get("dtype")
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None
+    except (TypeError, ValueError):
+        dt = np.dtype("V")  # not a dtype: refused below like any non-numeric one
+    if dt is not None and (dt.shape != () or dt.kind not in "biufc" or dt.names is not None):
+        raise UnsupportedModelError(f"{who} an array of dtype {str(dtype)[:60]!r}, not a plain numeric type",
+                                    code="UNSAFE_CALL_ARGUMENT")
+    count, stack = 0, [value]
+    while stack:  # count the leaves without building anything
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        else:
+            count += 1
+        if count > MAX_CONST_ELEMENTS or len(stack) > MAX_CONST_ELEMENTS:
+            raise UnsupportedModelError(f"{who} a constant array of more than {MAX_CONST_ELEMENTS} elements",
+                                        code="UNSAFE_CALL_ARGUMENT")
+    return dt
 
 
 def check_layer(class_name: str, config: dict, *, layer_name: str, module: str | None = None,
@@ -75,7 +108,7 @@ def check_layer(class_name: str, config: dict, *, layer_name: str, module: str |
             code="UNKNOWN_CLASS",
         )
     if module is not None and not is_keras_op(module) and class_name not in custom \
-            and not _keras_module(module):
+            and not is_keras_module(module):
         raise UnsupportedModelError(
             f"layer {layer_name!r}: class {class_name!r} from module {module!r} is not a Keras layer",
             code="UNSAFE_OBJECT",
@@ -120,10 +153,14 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
         module = obj.get("module")
         if cls == "__lambda__":
             return  # bytecode: checked above (unsafe only)
+        if cls in ARRAY_CLASSES:  # a framework deserializing the config builds the array
+            check_array(obj.get("config") if isinstance(obj.get("config"), dict) else {},
+                        f"layer {layer_name!r} holds")
+            return
         if cls == "function":
             name = obj.get("config")
             ok = isinstance(name, str) and (name in FUNCTIONS or name in custom)
-            if module is not None and not (_keras_module(module) or module == "builtins"):
+            if module is not None and not (is_keras_module(module) or module == "builtins"):
                 ok = name in custom
             if not ok:
                 raise UnsupportedModelError(
@@ -140,7 +177,7 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
                 f"layer {layer_name!r} holds an object of class {cls!r} that is not on bnrewrite's allowlist",
                 code="UNSAFE_OBJECT",
             )
-        if module is not None and cls not in custom and not _keras_module(module) \
+        if module is not None and cls not in custom and not is_keras_module(module) \
                 and not is_keras_op(module) and not (module in _TF_INITIALIZER_MODULES and cls in NESTED):
             raise UnsupportedModelError(
                 f"layer {layer_name!r} holds {cls!r} from module {module!r}, which is not Keras",
@@ -191,7 +228,7 @@ def _named_function(value, key: str, config: dict) -> tuple[str, ...] | None:
     if isinstance(value, dict) and value.get("class_name") == "function":
         module = str(value.get("module") or "")
         name = value.get("config")
-        if isinstance(name, str) and name in FUNCTIONS and (_keras_module(module) or module == "builtins"):
+        if isinstance(name, str) and name in FUNCTIONS and (is_keras_module(module) or module == "builtins"):
             return None
         names = tuple(n for n in (name, value.get("registered_name")) if isinstance(n, str) and n != "function")
         return names or ("?",)

@@ -99,18 +99,20 @@ class _Capture(logging.Handler):
             self.failed.append(m["node"])
 
 
-def to_onnx(model, opset: int = DEFAULT_OPSET, metadata: dict | None = None):
+def to_onnx(model, opset: int = DEFAULT_OPSET, metadata: dict | None = None, transpose_optimizer: bool = True):
     """Return an ``onnx.ModelProto`` for ``model``; raise :class:`UnsupportedModelError`
     naming the layer when tf2onnx cannot export part of it.
 
     The proto is normalized (:func:`normalize`): the same model and options give the same
     bytes, every input and output has the symbolic batch dimension ``batch``, and
-    ``metadata_props`` holds bnrewrite's version plus ``metadata`` (:func:`onnx_metadata`)."""
+    ``metadata_props`` holds bnrewrite's version plus ``metadata`` (:func:`onnx_metadata`).
+    ``transpose_optimizer=False`` runs tf2onnx's graph optimizers without ``optimize_transpose``
+    (the fallback when its layout rewrite produced a graph that verification rejects)."""
     top, version = tf2onnx_max_opset()
     if not 9 <= int(opset) <= top:
         raise UnsupportedModelError(f"opset {opset} is not one tf2onnx {version} exports (9..{top})")
     _check_compute_dtypes(model)
-    proto = _export(model, opset)
+    proto = _export(model, opset, transpose_optimizer)
     return normalize(proto, metadata)
 
 
@@ -128,8 +130,12 @@ def _check_compute_dtypes(model) -> None:
             "mixed_float16 policy")
 
 
-def _export(model, opset: int):
+def _export(model, opset: int, transpose_optimizer: bool = True):
     import tf2onnx
+    from tf2onnx.optimizer import _get_optimizers
+
+    optimizers = None if transpose_optimizer else {
+        k: v for k, v in _get_optimizers().items() if k != "optimize_transpose"}
 
     log = logging.getLogger("tf2onnx")
     log.setLevel(logging.ERROR)
@@ -139,7 +145,7 @@ def _export(model, opset: int):
     try:
         with _plain_convolutions(model):
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature(model), opset=opset,
-                                                  custom_op_handlers={"Erfc": (_erfc, [])})
+                                                  custom_op_handlers={"Erfc": (_erfc, [])}, optimizers=optimizers)
     except Exception as e:
         where = _where(model, None, capture.failed[0]) if capture.failed else ""
         raise UnsupportedModelError(f"tf2onnx could not export the model{where}: {_describe(e)}") from e

@@ -58,6 +58,16 @@ def _untuple(obj):
     return obj
 
 
+def _inside(folder: Path, path: Path) -> Path:
+    """``path``, if it is inside ``folder`` once symlinks are resolved: TensorFlow follows a link in the
+    folder to wherever it points, and its checksum errors print values computed over what it read."""
+    root, real = os.path.realpath(folder), os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise InputError(f"{path}: a symbolic link that leads out of the SavedModel folder; bnrewrite reads "
+                         "only the folder's own files")
+    return path
+
+
 def _metadata(folder: Path) -> list[tuple[str, dict]]:
     """``[(node_path, metadata dict)]`` of ``keras_metadata.pb``; InputError when missing or bad."""
     path = folder / METADATA
@@ -65,7 +75,7 @@ def _metadata(folder: Path) -> list[tuple[str, dict]]:
         raise InputError(f"{folder}: TensorFlow SavedModel without Keras metadata ({METADATA}): a plain "
                          "tf.Module / tf.function export (or Keras 3 model.export()); bnrewrite reads only "
                          "Keras SavedModels and never runs a saved graph")
-    st = check_regular(path)
+    st = check_regular(_inside(folder, path))
     if st.st_size > config_limit():
         raise InputError(f"{path}: {fmt_bytes(st.st_size)}, more than the config limit {fmt_bytes(config_limit())} "
                          "(BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
@@ -106,13 +116,13 @@ class _Checkpoint:
     """The ``variables/`` checkpoint, checked, with its object graph parsed."""
 
     def __init__(self, folder: Path):
-        vdir = folder / "variables"
+        vdir = _inside(folder, folder / "variables")
         index = folder / (PREFIX + ".index")
-        check_regular(index)
+        check_regular(_inside(folder, index))
         total = 0
         for p in sorted(vdir.iterdir()) if vdir.is_dir() else []:
             if p.name.startswith("variables."):
-                total += check_regular(p).st_size
+                total += check_regular(_inside(folder, p)).st_size
         self.limit = weights_limit(total)
         self.prefix = str(folder / PREFIX)
         import tensorflow as tf

@@ -135,6 +135,22 @@ PROV = {
                       "bidirectional_rnn_model)", licence="not stated (not read)"),
     "mobilevit": dict(repo="keras-team/keras-io", file="examples/vision/mobilevit.py (create_mobilevit)",
                       licence="Apache-2.0"),
+    "pointnet": dict(repo="keras-team/keras-io", file="examples/vision/pointnet.py (conv_bn, dense_bn, tnet, "
+                     "OrthogonalRegularizer)", licence="Apache-2.0"),
+    "ct3d": dict(repo="keras-team/keras-io", file="examples/vision/3D_image_classification.py (get_model)",
+                 licence="Apache-2.0"),
+    "deeplabv3plus": dict(repo="keras-team/keras-io", file="examples/vision/deeplabv3_plus.py (convolution_block, "
+                          "DilatedSpatialPyramidPooling, DeeplabV3Plus)", licence="Apache-2.0"),
+    "ecg_resnet": dict(repo="antonior92/automatic-ecg-diagnosis", file="model.py (ResidualUnit, get_model)",
+                       licence="not read (architecture: Ribeiro et al. 2020)"),
+    "ddim_unet": dict(repo="keras-team/keras-io", file="examples/generative/ddim.py (sinusoidal_embedding, "
+                      "ResidualBlock, DownBlock, UpBlock, get_network)", licence="Apache-2.0"),
+    "eegnet": dict(repo="vlawhern/arl-eegmodels", file="EEGModels.py (EEGNet; 2018 version channels_first)",
+                   licence="CC0-1.0 (not read)"),
+    "efficientdet_bifpn": dict(repo="xuannianz/EfficientDet", file="model.py (build_wBiFPN, BoxNet, ClassNet), "
+                               "layers.py (wBiFPNAdd)", licence="Apache-2.0 (not read)"),
+    "facenet": dict(repo="nyoki-mtl/keras-facenet", file="code/inception_resnet_v1.py (conv2d_bn, "
+                    "_inception_resnet_block, InceptionResNetV1)", licence="MIT (not read)"),
 }
 
 # --------------------------------------------------------------------------- architectures
@@ -199,6 +215,19 @@ ARCHS: dict[str, dict] = {
     "mobilevit": dict(tags={"attention", "augmentation", "lambda"}, k3=True),
     "vui_cudnn": dict(tags={"rnn", "open_dims", "timedistributed", "cudnn"}, k3=True,
                       legacy=["keras-2.2.4-cudnn"], sample={"the_input": (31, 20)}),
+    "pointnet": dict(tags={"custom_object", "bn_momentum_0"}, k3=True, custom=True, legacy=["keras-2.2.4"]),
+    "ct3d": dict(tags={"conv3d", "bn_after_pool"}, k3=True, legacy=["keras-2.2.4"]),
+    "deeplabv3plus": dict(tags={"dilated", "upsampling"}, k3=True),
+    "ecg_resnet": dict(tags={"conv1d", "preactivation"}, k3=True, legacy=["keras-2.2.4"]),
+    "ecg_resnet_post": dict(arch="ecg_resnet", arch_kwargs={"postactivation_bn": True}, tags={"conv1d", "preactivation", "bn_center_scale_false"},
+                            k3=True),
+    "ddim_unet": dict(tags={"multi_input", "lambda_code", "bn_center_scale_false", "upsampling"}, k3=True,
+                      custom=True, convert={"unsafe": True}),
+    "eegnet": dict(tags={"depth_multiplier", "separable", "constraint"}, k3=True, legacy=["keras-2.2.4"]),
+    "eegnet_cf": dict(arch="eegnet", arch_kwargs={"cf": True}, tags={"depth_multiplier", "channels_first", "constraint"}, k3=True),
+    "efficientdet_bifpn": dict(tags={"custom_layer", "shared", "separable", "multi_output"}, k3=False, custom=True),
+    "facenet": dict(tags={"lambda_code", "bn_scale_false"}, k3=True, custom=True, convert={"unsafe": True},
+                    legacy=["keras-2.1.6"]),
 }
 
 LEGACY_FRAMEWORK_LABEL = {

@@ -180,10 +180,18 @@ class _MaskRCNNBatchNorm:
 
 
 def custom_objects(K) -> dict:
-    """What load_model (and bnrewrite) need for the Mask R-CNN ports."""
+    """What load_model (and bnrewrite) need for the ports with custom objects: the Mask R-CNN
+    ``BatchNorm``, PointNet's ``OrthogonalRegularizer``, EfficientDet's ``wBiFPNAdd`` and the named
+    functions Keras 3 saves Lambda layers by (DDIM's embedding, FaceNet's scaling). No name here
+    shadows a Keras class, so one dict serves every case that needs one."""
     bn = _MaskRCNNBatchNorm.get(K)
     name = "BatchNorm" if is_tfk(K) else "mrcnn>BatchNorm"
-    return {name: bn, "BatchNorm": bn}
+    reg = _orthogonal_regularizer(K)
+    return {name: bn, "BatchNorm": bn,
+            "OrthogonalRegularizer": reg, "OrthogonalRegularizer>OrthogonalRegularizer": reg,
+            "wBiFPNAdd": _wbifpn_add(K),
+            "sinusoidal_embedding_k3": sinusoidal_embedding_k3, "sinusoidal_embedding_tf": sinusoidal_embedding_tf,
+            "facenet_scaling": facenet_scaling}
 
 
 def arch_mask_rcnn_fpn(K, train_bn=False):
@@ -1594,10 +1602,6 @@ def arch_ecg_resnet(K, samples=256, leads=12, classes=6, postactivation_bn=False
     return K.Model(sig, out)
 
 
-def arch_ecg_resnet_post(K):
-    """The same with ``postactivation_bn=True``: ReLU -> **BN(center=False, scale=False)**."""
-    return arch_ecg_resnet(K, postactivation_bn=True)
-
 
 # --------------------------------------------------------------------------- DDIM residual U-Net (keras-io generative/ddim.py)
 _DDIM_EMB_DIMS = 8
@@ -1709,10 +1713,6 @@ def arch_eegnet(K, classes=4, chans=8, samples=64, kern=16, F1=4, D=2, F2=8, cf=
     out = L.Activation("softmax", name="softmax")(d)
     return K.Model(inputs=inp, outputs=out)
 
-
-def arch_eegnet_cf(K):
-    """EEGNet as written in 2018: channels_first input (1, Chans, Samples), ``BatchNormalization(axis=1)``."""
-    return arch_eegnet(K, cf=True)
 
 
 # --------------------------------------------------------------------------- EfficientDet BiFPN + heads (xuannianz/EfficientDet)
