@@ -323,13 +323,16 @@ def _console(quiet: bool, stderr: bool = False):
 @click.option("--verify-data", "verify_data", type=click.Path(path_type=str),
               help="Verify on the first samples of this .npy/.npz file (or folder), image folder or TFRecord data "
                    "(read with --preprocess/--tfrecord-feature) instead of random inputs.")
+@click.option("--allow-no-reference", "allow_no_reference", is_flag=True,
+              help="When the framework that wrote SRC cannot rebuild it, accept verification against "
+                   "bnrewrite's own rebuild only (by default that is a verification failure, exit 3).")
 @_verbosity_options
 @_version_option
 def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, keep_timedistributed,
             report_path, html_path, fail_on, force, unsafe, custom_path, calibration, preprocess, tfrecord_feature,
             variance, batch_size,
-            max_samples, cache_mb, cache_dir, max_spill_gb, engine, shards, input_shapes, verify_data, quiet,
-            verbose):
+            max_samples, cache_mb, cache_dir, max_spill_gb, engine, shards, input_shapes, verify_data,
+            allow_no_reference, quiet, verbose):
     """Convert SRC (.h5/.keras) to DST (.onnx, .keras or .h5), verified."""
     global _VERBOSE
     quiet, verbose = _flags(quiet, verbose)
@@ -392,7 +395,7 @@ def convert(src, dst, opset, atol, rtol, no_verify, no_fold, keep_trainable, kee
                 variance=variance, batch_size=batch_size,
                 max_samples=max_samples, cache_mb=cache_mb, cache_dir=cache_dir, max_spill_gb=max_spill_gb,
                 engine=engine, shards=shards,
-                input_shapes=shapes, verify_data=verify_data,
+                input_shapes=shapes, verify_data=verify_data, allow_no_reference=allow_no_reference,
                 progress=stage, calibration_progress=calibrating,
             )
         code, failing = EXIT_OK, []

@@ -202,6 +202,7 @@ def convert(
     report: str | os.PathLike | None = None,
     input_shapes: dict | None = None,
     verify_data=None,
+    allow_no_reference: bool = False,
     progress: Callable[[str], None] | None = None,
     calibration_progress: Callable[[int, int | None], None] | None = None,
     **extra,
@@ -239,6 +240,9 @@ def convert(
     dimensions for verification; ``verify_data`` verifies on real samples instead of
     seeded random ones (same sources as ``calibration``; an image folder or TFRecord
     file is read with ``preprocess`` and ``tfrecord_feature``, as for calibration).
+    When the writing framework cannot rebuild the original (no independent reference),
+    verification fails unless ``allow_no_reference``: a comparison with bnrewrite's own
+    rebuild alone cannot find bnrewrite's bugs.
     Returns a :class:`ConvertReport`; raises :class:`~bnrewrite.errors.InputError`
     (exit 2) for bad input and :class:`~bnrewrite.errors.VerificationError`
     (exit 3) when the written output does not match. ``report`` also writes the
@@ -335,7 +339,8 @@ def convert(
                                    custom_objects=custom_objects, unsafe=unsafe, input_shapes=input_shapes,
                                    verify_data=with_options(verify_data, preprocess, tfrecord_feature),
                                    stats=ctx.artifacts.get("calibrated_stats"),
-                                   changed_by=ctx.artifacts.get("changes_function"))
+                                   changed_by=ctx.artifacts.get("changes_function"),
+                                   allow_no_reference=allow_no_reference)
 
                 v = verify_tmp()
                 if not v.ok and v.export_differs and fmt == "onnx":
@@ -398,7 +403,7 @@ def _tolerances(mg: ModelGraph, atol, rtol, notes: list) -> tuple[float, float]:
 
 
 def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol, rtol, custom_objects, unsafe,
-            input_shapes, verify_data, stats, changed_by=None):
+            input_shapes, verify_data, stats, changed_by=None, allow_no_reference=False):
     """Verify the written temp file against the original model (and the rewritten one)."""
     from .errors import root_cause
     from .verify import Verification, keras_runner, onnx_runner, verify
@@ -412,9 +417,19 @@ def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol,
         v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=4, seed=0, reference=label, no_reference=why)
         v.error = f"{runtime} could not load the written model: {root_cause(e)}"
         return v
-    return verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
-                  verify_data=verify_data, reference_label=label, no_reference=why, names=names,
-                  index_inputs=embedding_inputs(mg))
+    v = verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
+               verify_data=verify_data, reference_label=label, no_reference=why, names=names,
+               index_inputs=embedding_inputs(mg))
+    return _require_reference(v, changed_by, allow_no_reference)
+
+
+def _require_reference(v, changed_by, allow: bool):
+    """No independent reference fails verification, unless allowed or a pass changes the function on purpose:
+    the rewritten model alone is bnrewrite's own translation, and comparing with it cannot find its bugs."""
+    if v.no_reference and not changed_by and not allow and v.ok:
+        v.error = (f"no independent reference ({v.no_reference}): the output matches only bnrewrite's own "
+                   "rebuild, which cannot find bnrewrite's bugs; --allow-no-reference accepts that")
+    return v
 
 
 def embedding_inputs(mg: ModelGraph) -> dict[str, int]:
@@ -545,6 +560,7 @@ def rewrite(
     rtol: float | None = None,
     input_shapes: dict | None = None,
     verify_data=None,
+    allow_no_reference: bool = False,
     return_report: bool = False,
     **extra,
 ):
@@ -600,6 +616,7 @@ def rewrite(
                            input_shapes=input_shapes, reference_label=label,
                            verify_data=with_options(verify_data, preprocess, tfrecord_feature),
                            no_reference=why)
+            v = _require_reference(v, ctx.artifacts.get("changes_function"), allow_no_reference)
             rep.verification = v.to_dict()
             if not v.ok:
                 raise VerificationError(f"verification failed: {v.failure()}", report=rep)

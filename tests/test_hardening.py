@@ -1222,3 +1222,29 @@ def test_nonfinite_bn_statistics_with_calibration(tmp_path):
     assert rep.ok and rep.verification["ok"]
     assert "bn_dense" in {r["layer"] for r in rep.calibration["layers"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "nan_bn.h5"]
+
+
+def test_no_independent_reference_fails_verification_unless_allowed(tmp_path, monkeypatch):
+    """When the writing framework cannot rebuild the original, the output could only be compared with
+    bnrewrite's own rebuild, which cannot find bnrewrite's bugs: exit 3, nothing written, unless
+    ``allow_no_reference`` (CLI ``--allow-no-reference``), which writes it and reports why."""
+    from click.testing import CliRunner
+
+    import bnrewrite
+    import bnrewrite.reference as reference
+    from bnrewrite.cli import main
+
+    def broken(original, **kw):
+        raise reference.NoReference("tf_keras could not rebuild the original model: simulated")
+
+    monkeypatch.setattr(reference, "build_reference", broken)
+    src = ROOT / "fixtures" / "lone_bn.h5"
+    with pytest.raises(bnrewrite.VerificationError, match="no independent reference.*simulated") as err:
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert err.value.exit_code == 3 and not (tmp_path / "o.onnx").exists()
+    rep = bnrewrite.convert(src, tmp_path / "o.onnx", allow_no_reference=True)
+    assert rep.verification["ok"] and "simulated" in rep.verification["no_reference"]
+    res = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "c.onnx"), "--allow-no-reference", "-q"])
+    assert res.exit_code == 0 and (tmp_path / "c.onnx").exists(), res.output
+    res = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "d.onnx"), "-q"])
+    assert res.exit_code == 3 and not (tmp_path / "d.onnx").exists(), res.output
