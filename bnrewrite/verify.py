@@ -199,8 +199,8 @@ class Verification:
         if self.batch_independent is False:
             return (
                 "outputs depend on the other samples in the batch (max abs difference "
-                f"{self.batch_independence_max_abs:.3g} between a sample alone and in a batch): "
-                "batch statistics are still computed"
+                f"{self.batch_independence_max_abs:.3g} between a sample alone and in a batch): batch "
+                "statistics are still computed, or an op mixes samples (e.g. a reduction or tile over the batch axis)"
             )
         return ""
 

@@ -192,35 +192,46 @@ class UnwrapTimeDistributed(Pass):
             self._replace(mg, node, new_layer, [src], kwargs)
             return [td.name]
 
+        order, path = data["order"], data["path"]
+        m = self._merge_time(mg, node, td, depth)
+        inner_node = self._replace(mg, node, new_layer, [(m, 0)], kwargs)
+        # the inner layer's output took the wrapper's node id: its readers move to the reshape back
+        self._split_time(mg, td, depth, src, (inner_node, 0), (inner_node, 0), order, path)
+        self._shapes[(inner_node, 0)] = (None, *self._shapes[(inner_node, 0)][depth + 1:])
+        return [td.name]
+
+    def _merge_time(self, mg: ModelGraph, node: str, td: Layer, depth: int) -> str:
+        """The (B, T, *d) -> (B*T, *d) reshape of the wrapper's input; the shape table is kept true for
+        later wrappers that read these tensors."""
+        data, src = mg.graph.nodes[node], mg.inbound(node)[0]
         shape = self._shapes[src]
-        out_shape = self._shapes[(node, 0)]
         merge = reshape_op(mg.unique_name(f"{td.name}_merge_time"), [-1, *shape[depth + 1:]])
         m = mg.add_call(merge, [src], path=data["path"])
         mg.graph.nodes[m]["order"] = data["order"] - 0.5
-        inner_node = self._replace(mg, node, new_layer, [(m, 0)], kwargs)
+        self._shapes[(m, 0)] = (None, *shape[depth + 1:])
+        return m
+
+    def _split_time(self, mg: ModelGraph, td: Layer, depth: int, src, out, old, order, path) -> str:
+        """The (B*T, *e) -> (B, T, *e) reshape of ``out``; the readers of ``old`` (the wrapper's output,
+        whose shape the table holds) read it instead."""
+        out_shape = self._shapes[old]
         if any(d is None for d in out_shape[1:depth + 1]):  # open time length: B and T read at run time
             split = reshape_like_op(mg.unique_name(f"{td.name}_split_time"), depth + 1, out_shape[depth + 1:])
-            sp = mg.add_call(split, [(inner_node, 0), src], args=[TensorRef(0), TensorRef(1)], path=data["path"])
-            mg.rewire((inner_node, 0), (sp, 0))
-            mg.graph.nodes[sp]["order"] = data["order"] + 0.5
+            sp = mg.add_call(split, [out, src], args=[TensorRef(0), TensorRef(1)], path=path)
         else:
             split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
                                [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
-            sp = mg.insert_after((inner_node, 0), split, path=data["path"])
-        # keep the shape table true for later wrappers that read these tensors
-        self._shapes[(m, 0)] = (None, *shape[depth + 1:])
-        self._shapes[(inner_node, 0)] = (None, *out_shape[depth + 1:])
+            sp = mg.add_call(split, [out], path=path)
+        mg.rewire(old, (sp, 0))
+        mg.graph.nodes[sp]["order"] = order + 0.5
         self._shapes[(sp, 0)] = out_shape
-        return [td.name]
+        return sp
 
     def _inline(self, mg: ModelGraph, node: str, td: Layer, inner: dict, depth: int) -> list[str]:
         """reshape (B*T, *d) -> the wrapped model's layers as graph calls -> reshape back."""
         data = mg.graph.nodes[node]
         src = mg.inbound(node)[0]
-        shape, out_shape = self._shapes[src], self._shapes[(node, 0)]
-        merge = reshape_op(mg.unique_name(f"{td.name}_merge_time"), [-1, *shape[depth + 1:]])
-        m = mg.add_call(merge, [src], path=data["path"])
-        mg.graph.nodes[m]["order"] = data["order"] - 0.5
+        m = self._merge_time(mg, node, td, depth)
         kmodel = _wrapped_live(self._live[td.name])
         prefix = (*td.origin[0], td.origin[1]) if td.origin else (*data["path"], td.name)
 
@@ -240,17 +251,8 @@ class UnwrapTimeDistributed(Pass):
             kwargs = mg.graph.nodes[n]["kwargs"]
             if mg.layer(n).class_name in TRAINING_AWARE and kwargs.get("training") is True:
                 kwargs["training"] = False
-        if any(d is None for d in out_shape[1:depth + 1]):  # open time length: B and T read at run time
-            split = reshape_like_op(mg.unique_name(f"{td.name}_split_time"), depth + 1, out_shape[depth + 1:])
-            sp = mg.add_call(split, [out, src], args=[TensorRef(0), TensorRef(1)], path=data["path"])
-        else:
-            split = reshape_op(mg.unique_name(f"{td.name}_split_time"),
-                               [-1, *out_shape[1:depth + 1], *out_shape[depth + 1:]])
-            sp = mg.add_call(split, [out], path=data["path"])
-        mg.rewire((node, 0), (sp, 0))
+        self._split_time(mg, td, depth, src, out, (node, 0), data["order"], data["path"])
         mg.remove(node)
-        self._shapes[(m, 0)] = (None, *shape[depth + 1:])
-        self._shapes[(sp, 0)] = out_shape
         return [td.name]
 
     @staticmethod
