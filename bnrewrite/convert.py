@@ -428,7 +428,8 @@ def _require_reference(v, changed_by, allow: bool):
     the rewritten model alone is bnrewrite's own translation, and comparing with it cannot find its bugs."""
     if v.no_reference and not changed_by and not allow and v.ok:
         v.error = (f"no independent reference ({v.no_reference}): the output matches only bnrewrite's own "
-                   "rebuild, which cannot find bnrewrite's bugs; --allow-no-reference accepts that")
+                   "rebuild, which cannot find bnrewrite's bugs; --allow-no-reference (API: allow_no_reference=True) "
+                   "accepts that")
     return v
 
 
