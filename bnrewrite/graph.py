@@ -96,7 +96,7 @@ class Layer:
     def wrapped_configs(self) -> list[dict]:
         """The wrapped layers' ``{"class_name", "config"}``, outermost first."""
         chain, cfg = [], self.config
-        while isinstance(cfg, dict) and isinstance(cfg.get("layer"), dict) and "class_name" in cfg["layer"]:
+        while isinstance(cfg.get("layer"), dict) and "class_name" in cfg["layer"]:
             chain.append(cfg["layer"])
             cfg = cfg["layer"].get("config") or {}
         return chain

@@ -253,7 +253,7 @@ def compute_precision(mg) -> tuple[str, list[str]]:
     found: dict[str, str] = {}
     for lay in mg.layers().values():
         for cfg in [lay.config] + [w.get("config") or {} for w in lay.wrapped_configs()]:
-            dtype = cfg.get("dtype") if isinstance(cfg, dict) else None  # (a Keras 2.0 Sequential's is a list)
+            dtype = cfg.get("dtype")
             name = (dtype.get("config") or {}).get("name") if isinstance(dtype, dict) else dtype
             if isinstance(name, str) and name in _REDUCED:
                 found[name] = _REDUCED[name]

@@ -121,7 +121,7 @@ class Builder:
 
     def infer_shapes(self, mg: ModelGraph, custom_objects: dict | None = None) -> dict:
         tensors, _ = self.trace(mg, custom_objects)
-        return {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
+        return static_shapes(tensors)
 
     def trace(self, mg: ModelGraph, custom_objects=None):
         """:meth:`_trace` within the variable budget of the graph's stored weights
@@ -205,6 +205,11 @@ class Builder:
                     f"{tuple(v.shape)}"
                 )
             v.assign(np.asarray(value).astype(numpy_dtype(v.dtype)))
+
+
+def static_shapes(tensors: dict) -> dict:
+    """``{(node, out): static shape}`` of traced symbolic tensors (batch and unknown dims are None)."""
+    return {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
 
 
 #: time steps an ``unroll=True`` recurrent layer may have: tracing (and the export) copies the cell once

@@ -239,8 +239,7 @@ def migrate_layer(class_name: str, config: dict, name: str, weights: dict | None
     for key in ("layer", "backward_layer"):
         inner = config.get(key)
         if class_name in WRAPPERS and isinstance(inner, dict) and "class_name" in inner:
-            icfg = inner.get("config")
-            inner_name = icfg.get("name", key) if isinstance(icfg, dict) else key  # (Keras 2.0 Sequential: a list)
+            inner_name = (inner.get("config") or {}).get("name", key)
             icls, icfg, _ = migrate_layer(inner["class_name"], inner.get("config") or {}, f"{name}/{inner_name}",
                                           None, notes)
             # tf.keras records a wrapped layer's build shape per step, which Keras 3 would build with

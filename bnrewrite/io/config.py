@@ -633,8 +633,7 @@ def _wraps(config: dict, classes: frozenset) -> bool:
     while isinstance(inner, dict) and "class_name" in inner:
         if inner["class_name"] in classes:
             return True
-        cfg = inner.get("config")
-        inner = cfg.get("layer") if isinstance(cfg, dict) else None  # (a Keras 2.0 Sequential's is a list)
+        inner = (inner.get("config") or {}).get("layer")
     return False
 
 

@@ -56,6 +56,7 @@ import numpy as np
 
 from ..graph import BN_CLASSES, MODEL_CLASSES, Layer, ModelGraph, TensorRef, bn_axis, reshape_like_op, reshape_op
 from ..io.config import TRAINING_AWARE, ModelInliner
+from ..io.original import bn_subclass_names
 from ..io.weights import weight_keys
 from .base import Pass, PassContext
 
@@ -110,6 +111,7 @@ class UnwrapTimeDistributed(Pass):
 
     def run(self, mg, ctx):
         from ..build import builder
+        from ..build.base import static_shapes
 
         # one symbolic trace of the whole model, only when there is something to unwrap; live
         # layers with their weights when a wrapped model may be inlined (its per-layer weights)
@@ -117,7 +119,7 @@ class UnwrapTimeDistributed(Pass):
         self._builder, self._live = builder(mg), {}
         if any(mg.layer(n).wrapped_model_bns() for n in candidates):
             tensors, self._live = self._builder.build_live(mg)
-            self._shapes = {k: tuple(None if d is None else int(d) for d in t.shape) for k, t in tensors.items()}
+            self._shapes = static_shapes(tensors)
         else:
             self._shapes = self._builder.infer_shapes(mg) if candidates else {}
         self._made: dict[str, Layer] = {}  # one unwrapped layer per shared wrapper
@@ -293,12 +295,11 @@ def _wrapped_live(klayer):
 
 
 def _bn_subclasses(kmodel) -> frozenset:
-    """Class names of the wrapped model's layers that subclass BatchNormalization (custom classes)."""
-    names, todo = set(), list(kmodel.layers)
+    """Class names of the wrapped model's layers that subclass BatchNormalization (custom classes), by
+    the readers' own rule (:func:`~bnrewrite.io.original.bn_subclass_names`) over its live classes."""
+    classes, todo = {}, list(kmodel.layers)
     while todo:
         lay = todo.pop()
         todo.extend(getattr(lay, "layers", ()))
-        mro = {c.__name__ for c in type(lay).__mro__}
-        if type(lay).__name__ not in BN_CLASSES and mro & set(BN_CLASSES):
-            names.add(type(lay).__name__)
-    return frozenset(names)
+        classes[type(lay).__name__] = type(lay)
+    return bn_subclass_names(classes)
