@@ -9,9 +9,12 @@ must never cost anyone data:
   the same file as another output, is a directory, a FIFO, a device or a
   socket, exists without ``force``, or lies in a folder that is missing, not
   a folder or not writable;
-* :func:`write_temp` writes to a temporary file beside the destination,
-  named ``.NAME.bnrewrite-tmp-XXXXXXXX[.suffix]`` so a leftover is
-  recognisable, and :func:`place` moves it into place: without ``force`` it
+* :func:`write_temp` writes to ``NAME`` inside a private folder (mode 0700,
+  made by ``mkdtemp``) beside the destination, named
+  ``.NAME.bnrewrite-tmp-XXXXXXXX`` so a leftover is recognisable; the writer
+  gets a path nobody else can create or replace (in a shared folder a name
+  reserved and released could be taken by a planted symlink in between), and
+  :func:`place` moves it into place: without ``force`` it
   never replaces a file that appeared in the meantime (``os.link`` is atomic
   and fails if the name exists; where hard links are not supported an
   ``O_CREAT | O_EXCL`` reservation is used), with ``force`` it is
@@ -34,7 +37,6 @@ import atexit
 import contextlib
 import errno
 import os
-import secrets
 import shutil
 import signal
 import stat
@@ -101,10 +103,23 @@ def remove_temps() -> list[str]:
 
 
 def discard(tmp) -> None:
-    """Remove one temporary file made by :func:`write_temp` (a failed or unverified output)."""
+    """Remove one temporary output made by :func:`write_temp` (a failed or unverified output)."""
+    tmp = Path(tmp)
     with _signals_deferred():
-        Path(tmp).unlink(missing_ok=True)
+        if _temps.get(os.fspath(tmp.parent)) == "dir":
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+            unregister_temp(tmp.parent)
+        else:
+            tmp.unlink(missing_ok=True)
         unregister_temp(tmp)
+
+
+def _release(tmp: Path) -> None:
+    """``tmp`` was placed: forget it and remove its (now empty) private folder."""
+    unregister_temp(tmp)
+    if _temps.get(os.fspath(tmp.parent)) == "dir":
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+        unregister_temp(tmp.parent)
 
 
 def make_temp_dir(prefix: str = SPILL_PREFIX, dir=None) -> str:
@@ -322,34 +337,24 @@ def check_outputs(
 
 
 # ---------------------------------------------------------------- writing and placing
-def _reserve(dst: Path) -> Path:
-    """Create an empty, registered temporary file beside ``dst`` (umask applies)."""
-    suffix = dst.suffix  # kept: Keras picks the format from the name
-    for _ in range(100):
-        tmp = dst.parent / f".{dst.name}{TEMP_MARK}{secrets.token_hex(4)}{suffix}"
-        with _signals_deferred():
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            register_temp(tmp)
-        os.close(fd)
-        return tmp
-    raise InputError(f"{dst.parent}: cannot create a temporary file (100 names taken)")
-
-
 def write_temp(dst, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` for a fresh temporary path beside ``dst``; return that path.
+    """Call ``write(tmp)`` for a fresh path in a private folder beside ``dst``; return that path.
 
-    The file is registered (removed on any failure, on a stop signal and at
-    exit); the caller verifies it and then calls :func:`place` or
-    :func:`discard`. ``write`` is given a path that does not exist yet (some
-    Keras versions refuse to save over a file).
+    ``tmp`` has ``dst``'s name (Keras picks the format from the suffix) and
+    does not exist yet (some Keras versions refuse to save over a file). The
+    folder is registered (removed on any failure, on a stop signal and at
+    exit); the caller verifies ``tmp`` and then calls :func:`place` or
+    :func:`discard`.
     """
     dst = Path(dst)
-    tmp = _reserve(dst)
+    with _signals_deferred():
+        try:
+            folder = tempfile.mkdtemp(prefix=f".{dst.name}{TEMP_MARK}", dir=dst.parent)
+        except OSError as e:
+            raise InputError(f"{dst.parent}: cannot create a temporary folder ({e.strerror})") from None
+        register_temp(folder, "dir")
+    tmp = Path(folder) / dst.name
     try:
-        tmp.unlink()
         write(tmp)
     except BaseException:
         discard(tmp)
@@ -398,13 +403,13 @@ def place(tmp, dst, *, force: bool = False) -> None:
             raise InputError(f"{dst}: is {kind}; refusing to replace it")
         with _signals_deferred():
             os.replace(tmp, dst)
-            unregister_temp(tmp)
+            _release(tmp)
         return
     try:
         with _signals_deferred():
             os.link(tmp, dst)  # atomic, and fails if dst exists
             os.unlink(tmp)
-            unregister_temp(tmp)
+            _release(tmp)
         return
     except FileExistsError:
         raise _appeared(dst) from None
@@ -425,7 +430,7 @@ def place(tmp, dst, *, force: bool = False) -> None:
     try:
         with _signals_deferred():
             os.replace(tmp, dst)
-            unregister_temp(tmp)
+            _release(tmp)
             unregister_temp(dst)
     except BaseException:
         st = _stat(dst, follow=False)
@@ -438,11 +443,8 @@ def place(tmp, dst, *, force: bool = False) -> None:
 
 def write_text(dst, text: str, *, force: bool = False) -> None:
     """Write ``text`` to ``dst`` through a temporary file and :func:`place` (never a partial file)."""
-    dst = Path(dst)
-    tmp = _reserve(dst)
+    tmp = write_temp(dst, lambda p: p.write_text(text, encoding="utf-8"))
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
         place(tmp, dst, force=force)
     except BaseException:
         discard(tmp)

@@ -52,17 +52,23 @@ _REDUCED = {"float16": "float16", "mixed_float16": "float16", "bfloat16": "bfloa
 OPEN_SIZES = (32, 64, 128, 224, 16, 8)
 #: most memory one tensor of the model may declare for one sample (env BNREWRITE_MAX_TENSOR_BYTES)
 TENSOR_BYTES = 1 << 30
+#: the verification batch (default 4, at least 2 for the batch-independence check) is cut so
+#: that the largest tensor of a batch stays within this
+BATCH_TENSOR_BYTES = 256 << 20
+#: verification holds the inputs, three models' outputs and the allocators' reuse of the largest
+#: tensor: its peak memory measured 8x the largest tensor of a batch (a BN on the input), a floor
+MEMORY_FACTOR = 8
 
 
-def check_tensor_bytes(model) -> None:
+def check_tensor_bytes(model) -> int:
     """Refuse a model whose declared shapes make one tensor of one sample larger than
     :data:`TENSOR_BYTES` -- an 8 KB config can declare a 100,000 x 100,000 input or an
     UpSampling by 4,000 -- before anything runs (export and verification would allocate
     it). Static dimensions only: open ones count as 1 (:func:`check_traced_bytes` counts them
-    once their sizes are chosen)."""
+    once their sizes are chosen). Returns the largest tensor's bytes per sample."""
     from .io.safe_files import fmt_bytes
 
-    cap = _tensor_cap()
+    cap, largest = _tensor_cap(), 0.0
     tensors = list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]
     for t in tensors:
         dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
@@ -72,6 +78,8 @@ def check_tensor_bytes(model) -> None:
                 f"the model declares a tensor of {fmt_bytes(int(min(n, 1 << 62)))} per sample "
                 f"({getattr(t, 'name', '?')}, shape {tuple(t.shape)}), more than the {fmt_bytes(cap)} allowed "
                 "(BNREWRITE_MAX_TENSOR_BYTES; raise it only for a model you trust)")
+        largest = max(largest, n)
+    return int(largest)
 
 
 def _tensor_cap() -> int:
@@ -83,16 +91,16 @@ def _tensor_cap() -> int:
     return parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
 
 
-def check_traced_bytes(model, specs, sizes: list[list[int]]) -> None:
+def check_traced_bytes(model, specs, sizes: list[list[int]]) -> int:
     """:func:`check_tensor_bytes` at the sizes chosen for open dimensions, before the model runs at
     them: what an UpSampling by 600 of an open 32 x 32 input makes is known only once the sizes are.
     The model is traced (``tf.function``, one sample, nothing allocated) and every tensor TensorFlow
-    gives a full static shape is counted."""
+    gives a full static shape is counted. Returns the largest one's bytes per sample."""
     import tensorflow as tf
 
     from .io.safe_files import fmt_bytes
 
-    cap = _tensor_cap()
+    cap, largest = _tensor_cap(), 0.0
     fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
     graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
     for op in graph.get_operations():
@@ -106,6 +114,27 @@ def check_traced_bytes(model, specs, sizes: list[list[int]]) -> None:
                     f"{fmt_bytes(int(min(n, 1 << 62)))} per sample ({op.name}, shape {tuple(t.shape)}), more "
                     f"than the {fmt_bytes(cap)} allowed; give smaller sizes with --input-shape, or raise "
                     "BNREWRITE_MAX_TENSOR_BYTES for a model you trust")
+            largest = max(largest, n)
+    return int(largest)
+
+
+def verification_batch(batch: int, sample_bytes: int) -> int:
+    """``batch`` cut so that the largest tensor of a batch stays within :data:`BATCH_TENSOR_BYTES`
+    (at least 2: the batch-independence check needs two samples); :class:`InputError` when even
+    the floor of verification's memory (:data:`MEMORY_FACTOR` x that tensor) exceeds the memory
+    available -- one clear line instead of the kernel's OOM kill."""
+    from .io.h5_extract import proc_kib
+    from .io.safe_files import fmt_bytes
+
+    batch = max(2, min(batch, BATCH_TENSOR_BYTES // max(sample_bytes, 1)))
+    need = MEMORY_FACTOR * batch * sample_bytes
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None and need > kib * 1024:
+        raise InputError(
+            f"verifying needs at least {fmt_bytes(need)} of memory (batch {batch}, largest tensor "
+            f"{fmt_bytes(sample_bytes)} per sample), {fmt_bytes(kib * 1024)} is available; give smaller "
+            "sizes with --input-shape, or run where there is more memory")
+    return batch
 
 
 def _outputs(layer) -> list:
@@ -381,8 +410,15 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
             else "given data"
         v.batch = batch = len(xs[0])
     else:
+        traced: dict = {}
+
+        def check(sizes):
+            traced["bytes"] = None  # a size that cannot be traced keeps no stale count
+            traced["bytes"] = check_traced_bytes(probe_model, specs, sizes)
+
         sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs,
-                             check=lambda sizes: check_traced_bytes(probe_model, specs, sizes))
+                             check=check)
+        v.batch = batch = verification_batch(batch, traced.get("bytes") or check_tensor_bytes(probe_model))
         xs = make_inputs(specs, sizes, batch, seed, index_inputs)
     v.input_shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
     try:

@@ -832,6 +832,31 @@ def test_open_dimensions_are_bounded_at_the_chosen_sizes(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_verification_batch_follows_the_largest_tensor(tmp_path, monkeypatch):
+    """Verification's memory grows with batch x the largest tensor (a BN on a 256 MiB-per-sample input
+    peaked at 7.7 GB at batch 4, 4.9 GB at batch 2): the batch is cut to keep that tensor of a batch
+    within BATCH_TENSOR_BYTES (never below 2, which the batch-independence check needs), and when even
+    the floor of its memory exceeds what is available, one clear line instead of the OOM killer."""
+    import tf_keras
+
+    import bnrewrite
+    from bnrewrite import verify
+
+    assert verify.verification_batch(4, 1 << 20) == 4
+    assert verify.verification_batch(4, verify.BATCH_TENSOR_BYTES // 3) == 3
+    assert verify.verification_batch(4, 1 << 30) == 2
+    i = tf_keras.Input((16, 16, 8))  # largest tensor: 8 KiB per sample
+    m = tf_keras.Model(i, tf_keras.layers.BatchNormalization()(tf_keras.layers.Conv2D(8, 3)(i)))
+    m.save(tmp_path / "m.h5")
+    monkeypatch.setattr(verify, "BATCH_TENSOR_BYTES", 3 * 8192)
+    rep = bnrewrite.convert(tmp_path / "m.h5", tmp_path / "o.onnx")
+    assert rep.verification["batch"] == 3 and rep.verification["ok"]
+    monkeypatch.setattr(verify, "MEMORY_FACTOR", 1 << 40)
+    with pytest.raises(InputError, match=r"verifying needs at least .* of memory \(batch 3, largest tensor 8.0 KiB"):
+        bnrewrite.convert(tmp_path / "m.h5", tmp_path / "o2.onnx")
+    assert not (tmp_path / "o2.onnx").exists()
+
+
 def test_recursion_limit_is_one_clear_line():
     from bnrewrite.errors import unexpected
 

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -528,8 +529,11 @@ def test_place_never_clobbers(tmp_path, monkeypatch):
             monkeypatch.setattr(os, "link", no_link)
         dst.write_bytes(b"appeared meanwhile\n")
         tmp = outputs.write_temp(dst, lambda p: p.write_bytes(b"new\n"))
-        assert tmp.name.startswith(".model.onnx" + TEMP_MARK) and tmp.suffix == ".onnx"
-        assert str(tmp) in outputs.registered_temps()
+        # dst's own name, in a private (0700) folder beside it: nobody else can plant a link there
+        assert tmp.name == "model.onnx" and tmp.parent.parent == tmp_path
+        assert tmp.parent.name.startswith(".model.onnx" + TEMP_MARK)
+        assert stat.S_IMODE(tmp.parent.stat().st_mode) == 0o700
+        assert str(tmp.parent) in outputs.registered_temps()
         with pytest.raises(InputError, match="appeared while bnrewrite was working"):
             outputs.place(tmp, dst)
         assert dst.read_bytes() == b"appeared meanwhile\n"
@@ -539,7 +543,7 @@ def test_place_never_clobbers(tmp_path, monkeypatch):
         tmp = outputs.write_temp(dst, lambda p: p.write_bytes(b"fresh\n"))
         outputs.place(tmp, dst)
         assert dst.read_bytes() == b"fresh\n" and _listing(tmp_path) == ["model.onnx"]
-        assert str(tmp) not in outputs.registered_temps()
+        assert str(tmp) not in outputs.registered_temps() and str(tmp.parent) not in outputs.registered_temps()
         dst.unlink()
     # write_text: the report path; a failing writer leaves nothing
     outputs.write_text(tmp_path / "r.json", "{}")
