@@ -15,6 +15,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# onnxruntime >= 1.22 writes a telemetry session file to $TMPDIR and a device id and event queue under
+# ~/.cache as soon as it is imported: bnrewrite touches no file the user did not name (and no network)
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from .audit import Audit, inspect
 from .calibration import calibrate
 from .convert import ConvertReport, convert, load, rewrite

@@ -40,6 +40,10 @@ code                       severity  rule                                       
                                      values): never updated (e.g. a
                                      TimeDistributed BN in Keras 2.0.x, or a
                                      model saved before training)
+``MISSING_STATS``          error     no moving mean or no moving variance was    save the whole model again; ``convert
+                                     found for the layer in the file (its        --calibration DATA`` estimates them
+                                     weights are missing or misnamed): the
+                                     model cannot run as saved
 ``TIMEDISTRIBUTED_BN``     warning   the BN is wrapped in ``TimeDistributed``    ``convert`` unwraps it by default (do not pass
                                      (Keras 3 exports it unrolled per time       ``--keep-timedistributed``)
                                      step; Keras 2.0.x never updated its stats)
@@ -102,6 +106,11 @@ CODES: dict[str, tuple[str, str]] = {
     "STALE_STATS": (
         WARNING,
         "re-estimate the statistics with `bnrewrite convert --calibration DATA`",
+    ),
+    "MISSING_STATS": (
+        ERROR,
+        "the file holds no moving mean or variance for the layer (a partial or damaged file): "
+        "save the whole model again; `convert --calibration DATA` can estimate them",
     ),
     "TIMEDISTRIBUTED_BN": (
         WARNING,
@@ -288,6 +297,10 @@ def _layer_findings(name, wrapper, trainable, trainings, w, cfg, epsilon) -> lis
             f"{calls} pass training=True: it normalizes with each batch's own statistics, so an "
             "output depends on the other samples in the batch",
         ))
+
+    missing = [k for k, v in (("moving_mean", mean), ("moving_variance", var)) if v is None]
+    if missing:
+        found.append(_finding("MISSING_STATS", name, f"no {' and no '.join(missing)} in the file for this layer"))
 
     bad = {k: int((~np.isfinite(a)).sum()) for k, a in w.items() if a.dtype.kind == "f" and not np.isfinite(a).all()}
     if bad:

@@ -419,7 +419,7 @@ def _verify(mg: ModelGraph, model, tmp: Path, fmt: str, framework: str, *, atol,
         return v
     v = verify(run, runtime, model, reference, atol=atol, rtol=rtol, input_shapes=input_shapes,
                verify_data=verify_data, reference_label=label, no_reference=why, names=names,
-               index_inputs=embedding_inputs(mg))
+               index_inputs=embedding_inputs(mg), unsafe=unsafe)
     return _require_reference(v, changed_by, allow_no_reference)
 
 

@@ -349,11 +349,12 @@ def write_temp(dst, write: Callable[[Path], None]) -> Path:
     dst = Path(dst)
     with _signals_deferred():
         try:
-            folder = tempfile.mkdtemp(prefix=f".{dst.name}{TEMP_MARK}", dir=dst.parent)
+            # a Path, so that the registered name is spelled as tmp.parent is ("./x" is "x")
+            folder = Path(tempfile.mkdtemp(prefix=f".{dst.name}{TEMP_MARK}", dir=dst.parent))
         except OSError as e:
             raise InputError(f"{dst.parent}: cannot create a temporary folder ({e.strerror})") from None
         register_temp(folder, "dir")
-    tmp = Path(folder) / dst.name
+    tmp = folder / dst.name
     try:
         write(tmp)
     except BaseException:

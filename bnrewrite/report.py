@@ -76,6 +76,14 @@ def print_convert_report(console, rep) -> None:
             + (f"; inputs {shapes}" if shapes else "")
             + _second_size(v.get("second_size"))
         )
+        if v.get("input_scale") is not None:
+            console.print(
+                f"  [yellow]note[/]: on unit-variance inputs every output was the same for every sample (the model "
+                f"saturates); verified on those inputs scaled by {v['input_scale']:g}")
+        if v.get("constant_outputs"):
+            console.print(
+                "  [yellow]warning[/]: every output is the same for every verification input, at every scale "
+                "tried: this check cannot tell a wrong model from a right one; give real inputs with --verify-data")
         if v.get("reference_mode") == "graph":
             console.print(
                 f"  [yellow]note[/]: the references ran in graph mode (as model.predict does): the framework's own "

@@ -66,20 +66,31 @@ def check_tensor_bytes(model) -> int:
     UpSampling by 4,000 -- before anything runs (export and verification would allocate
     it). Static dimensions only: open ones count as 1 (:func:`check_traced_bytes` counts them
     once their sizes are chosen). Returns the largest tensor's bytes per sample."""
+    advice = " (BNREWRITE_MAX_TENSOR_BYTES; raise it only for a model you trust)"
+
+    def nbytes(t) -> float:
+        dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
+        return float(np.prod(dims, dtype=np.float64)) * np.dtype(numpy_dtype(t.dtype)).itemsize
+
+    largest = 0.0
+    for t in list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]:
+        n = nbytes(t)
+        _bound(n, "the model declares a tensor of", f" ({getattr(t, 'name', '?')}, shape {tuple(t.shape)})", advice)
+        largest = max(largest, n)
+    outputs = sum(nbytes(t) for t in model.outputs)
+    _bound(outputs, f"the model's {len(model.outputs)} outputs declare", " together", advice)
+    return int(max(largest, outputs))
+
+
+def _bound(n: float, what: str, detail: str, advice: str) -> None:
+    """InputError ``<what> <n> per sample<detail>, more than the <cap> allowed<advice>`` when ``n``
+    bytes exceed the per-sample cap (:data:`TENSOR_BYTES`)."""
     from .io.safe_files import fmt_bytes
 
-    cap, largest = _tensor_cap(), 0.0
-    tensors = list(model.inputs) + [t for layer in model.layers for t in _outputs(layer)]
-    for t in tensors:
-        dims = [1 if d is None else int(d) for d in list(t.shape)[1:]]
-        n = float(np.prod(dims, dtype=np.float64)) * np.dtype(numpy_dtype(t.dtype)).itemsize
-        if n > cap:
-            raise InputError(
-                f"the model declares a tensor of {fmt_bytes(int(min(n, 1 << 62)))} per sample "
-                f"({getattr(t, 'name', '?')}, shape {tuple(t.shape)}), more than the {fmt_bytes(cap)} allowed "
-                "(BNREWRITE_MAX_TENSOR_BYTES; raise it only for a model you trust)")
-        largest = max(largest, n)
-    return int(largest)
+    cap = _tensor_cap()
+    if n > cap:
+        raise InputError(f"{what} {fmt_bytes(int(min(n, 1 << 62)))} per sample{detail}, more than the "
+                         f"{fmt_bytes(cap)} allowed{advice}")
 
 
 def _tensor_cap() -> int:
@@ -91,31 +102,60 @@ def _tensor_cap() -> int:
     return parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
 
 
-def check_traced_bytes(model, specs, sizes: list[list[int]]) -> int:
+#: TensorFlow ops whose output size is given by the *values* of an input (a limit, multiples, a shape):
+#: with every input dimension fixed, an output dimension these leave open is set by the data itself
+SIZE_FROM_VALUES = frozenset({
+    "Range", "Tile", "Fill", "BroadcastTo", "Pad", "PadV2", "MirrorPad", "OneHot", "LinSpace", "Empty",
+    "ResizeBilinear", "ResizeNearestNeighbor", "ResizeBicubic", "ResizeArea", "ScaleAndTranslate",
+    "RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "Multinomial",
+    "StatelessRandomUniformV2", "StatelessRandomNormalV2", "StatelessRandomUniformIntV2",
+    "StatelessTruncatedNormalV2", "MatrixDiagV2", "MatrixDiagV3", "ScatterNd", "UnsortedSegmentSum",
+    "UnsortedSegmentMax", "UnsortedSegmentMin", "UnsortedSegmentProd", "Bincount", "DenseBincount",
+    "SparseToDense", "TensorListReserve",
+})
+
+
+def has_ops(model) -> bool:
+    """Whether the model records raw TensorFlow ops (tf_keras TFOpLambda) or Keras 3 op nodes, the
+    only built-in layers whose output sizes can come from values rather than from the config."""
+    from .io.layercheck import is_keras_op
+
+    ops = getattr(model, "operations", None) or model.layers
+    return any(type(op).__name__ in ("TFOpLambda", "SlicingOpLambda") or is_keras_op(type(op).__module__)
+               or (hasattr(op, "layers") and op is not model and has_ops(op)) for op in ops)
+
+
+def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = False) -> int:
     """:func:`check_tensor_bytes` at the sizes chosen for open dimensions, before the model runs at
     them: what an UpSampling by 600 of an open 32 x 32 input makes is known only once the sizes are.
     The model is traced (``tf.function``, one sample, nothing allocated) and every tensor TensorFlow
-    gives a full static shape is counted. Returns the largest one's bytes per sample."""
+    gives a full static shape is counted. Returns the largest one's bytes per sample, or the sum of
+    the outputs' if larger (verification holds every output three times). An op of
+    :data:`SIZE_FROM_VALUES` whose output size is still open depends on the data's values, which
+    nothing bounds: refused unless ``unsafe`` (a file the user trusts)."""
     import tensorflow as tf
 
-    from .io.safe_files import fmt_bytes
-
-    cap, largest = _tensor_cap(), 0.0
+    largest = 0.0
+    advice = "; give smaller sizes with --input-shape, or raise BNREWRITE_MAX_TENSOR_BYTES for a model you trust"
     fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
     graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
     for op in graph.get_operations():
         for t in op.outputs:
+            if op.type in SIZE_FROM_VALUES and not unsafe and not t.shape.is_fully_defined():
+                raise InputError(
+                    f"the model makes a tensor whose size depends on the input values ({op.name}, a {op.type} "
+                    f"of shape {tuple(t.shape)} at fixed input sizes {sizes}): bnrewrite cannot bound what "
+                    "running it allocates (--unsafe for a model you trust)")
             if t.dtype in (tf.resource, tf.variant, tf.string) or not t.shape.is_fully_defined():
                 continue
             n = float(np.prod(t.shape.as_list(), dtype=np.float64)) * t.dtype.size
-            if n > cap:
-                raise InputError(
-                    f"at input sizes {sizes} (chosen for the open dimensions) the model makes a tensor of "
-                    f"{fmt_bytes(int(min(n, 1 << 62)))} per sample ({op.name}, shape {tuple(t.shape)}), more "
-                    f"than the {fmt_bytes(cap)} allowed; give smaller sizes with --input-shape, or raise "
-                    "BNREWRITE_MAX_TENSOR_BYTES for a model you trust")
+            _bound(n, f"at input sizes {sizes} (chosen for the open dimensions) the model makes a tensor of",
+                   f" ({op.name}, shape {tuple(t.shape)})", advice)
             largest = max(largest, n)
-    return int(largest)
+    outputs = sum(float(np.prod(t.shape.as_list()[1:] or [1], dtype=np.float64)) * t.dtype.size
+                  for t in graph.outputs if t.shape.is_fully_defined() and t.dtype not in (tf.resource, tf.variant))
+    _bound(outputs, f"at input sizes {sizes} the model's {len(graph.outputs)} outputs take", " together", advice)
+    return int(max(largest, outputs))
 
 
 def verification_batch(batch: int, sample_bytes: int) -> int:
@@ -183,6 +223,11 @@ class Verification:
     #: open dimensions: the same comparison at a second size, batch 1 (a size baked in by an
     #: export would pass at one size only); None when every dimension is fixed or given
     second_size: dict | None = None
+    #: the seeded inputs made every output the same for every sample (within atol: a saturated
+    #: softmax) and were scaled by this to make the check see the inputs; None when not needed
+    input_scale: float | None = None
+    #: the outputs stayed the same for every sample at every scale tried: the check compares constants
+    constant_outputs: bool = False
     error: str | None = None
 
     @property
@@ -398,7 +443,7 @@ def choose_sizes(specs, given: dict[str, list[int]], probe, index_inputs=None, s
 
 def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch=4, seed=0,
            input_shapes=None, verify_data=None, reference_label: str = "", no_reference: str | None = None,
-           names=None, index_inputs=None) -> Verification:
+           names=None, index_inputs=None, unsafe: bool = False) -> Verification:
     """Compare ``run(xs)`` (the written file) with ``reference`` and ``rebuilt`` (live models)."""
     v = Verification(runtime=runtime, atol=atol, rtol=rtol, batch=batch, seed=seed,
                      reference=reference_label, no_reference=no_reference)
@@ -414,10 +459,12 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
 
         def check(sizes):
             traced["bytes"] = None  # a size that cannot be traced keeps no stale count
-            traced["bytes"] = check_traced_bytes(probe_model, specs, sizes)
+            traced["bytes"] = check_traced_bytes(probe_model, specs, sizes, unsafe=unsafe)
 
         sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs,
                              check=check)
+        if "bytes" not in traced and has_ops(probe_model):  # static shapes, but sizes may come from values
+            check(sizes)
         v.batch = batch = verification_batch(batch, traced.get("bytes") or check_tensor_bytes(probe_model))
         xs = make_inputs(specs, sizes, batch, seed, index_inputs)
     v.input_shapes = {n: list(x.shape[1:]) for (n, _, _), x in zip(specs, xs)}
@@ -425,6 +472,20 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
         ref_rewritten = run_model(rebuilt, xs)
     except Exception as e:
         raise InputError(f"the rewritten model cannot run on inputs {v.input_shapes}: {root_cause(e)}") from e
+    if verify_data is None and _same_for_every_sample(ref_rewritten, atol):
+        # a model that saturates on unit-variance inputs (softmax exactly [0, 0, 1]) cannot tell a wrong
+        # rewrite from a right one there: smaller (or larger) inputs usually reach its working range
+        for scale in INPUT_SCALES:
+            alt = [x * np.asarray(scale, x.dtype) if x.dtype.kind == "f" else x for x in xs]
+            try:
+                ys = run_model(rebuilt, alt)
+            except Exception:  # noqa: BLE001 - a scale the model cannot take: try the next
+                continue
+            if not _same_for_every_sample(ys, atol):
+                xs, ref_rewritten, v.input_scale = alt, ys, scale
+                break
+        else:
+            v.constant_outputs = True
     ref_original = None
     if reference is not None:
         try:
@@ -473,11 +534,23 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
     v.batch_independent = bool(independent)
     v.batch_independence_max_abs = worst
     if verify_data is None and reference is not None and v.ok:  # a failure found already stands as it is
-        _check_second_size(v, run, reference, specs, input_shapes or {}, sizes, index_inputs, names)
+        _check_second_size(v, run, reference, specs, input_shapes or {}, sizes, index_inputs, names, unsafe)
     return v
 
 
-def _check_second_size(v: Verification, run, reference, specs, given, sizes, index_inputs, names) -> None:
+#: scales tried for seeded inputs when every output is the same for every sample
+INPUT_SCALES = (0.1, 0.01, 0.001, 10.0)
+
+
+def _same_for_every_sample(ys: list, atol: float) -> bool:
+    """Every output is the same, within ``atol``, for every sample of the batch."""
+    arrays = [np.asarray(y) for y in ys]
+    return all(a.ndim > 0 and len(a) > 1 and a.dtype.kind in "fc" and
+               float(np.nanmax(np.abs(a - a[:1]))) <= atol for a in arrays) if arrays else False
+
+
+def _check_second_size(v: Verification, run, reference, specs, given, sizes, index_inputs, names,
+                       unsafe: bool = False) -> None:
     """With open dimensions, compare the written model with the original at a second size too: the
     sample :func:`choose_sizes` finds the original running on (batch 1) is the one compared."""
     used = {d for (name, shape, _), size in zip(specs, sizes) if name not in given
@@ -491,7 +564,7 @@ def _check_second_size(v: Verification, run, reference, specs, given, sizes, ind
 
     try:
         choose_sizes(specs, given, probe, index_inputs, skip=used,
-                     check=lambda sizes: check_traced_bytes(reference, specs, sizes))
+                     check=lambda sizes: check_traced_bytes(reference, specs, sizes, unsafe=unsafe))
     except InputError:  # the model runs at one size only: nothing more to compare
         return
     xs, want = tried["xs"], tried["want"]

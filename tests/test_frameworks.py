@@ -957,3 +957,27 @@ def test_mixed_float16_converts_with_float16_tolerances(tmp_path):
     with pytest.raises(bnrewrite.VerificationError) as err:  # float32 tolerances, asked for: float16 fails them
         bnrewrite.convert(src, tmp_path / "strict.onnx", atol=1e-6, rtol=1e-6)
     assert err.value.exit_code == 3 and not (tmp_path / "strict.onnx").exists()
+
+
+def test_one_hot_and_like_ops_migrate(tmp_path):
+    """tf.one_hot (on/off values, int dtype), tf.ones_like and tf.zeros_like recorded as TF-op layers
+    (wide-and-deep and TabNet code) migrate to Keras 3's ops: the .keras output matches tf_keras on the
+    original file."""
+    import tensorflow as tf
+    import tf_keras
+
+    i = tf_keras.Input((3,), dtype="int32")
+    f = tf_keras.Input((4,))
+    h = tf.reshape(tf.one_hot(i, 5, on_value=0.9, off_value=0.1), [-1, 15])
+    h = tf.concat([h, tf.cast(tf.one_hot(i, 2, dtype=tf.int32)[:, :, 0], tf.float32), f + tf.ones_like(f),
+                   tf.zeros_like(f)], axis=-1)
+    y = tf_keras.layers.BatchNormalization()(tf_keras.layers.Dense(6)(h))
+    m = tf_keras.Model([i, f], y)
+    _rand_bn(m)
+    m.save(tmp_path / "oh.h5")
+    rep = bnrewrite.convert(tmp_path / "oh.h5", tmp_path / "oh.keras")
+    assert rep.verification["ok"] and rep.output["framework"] == "keras"
+    xs = _inputs(tmp_path / "oh.h5")
+    xs[0] = xs[0] % 6  # 5 is out of range for depth 5: an all-off row in both
+    for g, w in zip(_keras3(tmp_path / "oh.keras", xs), _reference(tmp_path / "oh.h5", xs)):
+        assert_close(g, w, "one_hot")

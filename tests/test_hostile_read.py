@@ -883,3 +883,133 @@ def test_long_unrolled_rnn_refused_before_tracing(tmp_path):
     with pytest.raises(bnrewrite.UnsupportedModelError, match="unrolled .unroll=True. over 4,000 time steps"):
         bnrewrite.convert(src, tmp_path / "o.onnx")
     assert time.perf_counter() - t0 < 60 and not (tmp_path / "o.onnx").exists()
+
+
+def _h5_with_layer_edit(tmp_path, name, edit):
+    """A tf_keras ``.h5`` (Input -> Embedding -> BN, and a spare Lambda) whose model_config ``edit`` changes."""
+    import h5py
+    import tf_keras
+
+    x = tf_keras.Input((4,), name="inp", dtype="int32")
+    y = tf_keras.layers.BatchNormalization(name="bn")(tf_keras.layers.Embedding(10, 3, name="emb")(x))
+    src = tmp_path / name
+    tf_keras.Model(x, y).save(src)
+    with h5py.File(src, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        edit(cfg["config"]["layers"])
+        f.attrs["model_config"] = json.dumps(cfg)
+    return src
+
+
+def test_registered_name_other_than_the_class_refused(tmp_path):
+    """tf_keras looks a name it cannot find in ``module`` up by ``registered_name`` (vars(module)[...]):
+    a function ``builtins.l2_normalize`` registered as ``exec`` ran code from a Lambda without --unsafe
+    (red team round 3), and a regularizer ``L2`` registered as ``StringLookup`` in an Embedding's
+    ``input_dim`` read a host file. Any registered name that is not the class's own is refused, at every
+    depth, by convert and reported by inspect; nothing is run."""
+    import bnrewrite
+
+    canary, secret = tmp_path / "CANARY", tmp_path / "secret.txt"
+    secret.write_text("SECRET_TOKEN\n")
+    code = f"open({str(canary)!r}, 'w').write('ran')"
+
+    def lam(layers):
+        layers.append({"class_name": "Lambda", "name": "lam", "inbound_nodes": [[["_CONSTANT_VALUE", -1, code, {}]]],
+                       "config": {"name": "lam", "trainable": True, "dtype": "float32", "function_type": "function",
+                                  "function": {"class_name": "function", "module": "builtins",
+                                               "config": "l2_normalize", "registered_name": "exec"},
+                                  "module": "builtins", "output_shape": None, "output_shape_type": "raw",
+                                  "output_shape_module": None, "arguments": {}}})
+
+    def vocab(layers):
+        emb = next(lc for lc in layers if lc["class_name"] == "Embedding")
+        emb["config"]["input_dim"] = {"class_name": "L2", "module": "keras.layers", "registered_name": "StringLookup",
+                                      "config": {"vocabulary": str(secret), "name": "x"}}
+
+    def layer(layers):
+        layers[-1]["registered_name"] = "TFOpLambda"
+
+    for name, edit, needle in (("exec.h5", lam, "registered as 'exec'"), ("vocab.h5", vocab, "'StringLookup'"),
+                               ("layer.h5", layer, "layer 'bn' names class 'BatchNormalization' but is registered")):
+        src = _h5_with_layer_edit(tmp_path, name, edit)
+        with pytest.raises(bnrewrite.UnsupportedModelError, match=needle):
+            bnrewrite.convert(src, tmp_path / "o.onnx", allow_no_reference=True)
+        found = bnrewrite.inspect(src).findings
+        assert any(f["code"] == "UNSAFE_OBJECT" for f in found), found
+        assert not canary.exists() and not (tmp_path / "o.onnx").exists()
+
+
+def test_sizes_from_input_values_refused(tmp_path):
+    """``range(cast(max|x| * K))`` or ``tile(x, [f(x), 1])``: a size set by the data's values, which no
+    shape shows (a 21 KB file took 5.5 GB and exited 0). With every input dimension fixed, such an op's
+    output is still open in the traced graph: refused before the model runs, unless --unsafe. A size
+    from a *shape* (``range(shape(x)[1])``, positional indices) is static there and converts."""
+    import tensorflow as tf
+    import tf_keras
+
+    import bnrewrite
+
+    def model(name, size_from_values):
+        x = tf_keras.Input((4,), name="inp")
+        y = tf_keras.layers.BatchNormalization(name="bn")(x)
+        n = tf.cast(tf.math.reduce_max(tf.math.abs(x)) * 10.0, tf.int32) if size_from_values else tf.shape(x)[1]
+        out = tf.math.add(y, tf.math.reduce_sum(tf.cast(tf.range(n), tf.float32)) * 0.0)
+        tf_keras.Model(x, out).save(tmp_path / name)
+        return tmp_path / name
+
+    src = model("values.h5", True)
+    with pytest.raises(InputError, match=r"size depends on the input values .*Range of shape \(None,\)"):
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+    rep = bnrewrite.convert(model("shape.h5", False), tmp_path / "s.onnx")
+    assert rep.verification["ok"]
+
+
+def test_float_size_on_constants_bounded(tmp_path):
+    """``tf.range(0.0, 1e9)`` on constants runs while the model is rebuilt: floats count as sizes too (the
+    bound was on ints only; 4.8 GB), and ``eye(N)`` counts N x N."""
+    from bnrewrite.io.config import _largest_size
+
+    assert _largest_size([0.0, 1e9]) == 10 ** 9 and _largest_size([[2.0, 3.0]]) == 6
+    assert _largest_size(float("inf")) >= 1 << 62 and _largest_size([True, 5]) == 5
+
+    def op_range(layers):
+        layers.append({"class_name": "TFOpLambda", "name": "tf.range", "inbound_nodes": [["_CONSTANT_VALUE", -1, 0.0,
+                       {"limit": 1e9}]], "config": {"name": "tf.range", "trainable": True, "dtype": "float32",
+                                                    "function": "range"}})
+
+    refused(_h5_with_layer_edit(tmp_path, "range.h5", op_range), "runs on constants only", "1,000,000,000 elements")
+
+
+def test_outputs_bounded_together(tmp_path, monkeypatch):
+    """Each output under the per-tensor cap, all of them together over it (32 outputs of 16 MiB per sample
+    reached 8.6 GB): the sum of a model's outputs per sample is bounded like one tensor."""
+    import tf_keras
+
+    import bnrewrite
+
+    x = tf_keras.Input((8, 8, 1))
+    outs = [tf_keras.layers.BatchNormalization(name=f"bn{i}")(x) for i in range(4)]  # 4 x 256 B per sample
+    tf_keras.Model(x, outs).save(tmp_path / "m.h5")
+    monkeypatch.setenv("BNREWRITE_MAX_TENSOR_BYTES", "600")
+    with pytest.raises(InputError, match="4 outputs declare 1.0 KiB per sample together"):
+        bnrewrite.convert(tmp_path / "m.h5", tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["complex64", "S3", "bool", "compound", "enum"])
+def test_weights_of_odd_types_refused(tmp_path, kind):
+    """A BN gamma stored as complex numbers, strings ("1.0"), bools, an enum or a compound type: Keras
+    weights are real numbers, and a framework would cast the others silently (or fail with an
+    unexplained TypeError); refused in one line naming the dataset."""
+    import h5py
+    import tf_keras
+
+    x = tf_keras.Input((3,))
+    tf_keras.Model(x, tf_keras.layers.BatchNormalization(name="bn")(x)).save(tmp_path / "m.h5")
+    dt = {"compound": np.dtype([("a", "<f4"), ("b", "<i4")]), "enum": h5py.enum_dtype({"ONE": 1}, basetype="i1")}
+    with h5py.File(tmp_path / "m.h5", "r+") as f:
+        g = f["model_weights/bn/bn"]
+        del g["gamma:0"]
+        g.create_dataset("gamma:0", shape=(3,), dtype=dt.get(kind, kind))
+    refused(tmp_path / "m.h5", "dataset 'model_weights/bn/bn/gamma:0' has type", "weights are real numbers")

@@ -358,3 +358,20 @@ def test_compare_identical_audit():
     assert got["fixed"] == [] and got["new"] == []
     assert {(f["code"], f["layer"]) for f in got["remaining"]} == {
         ("TIMEDISTRIBUTED_BN", "td_bn"), ("STALE_STATS", "td_bn")}
+
+
+def test_missing_statistics_are_an_error_finding(tmp_path):
+    """A BN whose moving mean is not in the file (a partial file; before bnrewrite read layer names
+    holding "/", every BN of the ST model zoo's YAMNet looked like this) is reported, not shown as a
+    row of dashes with "no findings"."""
+    import h5py
+    import tf_keras
+
+    x = tf_keras.Input((3,))
+    tf_keras.Model(x, tf_keras.layers.BatchNormalization(name="bn")(x)).save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r+") as f:
+        g = f["model_weights/bn"]
+        del g["bn/moving_mean:0"]
+        g.attrs["weight_names"] = [n for n in g.attrs["weight_names"] if "moving_mean" not in str(n)]
+    found = [f for f in inspect(tmp_path / "m.h5").findings if f["code"] == "MISSING_STATS"]
+    assert len(found) == 1 and found[0]["severity"] == "error" and "no moving_mean" in found[0]["message"]

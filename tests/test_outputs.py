@@ -545,6 +545,11 @@ def test_place_never_clobbers(tmp_path, monkeypatch):
         assert dst.read_bytes() == b"fresh\n" and _listing(tmp_path) == ["model.onnx"]
         assert str(tmp) not in outputs.registered_temps() and str(tmp.parent) not in outputs.registered_temps()
         dst.unlink()
+    # a relative destination ("./x" and "x" are one folder): the private folder goes too
+    monkeypatch.chdir(tmp_path)
+    outputs.place(outputs.write_temp(Path("rel.onnx"), lambda p: p.write_bytes(b"r\n")), Path("rel.onnx"))
+    assert _listing(tmp_path) == ["rel.onnx"] and not outputs.registered_temps()
+    Path("rel.onnx").unlink()
     # write_text: the report path; a failing writer leaves nothing
     outputs.write_text(tmp_path / "r.json", "{}")
     with pytest.raises(InputError, match="appeared"):
@@ -778,3 +783,18 @@ def test_clean():
 
     console = Console(file=open(os.devnull, "w"), force_terminal=False)
     console.print(f"[bold]note[/] {for_console('[/]' * 10)}")  # escaped markup does not raise
+
+
+def test_onnxruntime_writes_no_telemetry_files(tmp_path):
+    """onnxruntime 1.32 writes ``$TMPDIR/.ses`` and ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/``
+    (a device id and a queue of telemetry events) when imported; bnrewrite turns that off, so a
+    conversion touches no file but its output."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tmp").mkdir()
+    code = "import bnrewrite, onnxruntime, tf2onnx; onnxruntime.InferenceSession"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
+    made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    # (Keras's own ~/.keras/keras.json and matplotlib's font cache are the frameworks' first-import set-up)
+    assert not [p for p in made if p.startswith("tmp/") or "Microsoft" in p or "onnxruntime" in p], made

@@ -680,3 +680,53 @@ def test_user_pass_skip_reason_reported(store):
 def test_pass_manager_rejects_non_pass():
     with pytest.raises(TypeError):
         PassManager([object()]).run(bnrewrite.ModelGraph())
+
+
+def test_empty_kernel_not_folded(tmp_path):
+    """A Dense on a zero-width slice (TabNet with feature_dim == output_dim) has an empty kernel: folding
+    would give it a bias, and TensorFlow's oneDNN aborts the process on a K=0 MatMul + BiasAdd in graph
+    mode. The BN stays, with the reason."""
+    import tf_keras
+
+    i = tf_keras.Input((4,))
+    e = tf_keras.layers.Dense(3, use_bias=False, name="fc_empty")(i[:, 4:])
+    m = tf_keras.Model(i, tf_keras.layers.BatchNormalization(name="bn_empty")(e))
+    m.save(tmp_path / "e.h5")
+    mg = bnrewrite.load(tmp_path / "e.h5")
+    PassManager(default_passes()).run(mg, PassContext())
+    assert "bn_empty" in mg.bn_nodes()
+    assert not mg.layer("fc_empty").config.get("use_bias")
+
+
+def test_saturated_model_verified_on_scaled_inputs(tmp_path):
+    """A sigmoid that is exactly 1 on unit-variance inputs (a real wake-word model of mlcommons/tiny gave
+    softmax [0, 0, 1] for every sample) makes every output the same for every sample: a comparison of
+    constants, which a wrong fold would pass. Verification scales the seeded inputs until the outputs
+    vary, and says so; a model whose outputs never vary gets a warning in the report."""
+    import tf_keras
+
+    L = tf_keras.layers
+    i = tf_keras.Input((4,))
+    a = L.ReLU()(L.BatchNormalization(name="bn")(L.Dense(2, name="fa")(i)))
+    b = L.ReLU()(L.Dense(2, name="fb")(i))
+    y = L.Activation("sigmoid")(L.Dense(2, name="head")(L.Add()([a, b])))  # sigmoid(|Wx|-ish - 5)
+    m = tf_keras.Model(i, y)
+    w = np.array([[900., -700.], [-500., 800.], [650., 400.], [-300., -900.]], np.float32)
+    m.get_layer("fa").set_weights([w, np.zeros(2, np.float32)])
+    m.get_layer("fb").set_weights([-w, np.zeros(2, np.float32)])
+    m.get_layer("head").set_weights([np.eye(2, dtype=np.float32), np.full(2, -5.0, np.float32)])
+    m.get_layer("bn").set_weights([np.array(v, np.float32) for v in ([1.2, .8], [.1, -.2], [.5, -1.], [.8, 1.5])])
+    m.save(tmp_path / "sat.h5")
+    rep = bnrewrite.convert(tmp_path / "sat.h5", tmp_path / "sat.onnx")
+    v = rep.verification
+    assert v["ok"] and v["input_scale"] in (0.1, 0.01, 0.001) and not v["constant_outputs"], v
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32) * v["input_scale"]
+    got = run_onnx(tmp_path / "sat.onnx", {onnx_session(tmp_path / "sat.onnx").get_inputs()[0].name: x})[0]
+    want = tf_keras.models.load_model(tmp_path / "sat.h5", compile=False)(x, training=False).numpy()
+    assert np.ptp(want, axis=0).max() > 1e-3  # the scaled inputs reach the model's working range
+    assert_close(got, want, "saturated")
+
+    z = tf_keras.Model(i, L.BatchNormalization(name="bn0")(L.Dense(3, kernel_initializer="zeros")(i)))
+    z.save(tmp_path / "const.h5")
+    rep = bnrewrite.convert(tmp_path / "const.h5", tmp_path / "const.onnx")
+    assert rep.verification["ok"] and rep.verification["constant_outputs"]

@@ -17,6 +17,8 @@ A case that fails because bnrewrite lacks something is left failing, not xfailed
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,7 @@ QUICK = [
     "cnn_lstm_td-tk",          # TimeDistributed(Conv2D) -> TimeDistributed(BN) CNN-LSTM
     "yolov3_tiny-k3",          # Keras 3 .keras, open spatial dims, LeakyReLU(alpha=0.1)
     "convlstm-keras-216",      # ConvLSTM2D recurrent_activation='hard_sigmoid', Keras 2.1.6 list Sequential
+    "face_tiny_xception-real",  # a real Keras 2.0.5 file with trained BN statistics (fixtures/real)
 ]
 
 SUFFIX = {"onnx": ".onnx", "keras": ".keras", "h5": ".h5"}
@@ -64,6 +67,13 @@ def _check(case, fmt, get_ref, out_dir):
     kwargs = dict(case.convert_kwargs)
     if case.custom:
         kwargs["custom_objects"] = case.custom_objects()
+    expect = ((case.fixture or {}).get("expect") or {}).get(fmt, "ok")
+    if expect != "ok":  # a real file bnrewrite must refuse for this format, with this reason
+        dst.unlink(missing_ok=True)
+        with pytest.raises(bnrewrite.BnrewriteError, match=re.escape(expect)):
+            bnrewrite.convert(path, dst, force=True, **kwargs)
+        assert not dst.exists()
+        return
     bnrewrite.convert(path, dst, force=True, **kwargs)
     if fmt == "onnx":
         import onnxruntime as ort
@@ -118,3 +128,24 @@ def test_registry_shape():
     assert {c.dialect for c in legacy} >= {"keras-2.0.8", "keras-2.1.6", "keras-2.2.4", "keras-2.3.1"}
     for c in rm.CASES:
         assert c.provenance.get("repo") and c.provenance.get("licence"), c.name
+
+
+def test_real_files_are_what_the_manifest_says():
+    """Every committed real file has its provenance (repository, commit, path, licence as read), the
+    sha256 the manifest records, and the writer version the file itself states."""
+    import h5py
+
+    from realmodels import realfiles
+
+    entries = realfiles.entries()
+    assert len(entries) >= 2 and len({e["repo"] for e in entries}) >= 1
+    for e in entries:
+        path = realfiles.ROOT / e["file"]
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        assert realfiles.sha256(path) == e["sha256"] and size == e["size"], e["name"]
+        assert len(e["commit"]) == 40 and e["licence"] and e["path"], e["name"]
+        if path.suffix in (".h5", ".hdf5"):
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+            version = version.decode() if isinstance(version, bytes) else version
+            assert version is None or str(version) in e["writer"], (e["name"], version, e["writer"])

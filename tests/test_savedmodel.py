@@ -174,3 +174,58 @@ def test_damaged_metadata_refused(tmp_path):
     (sm / "keras_metadata.pb").write_bytes(b"\xff\xff\xff\xff not a protobuf")
     with pytest.raises(InputError, match="SavedMetadata"):
         bnrewrite.load(sm)
+
+
+def test_object_graph_string_bomb_refused(tmp_path):
+    """The checkpoint stores the object graph as a string: its varint length, a checksum, its bytes.
+    TensorFlow zero-fills the declared length before it finds the data file too short (3 GB declared in
+    an 11 KB file took 3.6 GB; 20 GB crashed with SIGSEGV). bnrewrite reads that entry itself, within
+    the bytes the index gives it: refused in one line, nothing allocated."""
+    import resource
+
+    import tensorflow as tf
+
+    folder = tmp_path / "sm"
+    shutil.copytree(TD, folder)
+    og = tf.train.load_checkpoint(str(folder / "variables" / "variables")).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+    data_path = next((folder / "variables").glob("variables.data-*"))
+    data = bytearray(data_path.read_bytes())
+    at = data.find(og) - 4 - 2  # a 2-byte varint length (10,608), then the checksum
+    assert at > 0 and data[at:at + 2] == bytes([len(og) & 0x7F | 0x80, len(og) >> 7])
+    data[at:at + 9] = bytes([0x80, 0xBC, 0xC1, 0x96, 0x0B]) + b"\0\0\0\0"  # varint 3,000,000,000
+    data_path.write_bytes(bytes(data))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="declares a string of 2.8 GiB in 10.4 KiB") as ei:
+        bnrewrite.load(folder)
+    assert str(folder) in str(ei.value) and ei.value.code == "OVERSIZED_DATA"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB
+
+
+def test_tf23_metadata_inside_saved_model_pb(tmp_path):
+    """TensorFlow 2.0-2.4 wrote no keras_metadata.pb: each Keras object's metadata sat in saved_model.pb's
+    object graph (``user_object``: identifier ``_tf_keras_*``, JSON metadata), as in MLPerf Tiny's
+    keyword-spotting SavedModel (fixtures/real). The same folder in that layout (the metadata moved
+    into saved_model.pb, keras_metadata.pb removed) converts and matches tf_keras on the original; the
+    protobuf is only parsed, never loaded as a graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    folder = tmp_path / "tf23"
+    shutil.copytree(TD, folder)
+    meta = saved_metadata_pb2.SavedMetadata.FromString((folder / "keras_metadata.pb").read_bytes())
+    sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
+    nodes = sm.meta_graphs[0].object_graph_def.nodes
+    for n in meta.nodes:
+        nodes[n.node_id].user_object.identifier = n.identifier
+        nodes[n.node_id].user_object.metadata = n.metadata
+    (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
+    (folder / "keras_metadata.pb").unlink()
+    inputs, want = _ref("savedmodel_td_bn_inference")
+    rep = bnrewrite.convert(folder, tmp_path / "o.onnx")
+    assert rep.verification["ok"], rep.verification
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: inputs[i.name] if i.name in inputs else next(iter(inputs.values()))
+                          for i in sess.get_inputs()})[0]
+    assert_close(got, want, "tf 2.3 layout")

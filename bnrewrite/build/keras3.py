@@ -207,6 +207,23 @@ def _silu(features, beta=1.0, name=None):
     return o.silu(features) if beta == 1.0 else o.multiply(features, o.sigmoid(o.multiply(features, beta)))
 
 
+def _one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None, name=None):
+    """tf.one_hot: float32 unless ``dtype`` or the on/off values say otherwise; those values are
+    selected, not computed, so the result is exact."""
+    import keras
+    import tensorflow as tf
+
+    o = keras.ops
+    given = on_value if on_value is not None else off_value
+    dtype = tf.as_dtype(dtype or (tf.convert_to_tensor(given).dtype if given is not None else tf.float32)).name
+    y = o.one_hot(indices, depth, axis=-1 if axis is None else axis, dtype=dtype)
+    if on_value is None and off_value is None:
+        return y
+    on = o.cast(1 if on_value is None else on_value, dtype)
+    off = o.cast(0 if off_value is None else off_value, dtype)
+    return o.where(o.greater(y, 0), on, off)
+
+
 def tf_op_as_keras(function: str):
     """The Keras 3 op computing what tf.keras's ``TFOpLambda(tf.<function>)`` computes, with
     tf.keras's call arguments, or None. Each is the same math (no approximation)."""
@@ -248,6 +265,8 @@ def tf_op_as_keras(function: str):
         "expand_dims": lambda input, axis, name=None: o.expand_dims(input, axis),
         "squeeze": lambda input, axis=None, name=None: o.squeeze(input, axis=_axis(axis)),
         "cast": lambda x, dtype, name=None: o.cast(x, dtype),
+        "one_hot": _one_hot, "ones_like": lambda input, dtype=None, name=None: o.ones_like(input, dtype=dtype),
+        "zeros_like": lambda input, dtype=None, name=None: o.zeros_like(input, dtype=dtype),
         "clip_by_value": lambda t, clip_value_min, clip_value_max, name=None: o.clip(t, clip_value_min,
                                                                                       clip_value_max),
         "identity": lambda input, name=None: o.copy(input),

@@ -27,6 +27,7 @@ down to inner calls that take ``training`` and did not set it themselves.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
@@ -141,7 +142,7 @@ class _Builder:
             self.check_tree(lc, where)
             return
         check_layer(cls, lc.get("config") or {}, layer_name=_lname(lc), module=lc.get("module"),
-                    unsafe=self.unsafe, custom_classes=self.custom)
+                    unsafe=self.unsafe, custom_classes=self.custom, registered_name=lc.get("registered_name"))
         cfg = lc.get("config")
         for key in ("layer", "backward_layer"):  # a model inside a wrapper
             inner = cfg.get(key) if isinstance(cfg, dict) else None
@@ -341,6 +342,8 @@ class _Builder:
         if is_op and not in_tensors:
             # all inputs constant: the framework runs this op while it rebuilds the model
             size = _largest_size([args, kwargs, op_config])
+            if _op_name(lc).lower() in SQUARE_OPS:  # eye(N): N x N
+                size = min(size * size, 1 << 62)
             if size > MAX_CONST_ELEMENTS:
                 raise UnsupportedModelError(
                     f"layer {_lname(lc)!r} ({cls}) runs on constants only, with a size argument of {size:,} "
@@ -484,6 +487,8 @@ def _array_value(cfg: dict, layer: str):
 
 #: ops that multiply their input's size by their arguments, and the most they may multiply it by
 REPEATING_OPS = frozenset({"tile", "repeat", "Tile", "Repeat"})
+#: ops on constants whose output has the square of their size argument (eye(N), tri(N), outer(a, b))
+SQUARE_OPS = frozenset({"eye", "tri", "diag", "diagflat", "matrix_diag", "outer", "meshgrid"})
 MAX_REPEAT = 1 << 16
 
 
@@ -495,20 +500,23 @@ def _op_name(lc: dict) -> str:
 
 
 def _largest_size(obj) -> int:
-    """The largest element count a constant argument can ask for: an int, or the product of a list
-    of ints (a shape), at any depth."""
+    """The largest element count a constant argument can ask for: a number (``range(0.0, 1e9)`` takes
+    floats), or the product of a list of numbers (a shape), at any depth; a square for ``eye``-like
+    ops is counted by the caller."""
     if isinstance(obj, bool):
         return 0
+    if isinstance(obj, float):
+        return int(min(abs(obj), 2.0 ** 62)) if math.isfinite(obj) else 1 << 62
     if isinstance(obj, int):
         return abs(obj)
     if isinstance(obj, dict):
         return max((_largest_size(v) for v in obj.values()), default=0)
     if isinstance(obj, (list, tuple)):
         inner = max((_largest_size(v) for v in obj), default=0)
-        if obj and all(isinstance(v, int) and not isinstance(v, bool) for v in obj):
+        if obj and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
             prod = 1
             for v in obj:
-                prod *= abs(v)
+                prod = min(prod * _largest_size(v), 1 << 62)
             return max(inner, prod)
         return inner
     return 0

@@ -92,6 +92,7 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_
         "backend": _text(attrs.get("backend", "")),
     }
     groups = raw["groups"]
+    layer_names = _layer_names(config)
 
     def lookup(nest: tuple, name: str, class_name: str) -> dict:
         top = nest[0] if nest else name
@@ -100,7 +101,7 @@ def read_h5(path: Path, *, unsafe: bool = False, custom_classes=frozenset(), bn_
         grp = groups[top]
         names = grp["weight_names"]
         if nest:  # a nested layer's weights start with its name (Keras 3: after the models' names)
-            names = [n for n in names if _first_own(n, nest) == name]
+            names = [n for n in names if _owner(n, nest, layer_names) == name]
         items = []
         for n in names:
             value = grp["data"][n]
@@ -259,13 +260,35 @@ def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
-def _first_own(weight_name: str, nest: tuple) -> str:
-    """First component of ``weight_name`` that is not one of the enclosing models' names."""
+def _owner(weight_name: str, nest: tuple, layer_names: set) -> str:
+    """The layer of a nested model that owns ``weight_name``: after the enclosing models' names, the
+    longest leading part that is a layer's name -- layer names may hold "/" (``layer1/conv`` owns
+    ``layer1/conv/kernel:0``, ``layer1/conv/bn`` owns ``layer1/conv/bn/beta:0``); else its first part."""
     parts = weight_name.split("/")
     i = 0
     while i < len(parts) - 1 and parts[i] in nest:
         i += 1
-    return parts[i]
+    rest = parts[i:]
+    for j in range(len(rest) - 1, 1, -1):
+        if "/".join(rest[:j]) in layer_names:
+            return "/".join(rest[:j])
+    return rest[0]
+
+
+def _layer_names(config) -> set:
+    """Every layer name in a model config, at any depth."""
+    found, stack = set(), [config]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if "class_name" in obj and isinstance(obj.get("config"), dict):
+                name = obj["config"].get("name", obj.get("name"))
+                if isinstance(name, str):
+                    found.add(name)
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return found
 
 
 #: refusal text of the HDF5 extractor -> finding code (``inspect`` reports these)

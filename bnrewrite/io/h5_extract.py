@@ -215,6 +215,11 @@ class _Reader:
         if dtype.hasobject:
             raise Refused(f"dataset '{where}' has a variable-length or reference type ({dtype}); "
                           "weights are fixed-size numbers")
+        if dtype.kind not in "fiu" or dtype.names is not None or dtype.subdtype is not None \
+                or h5py.check_enum_dtype(dtype) is not None:
+            # complex, bool, strings, compound, opaque, enum: no Keras weight is stored as one, and a
+            # framework would cast it silently (a string "1.0" read as a number)
+            raise Refused(f"dataset '{where}' has type {dtype} ({dtype.kind!r}); weights are real numbers")
         shape = ds.shape
         if shape is None:
             raise Refused(f"dataset '{where}' has a null dataspace; weights are arrays")

@@ -78,11 +78,34 @@ def check_array(cfg: dict, who: str):
     return dt
 
 
+def check_registered_name(obj: dict, who: str, custom=frozenset()) -> None:
+    """An object's ``registered_name`` may only repeat its ``class_name`` (or, for a function, its
+    name), or be a ``package>ClassName`` registration of that same class: tf_keras looks a name it
+    cannot find in ``module`` up by ``registered_name`` (``vars(module)[registered_name]``), so a
+    ``{"class_name": "function", "module": "builtins", "config": "l2_normalize", "registered_name":
+    "exec"}`` called ``exec``, and a regularizer registered as ``StringLookup`` read a host file."""
+    registered, cls = obj.get("registered_name"), obj.get("class_name")
+    if registered is None or registered == cls:
+        return
+    if isinstance(registered, str) and isinstance(cls, str):
+        if cls == "function" and registered == obj.get("config"):
+            return
+        if ">" in registered and registered.rsplit(">", 1)[1] == cls:
+            return
+        if registered in custom:
+            return
+    raise UnsupportedModelError(
+        f"{who} names class {str(cls)[:60]!r} but is registered as {str(registered)[:60]!r}: a framework "
+        "would look the object up by that other name", code="UNSAFE_OBJECT")
+
+
 def check_layer(class_name: str, config: dict, *, layer_name: str, module: str | None = None,
-                unsafe: bool = False, custom_classes=frozenset()) -> None:
+                unsafe: bool = False, custom_classes=frozenset(), registered_name: str | None = None) -> None:
     """Raise :class:`UnsupportedModelError` naming the layer if its config is not data only."""
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"layer {layer_name!r}: config is not a JSON object")
+    check_registered_name({"class_name": class_name, "registered_name": registered_name},
+                          f"layer {layer_name!r}", custom_classes)
     code = bytecode_keys(config)
     if code and not unsafe:
         what = "a Lambda carrying Python code" if class_name == "Lambda" else f"a {class_name} carrying Python code"
@@ -153,6 +176,7 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
         module = obj.get("module")
         if cls == "__lambda__":
             return  # bytecode: checked above (unsafe only)
+        check_registered_name(obj, f"layer {layer_name!r} holds an object that", custom)
         if cls in ARRAY_CLASSES:  # a framework deserializing the config builds the array
             check_array(obj.get("config") if isinstance(obj.get("config"), dict) else {},
                         f"layer {layer_name!r} holds")
@@ -188,7 +212,8 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
             return
         if cls in LAYERS:
             check_layer(cls, obj.get("config") or {}, layer_name=f"{layer_name}/{(obj.get('config') or {}).get('name', cls)}",
-                        module=module, unsafe=True, custom_classes=frozenset(custom))  # bytecode checked at top
+                        module=module, unsafe=True, custom_classes=frozenset(custom),
+                        registered_name=obj.get("registered_name"))  # bytecode checked at top
             return
     for k, v in obj.items():
         if k == "class_name":

@@ -2,15 +2,18 @@
 
 A SavedModel holds a TensorFlow graph (``saved_model.pb``) that runs whatever it was traced
 with -- loading it (``tf.saved_model.load``, ``keras.models.load_model``) restores and can
-call that graph. bnrewrite never does: ``saved_model.pb`` is not even opened. What is read,
-as data only:
+call that graph. bnrewrite never does: ``saved_model.pb`` is at most parsed as a protobuf (for
+the Keras metadata TensorFlow 2.0-2.4 kept in it), never loaded as a graph. What is read, as data
+only:
 
 * ``keras_metadata.pb``: a ``SavedMetadata`` protobuf (tf_keras's
   ``tf_keras/protobuf/saved_metadata_pb2``); each node has a ``node_path``
   (``root.layer_with_weights-0.layer``) and a JSON ``metadata`` with the layer's name and
   class; the root's holds the model config (``class_name`` + ``config``, the tf.keras
   dialect of an ``.h5``'s ``model_config``, with tuples as ``{"class_name": "__tuple__",
-  "items": [...]}``, turned into lists here as an ``.h5`` stores them);
+  "items": [...]}``, turned into lists here as an ``.h5`` stores them); without that file
+  (TensorFlow 2.0-2.4), the same metadata from ``saved_model.pb``'s object graph (each Keras
+  object's ``user_object``), each node's path found breadth-first from the root;
 * ``variables/variables.index`` + ``variables.data-*``: a TensorFlow checkpoint, read with
   ``tf.train.load_checkpoint``. Its ``_CHECKPOINTABLE_OBJECT_GRAPH`` (a
   ``TrackableObjectGraph``) maps a metadata ``node_path`` to the layer's object, whose
@@ -20,9 +23,10 @@ as data only:
 
 The folder is checked like a file: every file read must be a regular file
 (:func:`~bnrewrite.io.safe_files.check_regular`), ``keras_metadata.pb`` at most the config
-limit, the declared tensor bytes at most the weights limit of the checkpoint's size. A
-SavedModel without ``keras_metadata.pb`` (a plain ``tf.Module``, a Keras 3 ``model.export()``)
-is refused. The graph is rebuilt with tf_keras; the verification reference is tf_keras's own
+limit, the declared tensor bytes at most the weights limit of the checkpoint's size; the
+checkpoint's object graph is read by bnrewrite from the bytes its index entry gives it (TensorFlow
+would first allocate whatever length the entry declares). A SavedModel without Keras metadata (a
+plain ``tf.Module``, a Keras 3 ``model.export()``) is refused. The graph is rebuilt with tf_keras; the verification reference is tf_keras's own
 ``model_from_config`` of the metadata config with the checkpoint restored by tf_keras's
 ``load_weights`` (TensorFlow's object-graph matching), never the saved graph.
 """
@@ -72,9 +76,12 @@ def _metadata(folder: Path) -> list[tuple[str, dict]]:
     """``[(node_path, metadata dict)]`` of ``keras_metadata.pb``; InputError when missing or bad."""
     path = folder / METADATA
     if not path.exists() and not path.is_symlink():
-        raise InputError(f"{folder}: TensorFlow SavedModel without Keras metadata ({METADATA}): a plain "
-                         "tf.Module / tf.function export (or Keras 3 model.export()); bnrewrite reads only "
-                         "Keras SavedModels and never runs a saved graph")
+        nodes = _metadata_in_saved_model(folder)  # TF <= 2.4 kept it in saved_model.pb
+        if not nodes:
+            raise InputError(f"{folder}: TensorFlow SavedModel without Keras metadata ({METADATA}): a plain "
+                             "tf.Module / tf.function export (or Keras 3 model.export()); bnrewrite reads only "
+                             "Keras SavedModels and never runs a saved graph")
+        return nodes
     st = check_regular(_inside(folder, path))
     if st.st_size > config_limit():
         raise InputError(f"{path}: {fmt_bytes(st.st_size)}, more than the config limit {fmt_bytes(config_limit())} "
@@ -102,6 +109,61 @@ def _metadata(folder: Path) -> list[tuple[str, dict]]:
     return nodes
 
 
+#: largest saved_model.pb parsed for its Keras metadata (it also holds the traced functions' graphs)
+SAVED_MODEL_CAP = 256 << 20
+
+
+def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
+    """The Keras metadata TensorFlow 2.0-2.4 wrote into ``saved_model.pb`` itself (each Keras object's
+    ``user_object``: identifier ``_tf_keras_*`` and a JSON ``metadata``), with each node's path from
+    the root as ``keras_metadata.pb`` names it (``root.layer-1``, the first path found breadth-first).
+    The protobuf is parsed as data; no graph in it is loaded or run. [] when there is none."""
+    from collections import deque
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = folder / "saved_model.pb"
+    st = check_regular(_inside(folder, pb))
+    cap = max(config_limit(), SAVED_MODEL_CAP)
+    if st.st_size > cap:
+        raise InputError(f"{pb}: {fmt_bytes(st.st_size)}, more than {fmt_bytes(cap)} (BNREWRITE_MAX_CONFIG_BYTES)",
+                         code="OVERSIZED_DATA")
+    from .safe_files import open_regular
+
+    with open_regular(pb) as f:
+        data = f.read(cap + 1)
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise InputError(f"{pb}: not a valid SavedModel protobuf ({root_cause(e, 200)})") from None
+    if not sm.meta_graphs:
+        return []
+    graph = sm.meta_graphs[0].object_graph_def
+    if not graph.nodes:  # a graph-only export: no objects at all
+        return []
+    paths, queue = {0: "root"}, deque([0])
+    while queue:
+        nid = queue.popleft()
+        if not 0 <= nid < len(graph.nodes):
+            raise InputError(f"{pb}: object graph refers to node {nid} of {len(graph.nodes)}")
+        for c in graph.nodes[nid].children:
+            if c.node_id not in paths:
+                paths[c.node_id] = f"{paths[nid]}.{c.local_name}"
+                queue.append(c.node_id)
+    nodes = []
+    for nid, path in paths.items():
+        user = graph.nodes[nid].user_object if graph.nodes[nid].HasField("user_object") else None
+        if user is None or not user.identifier.startswith("_tf_keras") or not user.metadata:
+            continue
+        try:
+            d = json.loads(user.metadata)
+        except (ValueError, RecursionError) as e:
+            raise InputError(f"{pb}: node {path!r} has invalid JSON metadata ({root_cause(e, 200)})") from None
+        nodes.append((path, d if isinstance(d, dict) else {}))
+    return nodes
+
+
 def read_config(folder, nodes=None) -> dict | None:
     """The model config of a Keras SavedModel (data only), or None."""
     for node_path, d in nodes if nodes is not None else _metadata(Path(folder)):
@@ -110,6 +172,85 @@ def read_config(folder, nodes=None) -> dict | None:
                 return None
             return {"class_name": d["class_name"], "config": _untuple(d["config"])}
     return None
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        c = buf[i]
+        i += 1
+        value |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return value, i
+
+
+def _table_get(table: bytes, key: bytes) -> bytes | None:
+    """The value of ``key`` in a TensorFlow table file (the checkpoint index: LevelDB's format,
+    uncompressed blocks), or None."""
+    if len(table) < 48 or table[-8:] != bytes.fromhex("57fb808b247547db"):
+        raise ValueError("not a TensorFlow table (bad footer)")
+    _, i = _varint(table, len(table) - 48)  # metaindex handle, then the index block's
+    _, i = _varint(table, i)
+    off, i = _varint(table, i)
+    size, _ = _varint(table, i)
+
+    def block(off: int, size: int):
+        if off + size + 5 > len(table) or table[off + size] != 0:
+            raise ValueError("block out of the file or compressed")
+        data = table[off:off + size]
+        restarts = int.from_bytes(data[-4:], "little")
+        end = len(data) - 4 - 4 * restarts
+        if end < 0:
+            raise ValueError("bad block")
+        p, last = 0, b""
+        while p < end:
+            shared, p = _varint(data, p)
+            unshared, p = _varint(data, p)
+            vlen, p = _varint(data, p)
+            if shared > len(last) or p + unshared + vlen > end:
+                raise ValueError("bad block entry")
+            last = last[:shared] + data[p:p + unshared]
+            yield last, data[p + unshared:p + unshared + vlen]
+            p += unshared + vlen
+
+    for _, handle in block(off, size):
+        boff, j = _varint(handle, 0)
+        bsize, _ = _varint(handle, j)
+        for k, v in block(boff, bsize):
+            if k == key:
+                return v
+    return None
+
+
+def _string_entry(folder: Path, index: Path, key: str) -> bytes:
+    """The scalar string tensor ``key`` of the checkpoint, read from its data shard within the bytes the
+    index gives it (a string is stored as its varint length, a 4-byte checksum, then its bytes)."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+    from tensorflow.core.framework import types_pb2
+
+    value = _table_get(index.read_bytes(), key.encode())
+    if value is None:
+        raise InputError(f"{folder}: the variables/ checkpoint has no {key}")
+    entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+    if entry.dtype != types_pb2.DT_STRING or entry.shape.dim:
+        raise InputError(f"{folder}: checkpoint entry {key} is not a string")
+    shards = sorted((folder / "variables").glob(f"variables.data-{entry.shard_id:05d}-of-*"))
+    if len(shards) != 1:
+        raise InputError(f"{folder}: checkpoint data shard {entry.shard_id} not found")
+    shard = check_regular(_inside(folder, shards[0]))
+    if entry.offset + entry.size > shard.st_size:
+        raise InputError(f"{folder}: checkpoint entry {key} lies beyond the end of its data file")
+    with open(shards[0], "rb") as f:
+        f.seek(entry.offset)
+        data = f.read(entry.size)
+    length, start = _varint(data, 0)
+    if start + 4 + length != len(data):
+        raise InputError(f"{folder}: checkpoint entry {key} declares a string of {fmt_bytes(length)} in "
+                         f"{fmt_bytes(len(data))}", code="OVERSIZED_DATA")
+    return data[start + 4:]
 
 
 class _Checkpoint:
@@ -144,7 +285,11 @@ class _Checkpoint:
             raise InputError(f"{folder}: the variables/ checkpoint has no object graph")
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
         try:
-            graph.ParseFromString(self.reader.get_tensor(OBJECT_GRAPH))
+            # read by bnrewrite, not TensorFlow: TF zero-fills the length a string's header declares
+            # before it finds the data file too short (3 GB declared in an 11 KB file: 3.6 GB; 20 GB: SIGSEGV)
+            graph.ParseFromString(_string_entry(folder, index, OBJECT_GRAPH))
+        except InputError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{folder}: damaged checkpoint object graph ({root_cause(e, 200)})") from None
         self.graph = graph

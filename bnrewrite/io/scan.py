@@ -32,7 +32,7 @@ def scan_config(model_config, *, custom_classes=frozenset()) -> list[dict]:
                 continue
             try:
                 check_layer(str(cls), lc.get("config") or {}, layer_name=where, module=lc.get("module"),
-                            unsafe=False, custom_classes=custom_classes)
+                            unsafe=False, custom_classes=custom_classes, registered_name=lc.get("registered_name"))
             except BnrewriteError as e:
                 found.append({"code": e.code or "UNSUPPORTED", "layer": where, "message": str(e)})
                 continue

@@ -126,6 +126,8 @@ class FoldBN(Pass):
         key = kernel_key(player)
         if key is None or not np.issubdtype(np.asarray(player.weights[key]).dtype, np.floating):
             return f"{player.name!r} has no float kernel"
+        if np.asarray(player.weights[key]).size == 0:  # a zero-width input: TF's oneDNN aborts on K=0 + bias
+            return f"{player.name!r} has an empty kernel (no input features)"
         if any(k not in bn.weights for k in ("moving_mean", "moving_variance")):
             return "the BN has no moving statistics"
         channel = 1 if player.config.get("data_format") == "channels_first" else -1
