@@ -1,10 +1,11 @@
-"""Real-model regression set: small ports of public Keras architectures.
+"""Real-model regression set: small ports of public Keras architectures, and real model files.
 
 ``CASES`` lists every case: one architecture (``archs.py``) written by one
 framework in one dialect. ``build(case, folder)`` writes the file (seeded, with
 randomized BatchNormalization statistics) and returns its path;
 ``ensure_built`` does the same through a cache keyed by the source of this
-package. ``reference(case, path, xs)`` is the independent reference: the
+package. Real files written by their authors' Keras (``realfiles.py``, ``fixtures/real/``) are
+cases too (``<name>-real``, tag ``real_file``): building one copies it, after its sha256 check. ``reference(case, path, xs)`` is the independent reference: the
 writing framework's own ``load_model`` called with ``training=False``, eagerly -- and in graph
 mode, kept as an alternative where the framework's two modes disagree (see :func:`call` and
 ``common.parity``).
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import common
+from . import common, realfiles
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -151,6 +152,21 @@ PROV = {
                                "layers.py (wBiFPNAdd)", licence="Apache-2.0 (not read)"),
     "facenet": dict(repo="nyoki-mtl/keras-facenet", file="code/inception_resnet_v1.py (conv2d_bn, "
                     "_inception_resnet_block, InceptionResNetV1)", licence="MIT (not read)"),
+
+    "tcn": dict(repo="philipperemy/keras-tcn", file="tcn/tcn.py; tcn/hollow_class/hollow_class.py (ResidualBlock, "
+                "TCN, compiled_tcn; use_batch_norm=True)", licence="MIT (read)"),
+    "deep_cross": dict(repo="keras-team/keras-io", file="examples/structured_data/wide_deep_cross_networks.py "
+                       "(create_deep_and_cross_model, create_wide_and_deep_model)", licence="Apache-2.0"),
+    "tabnet": dict(repo="titu1994/tf-TabNet", file="tabnet/tabnet.py (TransformBlock, TabNet, TabNetClassifier)",
+                   licence="MIT (setup.py LICENCE='MIT'; LICENSE file not in the index)"),
+    "cbam_resnet": dict(repo="kobiso/CBAM-keras", file="models/resnet_v1.py, models/attention_module.py "
+                        "(cbam_block)", licence="MIT (read)"),
+    "hrnet": dict(repo="noelcodella/HRNet-keras-semantic-segmentation (fork of niecongchong/HRNet-keras-semantic-"
+                  "segmentation)", file="model/seg_hrnet.py (seg_hrnet)", licence="not stated (no LICENSE in the index)"),
+    "attrnn_kws": dict(repo="douglas125/SpeechCmdRecognition", file="SpeechModels.py (AttRNNSpeechModel)",
+                       licence="MIT (read)"),
+    "lstm_densenet": dict(repo="dkamianskii/trading", file="neural_networks/lstm/lstm_model.py (dense_net_static), "
+                          "default_blocks.py", licence="not stated (no LICENSE in the index)"),
 }
 
 # --------------------------------------------------------------------------- architectures
@@ -228,6 +244,20 @@ ARCHS: dict[str, dict] = {
     "efficientdet_bifpn": dict(tags={"custom_layer", "shared", "separable", "multi_output"}, k3=False, custom=True),
     "facenet": dict(tags={"lambda_code", "bn_scale_false"}, k3=True, custom=True, convert={"unsafe": True},
                     legacy=["keras-2.1.6"]),
+
+    "tcn": dict(tags={"conv1d", "causal", "dilated", "open_dims"}, k3=True, sample={0: (32, 3)}),
+    "tcn_lambda": dict(arch="tcn", arch_kwargs={"lambda_slice": True}, tags={"conv1d", "causal", "dilated",
+                       "open_dims", "lambda_code"}, k3=False, convert={"unsafe": True}, sample={0: (32, 3)},
+                       legacy=["keras-2.2.4"]),
+    "deep_cross": dict(tags={"tabular", "scalar_inputs", "multi_input", "embedding", "bn_dense"}, k3=True),
+    "wide_deep": dict(arch="deep_cross", arch_kwargs={"wide": True},
+                      tags={"tabular", "scalar_inputs", "multi_input", "embedding", "bn_dense", "bn_on_input"},
+                      k3=True),
+    "tabnet": dict(tags={"tabular", "bn_dense", "bn_on_input", "shared_bn", "lambda"}, k3=True),
+    "cbam_resnet": dict(tags={"attention", "shared", "lambda"}, k3=True),
+    "hrnet": dict(tags={"upsampling", "noise_after_bn"}, k3=True, legacy=["keras-2.2.4"]),
+    "attrnn_kws": dict(tags={"rnn", "attention", "lambda", "bn_single_channel"}, k3=True),
+    "lstm_densenet": dict(tags={"rnn", "bn_axis_list", "bn_on_input"}, k3=False),
 }
 
 LEGACY_FRAMEWORK_LABEL = {
@@ -254,6 +284,7 @@ class Case:
     ref_twin: bool = False    # reference comes from a twin file without baked training=True
     post: str | None = None   # input post-processing ("zero_tail")
     arch_kwargs: dict = field(default_factory=dict)
+    fixture: dict | None = None  # a real file (realfiles.py): its manifest entry; built by copying it
 
     @property
     def fn(self) -> Callable:
@@ -303,6 +334,14 @@ def _cases() -> list[Case]:
             cudnn = {"ref_twin": True} if d.endswith("-cudnn") else {}
             out.append(Case(name=f"{arch}-{d.replace('.', '')}", framework="tf_keras", dialect=d, suffix=".h5",
                             tags=tags | {"tf_keras"} | extra, **{**base, **cudnn}))
+    for e in realfiles.entries():
+        tag = "tf_keras" if e["framework"] == "tf_keras" else "keras3"
+        out.append(Case(name=f"{e['name']}-real", arch=e["name"], framework=e["framework"],
+                        dialect=f"real file, {e['writer']}", suffix=Path(e["file"]).suffix,
+                        provenance=dict(repo=e["repo"], file=f"{e['path']} @ {e['commit'][:12]}",
+                                        licence=e["licence"]),
+                        tags={"real_file", tag, *e.get("tags", [])}, sample_shapes=e.get("sample", {}),
+                        int_ranges=e.get("ints", {}), convert_kwargs=e.get("convert", {}), fixture=e))
     return out
 
 
@@ -361,6 +400,8 @@ def build(case: Case, folder) -> Path:
     """Build, randomize and save ``case`` into ``folder``; returns the file path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if case.fixture is not None:
+        return realfiles.copy_into(case.fixture, folder / case.filename)
     K = common.framework(case.framework)
     K.backend.clear_session()
     seed = common.seed_of(case.arch)  # same weights for every variant of an architecture
@@ -398,7 +439,9 @@ def ensure_built(case: Case, folder=CACHE) -> Path:
     if path.exists() and stamp.exists() and stamp.read_text() == want and (folder / case.ref_filename).exists():
         return path
     for p in (path, stamp):
-        if p.exists():
+        if p.is_dir():  # a real SavedModel folder
+            shutil.rmtree(p)
+        elif p.exists():
             p.unlink()
     out = build(case, folder)
     stamp.write_text(want)

@@ -1907,3 +1907,367 @@ def arch_facenet(K, size=80, div=8):
     x = L.Dense(16, use_bias=False, name="Bottleneck")(x)
     x = L.BatchNormalization(momentum=0.995, epsilon=0.001, scale=False, name="Bottleneck_BatchNorm")(x)
     return K.Model(inp, x, name="inception_resnet_v1")
+
+
+# --------------------------------------------------------------------------- TCN (philipperemy/keras-tcn)
+def tcn_last_step(tt):
+    return tt[:, -1, :]
+
+
+def arch_tcn(K, feats=3, filters=8, kernel=2, dilations=(1, 2, 4, 8), classes=4, lambda_slice=False):
+    """philipperemy/keras-tcn ``tcn.py`` (``ResidualBlock``, ``TCN``, ``compiled_tcn``; the 2019 Keras 2.2
+    version) with ``use_batch_norm=True``: a 1x1 causal Conv1D, then per dilation a residual block of two
+    **causal dilated Conv1D -> BN -> ReLU -> SpatialDropout1D**, a 1x1 Conv1D on the shortcut (all but the
+    last block), Add, Activation('linear'); the blocks' inner outputs summed as skip connections, the last
+    time step taken (original: ``Lambda(lambda tt: tt[:, -1, :])``; here a slice op, or with ``lambda_slice``
+    that Lambda), Dense -> softmax. The original's subclassed ``TCN`` layer is written out functionally;
+    open time axis, nb_filters 64 -> 8."""
+    L = K.layers
+    inp = K.Input(shape=(None, feats), name="tcn_input")
+    x = L.Conv1D(filters, 1, padding="causal", kernel_initializer="he_normal", name="main_conv1D")(inp)
+    skips = []
+    for i, d in enumerate(dilations):
+        last = i == len(dilations) - 1
+        y = x
+        for k in range(2):
+            y = L.Conv1D(filters, kernel, dilation_rate=d, padding="causal", kernel_initializer="he_normal",
+                         name=f"residual_block_{i}_conv1D_{k}")(y)
+            y = L.BatchNormalization(name=f"residual_block_{i}_bn_{k}")(y)
+            y = L.Activation("relu")(y)
+            y = L.SpatialDropout1D(rate=0.05)(y)
+        short = x if last else L.Conv1D(filters, 1, padding="same", kernel_initializer="he_normal",
+                                        name=f"residual_block_{i}_conv1D_2")(x)
+        x = L.Activation("linear")(L.add([short, y]))
+        skips.append(y)
+    x = L.add(skips)
+    if lambda_slice:
+        x = L.Lambda(tcn_last_step, name="last_step")(x)
+    else:
+        x = x[:, -1, :]
+    x = L.Dense(classes)(x)
+    out = L.Activation("softmax")(x)
+    return K.Model(inp, out, name="tcn")
+
+
+# --------------------------------------------------------------------------- Wide & Deep / Deep & Cross (keras-io structured_data)
+_DC_NUMERIC = ("elevation", "slope", "hillshade")
+_DC_CATEG = {"soil_type": 16, "wilderness_area": 10, "cover_hint": 25}
+
+
+def arch_deep_cross(K, hidden_units=(8, 8), dropout_rate=0.1, classes=7, wide=False):
+    """keras-team/keras-io ``examples/structured_data/wide_deep_cross_networks.py``
+    (``create_deep_and_cross_model``; ``wide``: ``create_wide_and_deep_model``): scalar-shaped inputs
+    (``shape=()``), numeric ones expanded to (batch, 1), categorical ones as vocabulary indices (the
+    example's StringLookup left out: inputs are the looked-up int indices) into ``Embedding(V, sqrt(V))``;
+    cross layers ``x0 * Dense(x) + cross`` (raw ops) then **BN on the cross output**; deep part
+    **Dense -> BN -> ReLU -> Dropout**; ``wide``: one-hot encodings (``one_hot`` op for the example's
+    StringLookup(output_mode="binary")) and numeric values concatenated and **BN on the raw inputs**, merged
+    with the deep part before the softmax Dense. Inputs a list (the example: a dict); units 32 -> 8."""
+    L = K.layers
+    o = ops(K)
+    if is_tfk(K):
+        import tensorflow as tf
+
+        one_hot = tf.one_hot
+    else:
+        one_hot = K.ops.one_hot
+    inputs = [K.Input(shape=(), dtype="float32", name=n) for n in _DC_NUMERIC]
+    inputs += [K.Input(shape=(), dtype="int32", name=n) for n in _DC_CATEG]
+    numeric = [o.expand_dims(i, -1) for i in inputs[:len(_DC_NUMERIC)]]
+
+    def encode(use_embedding):
+        feats = list(numeric)
+        for inp, (name, v) in zip(inputs[len(_DC_NUMERIC):], _DC_CATEG.items()):
+            if use_embedding:
+                feats.append(L.Embedding(input_dim=v, output_dim=int(v ** 0.5), name=f"{name}_emb")(inp))
+            else:
+                feats.append(one_hot(inp, v))
+        return L.concatenate(feats)
+
+    x0 = encode(True)
+    deep = x0
+    for units in hidden_units:
+        deep = L.Dense(units)(deep)
+        deep = L.BatchNormalization()(deep)
+        deep = L.ReLU()(deep)
+        deep = L.Dropout(dropout_rate)(deep)
+    if wide:
+        other = L.BatchNormalization(name="wide_bn")(encode(False))
+    else:
+        cross = x0
+        for _ in hidden_units:
+            x = L.Dense(cross.shape[-1])(cross)
+            cross = x0 * x + cross
+        other = L.BatchNormalization(name="cross_bn")(cross)
+    merged = L.concatenate([other, deep])
+    out = L.Dense(units=classes, activation="softmax")(merged)
+    return K.Model(inputs=inputs, outputs=out, name="wide_deep" if wide else "deep_cross")
+
+
+# --------------------------------------------------------------------------- TabNet (titu1994/tf-TabNet)
+def _sparsemax_tf(z):
+    """tensorflow-addons' sparsemax written with raw ops (recorded as TFOpLambda layers)."""
+    import tensorflow as tf
+
+    z_sorted = tf.sort(z, axis=-1, direction="DESCENDING")
+    k = tf.math.cumsum(tf.ones_like(z), axis=-1)
+    z_cumsum = tf.math.cumsum(z_sorted, axis=-1)
+    support = tf.cast(tf.math.greater(1.0 + k * z_sorted, z_cumsum), "float32")
+    k_z = tf.math.reduce_sum(support, axis=-1, keepdims=True)
+    tau = (tf.math.reduce_sum(support * z_sorted, axis=-1, keepdims=True) - 1.0) / k_z
+    return tf.math.maximum(z - tau, 0.0)
+
+
+def arch_tabnet(K, num_features=10, feature_dim=8, output_dim=4, steps=3, classes=3, relaxation=1.5,
+                momentum=0.98):
+    """titu1994/tf-TabNet ``tabnet/tabnet.py`` (``TransformBlock``, ``TabNet``, ``TabNetClassifier``) with
+    ``norm_type='batch'``: **BN on the raw input features** (``input_bn``), transform blocks Dense(no bias)
+    -> BN(momentum=0.98) -> GLU (``x[:, :n] * sigmoid(x[:, n:])``, raw ops), the first two blocks **shared by
+    every decision step (one Dense and one BN called at three places)**, residual ``(glu + prev) *
+    sqrt(0.5)``, attentive transformer Dense -> BN -> prior multiply -> sparsemax (tf_keras: raw-op
+    sparsemax; Keras 3: its ``sparsemax`` activation), relaxation update, masked features; decision
+    outputs ReLU'd and summed; Dense(no bias) -> softmax. The original's subclassed models written out
+    functionally; ``virtual_batch_size=None`` (tf_keras cannot reload a ghost-BN file); 3 steps, feature_dim 8 (N_a + N_d
+    as in the paper: with feature_dim == output_dim, the library's default 64/64, the attentive transformer's
+    input ``t4[:, output_dim:]`` is empty), output_dim 4."""
+    L = K.layers
+    tfk = is_tfk(K)
+    if tfk:
+        import tensorflow as tf
+
+        sigmoid, relu, sparsemax = tf.math.sigmoid, tf.nn.relu, _sparsemax_tf
+    else:
+        sigmoid, relu = K.ops.sigmoid, K.ops.relu
+        sparsemax = L.Activation("sparsemax")
+
+    def block(units, name):
+        return (L.Dense(units, use_bias=False, name=f"transformblock_dense_{name}"),
+                L.BatchNormalization(axis=-1, momentum=momentum, name=f"transformblock_bn_{name}"))
+
+    def apply(b, x):
+        return b[1](b[0](x))
+
+    def glu(x, n):
+        return x[:, :n] * sigmoid(x[:, n:])
+
+    f1, f2 = block(2 * feature_dim, "f1"), block(2 * feature_dim, "f2")
+    f3 = [block(2 * feature_dim, f"f3_{i}") for i in range(steps)]
+    f4 = [block(2 * feature_dim, f"f4_{i}") for i in range(steps)]
+    coef = [block(num_features, f"coef_{i}") for i in range(steps - 1)]
+    inp = K.Input(shape=(num_features,), name="features")
+    features = L.BatchNormalization(axis=-1, momentum=momentum, name="input_bn")(inp)
+    masked, complementary, agg = features, None, None
+    half = 0.5 ** 0.5
+    for ni in range(steps):
+        t1 = glu(apply(f1, masked), feature_dim)
+        t2 = (glu(apply(f2, t1), feature_dim) + t1) * half
+        t3 = (glu(apply(f3[ni], t2), feature_dim) + t2) * half
+        t4 = (glu(apply(f4[ni], t3), feature_dim) + t3) * half
+        if ni > 0:
+            d = relu(t4[:, :output_dim])
+            agg = d if agg is None else agg + d
+        if ni < steps - 1:
+            mask = apply(coef[ni], t4[:, output_dim:])
+            if complementary is not None:
+                mask = mask * complementary
+            mask = sparsemax(mask)
+            complementary = (relaxation - mask) if complementary is None else complementary * (relaxation - mask)
+            masked = mask * features
+    x = L.Dense(classes, use_bias=False, name="classifier")(agg)
+    out = L.Activation("softmax")(x)
+    return K.Model(inp, out, name="tabnet_classifier")
+
+
+# --------------------------------------------------------------------------- CBAM ResNet v1 (kobiso/CBAM-keras)
+def arch_cbam_resnet(K, depth=8, classes=10, ratio=8):
+    """kobiso/CBAM-keras ``models/resnet_v1.py`` (the Keras ``cifar10_resnet.py`` ResNet v1: Conv2D(He
+    normal, L2 1e-4) -> BN -> ReLU) with ``attention_module='cbam_block'`` (``models/attention_module.py``):
+    after each block's second Conv -> BN, **channel attention: GAP and GMP of the BN output through two
+    Dense layers shared by both paths**, Add, sigmoid, Multiply; spatial attention: channel mean and max
+    (original: ``Lambda(K.mean / K.max)``; here raw ops) -> Concatenate -> Conv2D(1, 7, sigmoid, no bias) ->
+    Multiply; projection shortcut (1x1 conv, no BN), Add, ReLU; AveragePooling2D(8) -> Flatten -> softmax.
+    ResNet-8 (one block per stage) at 32x32 (CIFAR)."""
+    L = K.layers
+    if is_tfk(K):
+        import tensorflow as tf
+
+        cmean = lambda t: tf.reduce_mean(t, axis=3, keepdims=True)  # noqa: E731
+        cmax = lambda t: tf.reduce_max(t, axis=3, keepdims=True)  # noqa: E731
+    else:
+        cmean = lambda t: K.ops.mean(t, axis=3, keepdims=True)  # noqa: E731
+        cmax = lambda t: K.ops.max(t, axis=3, keepdims=True)  # noqa: E731
+
+    def resnet_layer(x, num_filters=16, kernel_size=3, strides=1, activation="relu", bn=True):
+        x = L.Conv2D(num_filters, kernel_size=kernel_size, strides=strides, padding="same",
+                     kernel_initializer="he_normal", kernel_regularizer=l2(K, 1e-4))(x)
+        if bn:
+            x = L.BatchNormalization()(x)
+        if activation is not None:
+            x = L.Activation(activation)(x)
+        return x
+
+    def channel_attention(f):
+        ch = f.shape[-1]
+        one = L.Dense(ch // ratio, activation="relu", kernel_initializer="he_normal", bias_initializer="zeros")
+        two = L.Dense(ch, kernel_initializer="he_normal", bias_initializer="zeros")
+        avg = two(one(L.Reshape((1, 1, ch))(L.GlobalAveragePooling2D()(f))))
+        mx = two(one(L.Reshape((1, 1, ch))(L.GlobalMaxPooling2D()(f))))
+        att = L.Activation("sigmoid")(L.Add()([avg, mx]))
+        return L.multiply([f, att])
+
+    def spatial_attention(f):
+        concat = L.Concatenate(axis=3)([cmean(f), cmax(f)])
+        att = L.Conv2D(1, 7, strides=1, padding="same", activation="sigmoid", kernel_initializer="he_normal",
+                       use_bias=False)(concat)
+        return L.multiply([f, att])
+
+    num_filters = 16
+    n = (depth - 2) // 6
+    inp = K.Input(shape=(32, 32, 3))
+    x = resnet_layer(inp)
+    for stack in range(3):
+        for res_block in range(n):
+            strides = 2 if stack > 0 and res_block == 0 else 1
+            y = resnet_layer(x, num_filters, strides=strides)
+            y = resnet_layer(y, num_filters, activation=None)
+            if stack > 0 and res_block == 0:
+                x = resnet_layer(x, num_filters, kernel_size=1, strides=strides, activation=None, bn=False)
+            y = spatial_attention(channel_attention(y))
+            x = L.add([x, y])
+            x = L.Activation("relu")(x)
+        num_filters *= 2
+    x = L.AveragePooling2D(pool_size=8)(x)
+    y = L.Flatten()(x)
+    out = L.Dense(classes, activation="softmax", kernel_initializer="he_normal")(y)
+    return K.Model(inp, out, name="cbam_resnet_v1")
+
+
+# --------------------------------------------------------------------------- HRNetV2 segmentation (noelcodella/HRNet-keras-semantic-segmentation)
+def arch_hrnet(K, size=64, classes=1, div=16, noise=0.025):
+    """noelcodella/HRNet-keras-semantic-segmentation ``model/seg_hrnet.py`` (fork of
+    niecongchong/HRNet-keras-semantic-segmentation that adds **GaussianNoise(0.025) between each BN and
+    its ReLU**): stem, bottleneck blocks, transitions to 2/3/4 branches of basic blocks, fuse layers
+    **1x1 Conv -> BN -> UpSampling2D (x2/x4/x8) -> add** and strided 3x3 Conv -> BN (-> ReLU -> Conv -> BN)
+    down paths, final concatenate -> UpSampling2D -> Conv(no bias) -> **BN -> sigmoid**; 64x64, filters / 16
+    (at / 8 the randomized model's logits sit near +-90: a saturated, BN-insensitive sigmoid),
+    one bottleneck pair and one basic block per branch (original: four)."""
+    L = K.layers
+    GN = lambda x: L.GaussianNoise(noise)(x)  # noqa: E731
+    f = lambda n: max(1, n // div)  # noqa: E731
+
+    def conv(x, n, k, s=1):
+        return L.Conv2D(f(n), k, strides=s, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+
+    def bn(x):
+        return L.BatchNormalization(axis=3)(x)
+
+    def basic(x, n):
+        y = L.Activation("relu")(GN(bn(conv(x, n, 3))))
+        y = GN(bn(conv(y, n, 3)))
+        return L.Activation("relu")(L.add([y, x]))
+
+    def bottleneck(x, n, shortcut):
+        y = L.Activation("relu")(GN(bn(conv(x, n // 4, 1))))
+        y = L.Activation("relu")(GN(bn(conv(y, n // 4, 3))))
+        y = GN(bn(conv(y, n, 1)))
+        r = bn(conv(x, n, 1)) if shortcut else x
+        return L.Activation("relu")(L.add([y, r]))
+
+    def cbr(x, n, s=1):
+        return L.Activation("relu")(bn(conv(x, n, 3, s)))
+
+    def up(x, n, s):
+        return L.UpSampling2D(size=(s, s))(bn(conv(x, n, 1)))
+
+    inp = K.Input(shape=(size, size, 3))
+    x = L.Activation("relu")(GN(bn(conv(inp, 64, 3, 2))))
+    x = bottleneck(x, 256, True)
+    x = bottleneck(x, 256, False)
+    # stage 2
+    x0, x1 = cbr(x, 32), cbr(x, 64, 2)
+    x0, x1 = basic(x0, 32), basic(x1, 64)
+    x0, x1 = L.add([x0, up(x1, 32, 2)]), L.add([bn(conv(x0, 64, 3, 2)), x1])
+    # stage 3
+    x0, x1, x2 = cbr(x0, 32), cbr(x1, 64), cbr(x1, 128, 2)
+    x0, x1, x2 = basic(x0, 32), basic(x1, 64), basic(x2, 128)
+    y0 = L.add([x0, up(x1, 32, 2), up(x2, 32, 4)])
+    y1 = L.add([bn(conv(x0, 64, 3, 2)), x1, up(x2, 64, 2)])
+    d = bn(conv(L.Activation("relu")(bn(conv(x0, 32, 3, 2))), 128, 3, 2))
+    y2 = L.add([d, bn(conv(x1, 128, 3, 2)), x2])
+    # stage 4
+    x0, x1, x2, x3 = cbr(y0, 32), cbr(y1, 64), cbr(y2, 128), cbr(y2, 256, 2)
+    x0, x1, x2, x3 = basic(x0, 32), basic(x1, 64), basic(x2, 128), basic(x3, 256)
+    x = L.concatenate([x0, up(x1, 32, 2), up(x2, 32, 4), up(x3, 32, 8)], axis=-1)
+    # final layer
+    x = L.UpSampling2D(size=(2, 2))(x)
+    x = L.Conv2D(classes, 1, use_bias=False, kernel_initializer="he_normal")(x)
+    x = L.BatchNormalization(axis=3)(x)
+    out = L.Activation("sigmoid", name="Classification")(x)
+    return K.Model(inp, out, name="seg_hrnet")
+
+
+# --------------------------------------------------------------------------- Attention RNN keyword spotting (douglas125/SpeechCmdRecognition)
+def arch_attrnn_kws(K, frames=32, mels=16, units=8, classes=12):
+    """douglas125/SpeechCmdRecognition ``SpeechModels.py`` (``AttRNNSpeechModel``, the tf.keras 2 version):
+    mel spectrogram -> ``tf.expand_dims(x, -1)`` -> Conv2D(10, (5, 1), relu) -> BN -> **Conv2D(1, (5, 1), relu)
+    -> BN on a single channel** -> squeeze (original: ``Lambda(K.squeeze)``; here a raw op) -> two
+    Bidirectional(LSTM(return_sequences)) -> last step -> Dense query, dot-product attention
+    (``Dot(axes=[1, 2])`` -> Softmax -> ``Dot(axes=[1, 1])``) -> Dense stack -> softmax. The frozen nested
+    mel-spectrogram front-end (tf signal ops) left out: the input is the spectrogram; 125 x 80 -> 32 x 16,
+    LSTM 64 -> 8."""
+    L = K.layers
+    if is_tfk(K):
+        import tensorflow as tf
+
+        expand, squeeze = (lambda t: tf.expand_dims(t, axis=-1, name="mel_stft")), (lambda t: tf.squeeze(t, -1))
+    else:
+        expand, squeeze = (lambda t: K.ops.expand_dims(t, -1)), (lambda t: K.ops.squeeze(t, -1))
+    inp = K.Input((frames, mels), name="melspec")
+    x = expand(inp)
+    x = L.Conv2D(10, (5, 1), activation="relu", padding="same")(x)
+    x = L.BatchNormalization()(x)
+    x = L.Conv2D(1, (5, 1), activation="relu", padding="same")(x)
+    x = L.BatchNormalization()(x)
+    x = squeeze(x)
+    x = L.Bidirectional(L.LSTM(units, return_sequences=True))(x)
+    x = L.Bidirectional(L.LSTM(units, return_sequences=True))(x)
+    first = x[:, -1]
+    query = L.Dense(2 * units)(first)
+    scores = L.Dot(axes=[1, 2])([query, x])
+    scores = L.Softmax(name="attSoftmax")(scores)
+    att = L.Dot(axes=[1, 1])([scores, x])
+    x = L.Dense(2 * units, activation="relu")(att)
+    x = L.Dense(units)(x)
+    out = L.Dense(classes, activation="softmax", name="output")(x)
+    return K.Model(inputs=[inp], outputs=[out], name="attrnn")
+
+
+# --------------------------------------------------------------------------- LSTM DenseNet with BN(axis=[1, 2]) (dkamianskii/trading)
+def arch_lstm_densenet(K, steps=16, feats=5, size=8, blocks=3, dropout=0.1, out_size=2):
+    """dkamianskii/trading ``neural_networks/lstm/lstm_model.py`` (``dense_net_static``) and
+    ``default_blocks.py`` (``create_lstm_block``, ``create_dense_block``), Keras 3, ``normalization="batch"``:
+    **BatchNormalization(axis=[1, 2]) on the raw (time, feature) input and after every sequence LSTM** (one
+    gamma/beta/mean/variance per time step and feature), dense connectivity (each block's input is the
+    concatenation of all earlier outputs) with Dropout, final LSTM -> **BN()** -> Dropout, dense block Dense
+    (L1L2) -> BN -> mish -> Dense; 16 steps x 5 features, size 8, three blocks. The source imports Keras 3,
+    whose BatchNormalization takes a single int axis (``BatchNormalization(axis=[1, 2])`` raises there): a
+    model with this normalization only builds in tf.keras 2.x / tf_keras, so it is registered for tf_keras only."""
+    L = K.layers
+    reg = lambda: K.regularizers.L1L2(1e-4, 1e-4)  # noqa: E731
+    inp = K.Input((steps, feats))
+    x = L.BatchNormalization(axis=[1, 2])(inp)
+    outs = [x]
+    for _ in range(blocks - 1):
+        x = L.LSTM(size, kernel_initializer="glorot_uniform", kernel_regularizer=reg(), return_sequences=True)(x)
+        x = L.BatchNormalization(axis=[1, 2])(x)
+        outs.append(x)
+        x = L.concatenate(outs)
+        x = L.Dropout(rate=dropout)(x)
+    x = L.LSTM(size, kernel_initializer="glorot_uniform", kernel_regularizer=reg(), return_sequences=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Dropout(rate=dropout)(x)
+    x = L.Dense(size, kernel_initializer="glorot_uniform", kernel_regularizer=reg())(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("mish")(x)
+    out = L.Dense(out_size)(x)
+    return K.Model(inp, out, name="lstm_DenseNet")
