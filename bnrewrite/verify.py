@@ -50,8 +50,8 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 _REDUCED = {"float16": "float16", "mixed_float16": "float16", "bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16"}
 #: sizes tried, in order, for open (None) non-batch dimensions
 OPEN_SIZES = (32, 64, 128, 224, 16, 8)
-#: most memory one tensor of the model may declare for one sample (env BNREWRITE_MAX_TENSOR_BYTES)
-TENSOR_BYTES = 1 << 30
+#: the per-sample cap on one tensor (env BNREWRITE_MAX_TENSOR_BYTES), shared with the config checks
+from .io.layercheck import TENSOR_BYTES, tensor_cap as _tensor_cap  # noqa: E402,F401
 #: the verification batch (default 4, at least 2 for the batch-independence check) is cut so
 #: that the largest tensor of a batch stays within this
 BATCH_TENSOR_BYTES = 256 << 20
@@ -91,15 +91,6 @@ def _bound(n: float, what: str, detail: str, advice: str) -> None:
     if n > cap:
         raise InputError(f"{what} {fmt_bytes(int(min(n, 1 << 62)))} per sample{detail}, more than the "
                          f"{fmt_bytes(cap)} allowed{advice}")
-
-
-def _tensor_cap() -> int:
-    import os
-
-    from .io.safe_files import parse_bytes
-
-    env = os.environ.get("BNREWRITE_MAX_TENSOR_BYTES")
-    return parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
 
 
 #: TensorFlow ops whose output size is given by the *values* of an input (a limit, multiples, a shape):

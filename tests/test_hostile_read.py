@@ -1013,3 +1013,51 @@ def test_weights_of_odd_types_refused(tmp_path, kind):
         del g["gamma:0"]
         g.create_dataset("gamma:0", shape=(3,), dtype=dt.get(kind, kind))
     refused(tmp_path / "m.h5", "dataset 'model_weights/bn/bn/gamma:0' has type", "weights are real numbers")
+
+
+def test_type_spec_naming_another_class_refused(tmp_path):
+    """tf_keras resolves a ``__typespec__`` object's ``spec_name`` in any tf_keras module and calls its
+    ``from_config``: a StringLookup named there (inside a Constant initializer) read a host file and
+    resolved a gs:// path (red-team round 4). Only TensorFlow's tensor specs may be named."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET_TOKEN\n")
+
+    def edit(layers):
+        emb = next(lc for lc in layers if lc["class_name"] == "Embedding")
+        emb["config"]["embeddings_initializer"] = {
+            "class_name": "Constant", "module": "keras.initializers", "registered_name": None,
+            "config": {"value": {"class_name": "__typespec__", "spec_name": "StringLookup",
+                                 "module": "tf_keras.src.layers", "registered_name": "__typespec__",
+                                 "config": {"vocabulary": str(secret), "name": "v"}}}}
+
+    refused(_h5_with_layer_edit(tmp_path, "ts.h5", edit), "type spec naming 'StringLookup'")
+
+
+@pytest.mark.parametrize("fw", ["tf_keras", "keras"])
+def test_declared_input_shape_bounded_before_the_framework_builds(tmp_path, fw):
+    """A Normalization with a scalar mean broadcasts it to the declared input width while the framework
+    builds the model from the config -- before any model exists to check (a 16 KB file, (None, 2**31):
+    9 GB). Declared input shapes (``batch_input_shape``, ``batch_shape``, Keras 3's ``build_config``)
+    are bounded like tensors, before anything is built."""
+    import importlib
+
+    K = importlib.import_module(fw)
+    x = K.Input((8,))
+    m = K.Model(x, K.layers.BatchNormalization()(K.layers.Normalization(mean=0.5, variance=2.0)(x)))
+    if fw == "tf_keras":
+        import h5py
+
+        m.save(tmp_path / "n.h5")
+        with h5py.File(tmp_path / "n.h5", "r+") as f:
+            f.attrs["model_config"] = f.attrs["model_config"].replace("[null, 8]", "[null, 1073741824]")
+        src = tmp_path / "n.h5"
+    else:
+        m.save(tmp_path / "n.keras")
+        src = _keras_archive(tmp_path, lambda cfg: None, src=tmp_path / "n.keras", name="n2.keras")
+        with zipfile.ZipFile(src) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        members["config.json"] = members["config.json"].replace(b"[null, 8]", b"[null, 1073741824]")
+        src = hf.rezip(tmp_path / "n3.keras", members)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused(src, "declares an input shape", "4.0 GiB per sample")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1024 * 1024  # KiB

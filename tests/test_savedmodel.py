@@ -229,3 +229,40 @@ def test_tf23_metadata_inside_saved_model_pb(tmp_path):
     got = sess.run(None, {i.name: inputs[i.name] if i.name in inputs else next(iter(inputs.values()))
                           for i in sess.get_inputs()})[0]
     assert_close(got, want, "tf 2.3 layout")
+
+
+def test_index_listing_a_block_twice_refused(tmp_path):
+    """A checkpoint index whose top-level block lists one data block many times makes TensorFlow's reader
+    walk it again for each listing (2.6 MB: over 10 minutes in C++, where no stop signal reaches Python).
+    bnrewrite walks the table first: each data block listed once, in order."""
+    import struct
+
+    def varint(n):
+        out = b""
+        while True:
+            b, n = n & 0x7F, n >> 7
+            if not n:
+                return out + bytes([b])
+            out += bytes([b | 0x80])
+
+    def block(entries):
+        body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in entries)
+        return body + struct.pack("<I", 0) + struct.pack("<I", 1)
+
+    table = b""
+
+    def put(b):
+        nonlocal table
+        off = len(table)
+        table += b + b"\0" + b"\0\0\0\0"  # type "uncompressed", checksum (not read by bnrewrite)
+        return varint(off) + varint(len(b))
+
+    data = put(block([(b"a", b"1"), (b"b", b"2")]))
+    index = put(block([(b"b", data), (b"c", data)]))  # the same block twice
+    meta = put(block([]))
+    folder = tmp_path / "sm"
+    shutil.copytree(TD, folder)
+    (folder / "variables" / "variables.index").write_bytes(
+        table + (meta + index).ljust(40, b"\0") + bytes.fromhex("57fb808b247547db"))
+    with pytest.raises(InputError, match="damaged variables/ checkpoint index .index blocks overlap"):
+        bnrewrite.load(folder)

@@ -207,6 +207,25 @@ def _silu(features, beta=1.0, name=None):
     return o.silu(features) if beta == 1.0 else o.multiply(features, o.sigmoid(o.multiply(features, beta)))
 
 
+def _cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
+    """tf.math.cumsum: the same running sums in the same order (``reverse`` sums from the end,
+    ``exclusive`` shifts them by one with a leading zero), so exact."""
+    import keras
+
+    o = keras.ops
+    if reverse:
+        x = o.flip(x, axis=axis)
+    c = o.cumsum(x, axis=axis)
+    if exclusive:
+        first = [slice(None)] * len(x.shape)
+        first[axis] = slice(0, 1)
+        c = o.concatenate([o.zeros_like(x[tuple(first)]), c], axis=axis)
+        drop_last = [slice(None)] * len(x.shape)
+        drop_last[axis] = slice(0, -1)
+        c = c[tuple(drop_last)]
+    return o.flip(c, axis=axis) if reverse else c
+
+
 def _one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None, name=None):
     """tf.one_hot: float32 unless ``dtype`` or the on/off values say otherwise; those values are
     selected, not computed, so the result is exact."""
@@ -265,6 +284,7 @@ def tf_op_as_keras(function: str):
         "expand_dims": lambda input, axis, name=None: o.expand_dims(input, axis),
         "squeeze": lambda input, axis=None, name=None: o.squeeze(input, axis=_axis(axis)),
         "cast": lambda x, dtype, name=None: o.cast(x, dtype),
+        "math.cumsum": _cumsum, "cumsum": _cumsum,
         "one_hot": _one_hot, "ones_like": lambda input, dtype=None, name=None: o.ones_like(input, dtype=dtype),
         "zeros_like": lambda input, dtype=None, name=None: o.zeros_like(input, dtype=dtype),
         "clip_by_value": lambda t, clip_value_min, clip_value_max, name=None: o.clip(t, clip_value_min,

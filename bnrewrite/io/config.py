@@ -142,7 +142,8 @@ class _Builder:
             self.check_tree(lc, where)
             return
         check_layer(cls, lc.get("config") or {}, layer_name=_lname(lc), module=lc.get("module"),
-                    unsafe=self.unsafe, custom_classes=self.custom, registered_name=lc.get("registered_name"))
+                    unsafe=self.unsafe, custom_classes=self.custom, registered_name=lc.get("registered_name"),
+                    build_config=lc.get("build_config"))
         cfg = lc.get("config")
         for key in ("layer", "backward_layer"):  # a model inside a wrapper
             inner = cfg.get(key) if isinstance(cfg, dict) else None

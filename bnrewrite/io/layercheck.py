@@ -45,6 +45,51 @@ def is_keras_op(module: str | None) -> bool:
     return (module or "").startswith(KERAS_OP_MODULES)
 
 
+#: most memory one tensor of the model may declare for one sample (env BNREWRITE_MAX_TENSOR_BYTES)
+TENSOR_BYTES = 1 << 30
+
+
+def tensor_cap() -> int:
+    import os
+
+    from .safe_files import parse_bytes
+
+    env = os.environ.get("BNREWRITE_MAX_TENSOR_BYTES")
+    return parse_bytes(env, "BNREWRITE_MAX_TENSOR_BYTES") if env else TENSOR_BYTES
+
+
+def check_declared_shapes(config: dict, who: str, build_config=None) -> None:
+    """A layer config's declared input shapes (``batch_input_shape``, ``batch_shape``, ``build_config``)
+    within the per-sample tensor cap, counting 4 bytes an element and an open dimension as 1: a
+    framework builds layers from them before any model exists to check -- a 16 KB file's Normalization
+    broadcast its mean to a declared (1, 2**31) while Keras read it (9 GB)."""
+    from .safe_files import fmt_bytes
+
+    shapes = [config.get("batch_input_shape"), config.get("batch_shape")]
+    for build in (config.get("build_config"), build_config):  # Keras 3 keeps it beside the config
+        if isinstance(build, dict):
+            shapes.append(build.get("input_shape"))
+    cap = tensor_cap()
+    stack = [s for s in shapes if isinstance(s, (list, tuple))]
+    while stack:
+        shape = stack.pop()
+        if any(isinstance(d, (list, tuple, dict)) for d in shape):  # several inputs
+            stack.extend(d for d in shape if isinstance(d, (list, tuple)))
+            stack.extend(v for d in shape if isinstance(d, dict) for v in d.values() if isinstance(v, (list, tuple)))
+            continue
+        n = 4.0
+        for d in shape[1:]:
+            if isinstance(d, (int, float)) and not isinstance(d, bool):
+                n *= max(abs(float(d)), 1.0)
+        if n > cap:
+            raise UnsupportedModelError(
+                f"{who} declares an input shape {str(list(shape))[:80]} of {fmt_bytes(int(min(n, 2.0 ** 62)))} per "
+                f"sample, more than the {fmt_bytes(cap)} allowed (BNREWRITE_MAX_TENSOR_BYTES; raise it only for a "
+                "model you trust)", code="OVERSIZED_DATA")
+
+
+#: the type specs a ``__typespec__`` object may name (an input's ``type_spec``: dense, ragged, sparse)
+TYPE_SPECS = frozenset({"TensorSpec", "RaggedTensorSpec", "SparseTensorSpec"})
 #: elements a constant array or a size argument in a file may ask for (a rebuild allocates it)
 MAX_CONST_ELEMENTS = 1 << 20
 ARRAY_CLASSES = ("__numpy__", "__tensor__")
@@ -100,12 +145,14 @@ def check_registered_name(obj: dict, who: str, custom=frozenset()) -> None:
 
 
 def check_layer(class_name: str, config: dict, *, layer_name: str, module: str | None = None,
-                unsafe: bool = False, custom_classes=frozenset(), registered_name: str | None = None) -> None:
+                unsafe: bool = False, custom_classes=frozenset(), registered_name: str | None = None,
+                build_config=None) -> None:
     """Raise :class:`UnsupportedModelError` naming the layer if its config is not data only."""
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"layer {layer_name!r}: config is not a JSON object")
     check_registered_name({"class_name": class_name, "registered_name": registered_name},
                           f"layer {layer_name!r}", custom_classes)
+    check_declared_shapes(config, f"layer {layer_name!r}", build_config)
     code = bytecode_keys(config)
     if code and not unsafe:
         what = "a Lambda carrying Python code" if class_name == "Lambda" else f"a {class_name} carrying Python code"
@@ -177,6 +224,12 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
         if cls == "__lambda__":
             return  # bytecode: checked above (unsafe only)
         check_registered_name(obj, f"layer {layer_name!r} holds an object that", custom)
+        if cls == "__typespec__" and (obj.get("spec_name") not in TYPE_SPECS or obj.get("registered_name")):
+            # tf_keras imports ``module`` and calls ``vars(module)[spec_name].from_config`` (red-team round 4:
+            # a StringLookup named there read a host file and resolved a gs:// path)
+            raise UnsupportedModelError(
+                f"layer {layer_name!r} holds a type spec naming {str(obj.get('spec_name'))[:60]!r}, not one of "
+                f"TensorFlow's tensor specs ({', '.join(sorted(TYPE_SPECS))})", code="UNSAFE_OBJECT")
         if cls in ARRAY_CLASSES:  # a framework deserializing the config builds the array
             check_array(obj.get("config") if isinstance(obj.get("config"), dict) else {},
                         f"layer {layer_name!r} holds")
@@ -213,7 +266,8 @@ def _check_nested(obj, layer_name: str, custom: set, top: bool = False) -> None:
         if cls in LAYERS:
             check_layer(cls, obj.get("config") or {}, layer_name=f"{layer_name}/{(obj.get('config') or {}).get('name', cls)}",
                         module=module, unsafe=True, custom_classes=frozenset(custom),
-                        registered_name=obj.get("registered_name"))  # bytecode checked at top
+                        registered_name=obj.get("registered_name"),
+                        build_config=obj.get("build_config"))  # bytecode checked at top
             return
     for k, v in obj.items():
         if k == "class_name":

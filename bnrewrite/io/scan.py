@@ -32,7 +32,8 @@ def scan_config(model_config, *, custom_classes=frozenset()) -> list[dict]:
                 continue
             try:
                 check_layer(str(cls), lc.get("config") or {}, layer_name=where, module=lc.get("module"),
-                            unsafe=False, custom_classes=custom_classes, registered_name=lc.get("registered_name"))
+                            unsafe=False, custom_classes=custom_classes, registered_name=lc.get("registered_name"),
+                            build_config=lc.get("build_config"))
             except BnrewriteError as e:
                 found.append({"code": e.code or "UNSUPPORTED", "layer": where, "message": str(e)})
                 continue
