@@ -483,7 +483,7 @@ def _reference(mg: ModelGraph, custom_objects, unsafe, stats, changed_by):
     if mg.original.format == "memory":
         return reference, f"{who} copy of the original in-memory model", None
     if mg.original.format == "savedmodel":
-        return reference, f"{who} reading of the original SavedModel (keras_metadata.pb + variables/)", None
+        return reference, f"{who} reading of the original SavedModel (its Keras metadata + variables/)", None
     return reference, f"{who} reading of the original file", None
 
 
