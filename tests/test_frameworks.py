@@ -960,7 +960,7 @@ def test_mixed_float16_converts_with_float16_tolerances(tmp_path):
 
 
 def test_one_hot_like_and_cumsum_ops_migrate(tmp_path):
-    """tf.one_hot (on/off values, int dtype), tf.ones_like, tf.zeros_like and tf.math.cumsum recorded as
+    """tf.one_hot (on/off values, int dtype), tf.ones_like, tf.zeros_like, tf.math.cumsum and tf.sort recorded as
     TF-op layers (wide-and-deep and TabNet code) migrate to Keras 3's ops: the .keras output matches tf_keras on the
     original file."""
     import tensorflow as tf
@@ -970,7 +970,8 @@ def test_one_hot_like_and_cumsum_ops_migrate(tmp_path):
     f = tf_keras.Input((4,))
     h = tf.reshape(tf.one_hot(i, 5, on_value=0.9, off_value=0.1), [-1, 15])
     h = tf.concat([h, tf.cast(tf.one_hot(i, 2, dtype=tf.int32)[:, :, 0], tf.float32), f + tf.ones_like(f),
-                   tf.zeros_like(f), tf.math.cumsum(f, axis=1, exclusive=True, reverse=True)], axis=-1)
+                   tf.zeros_like(f), tf.math.cumsum(f, axis=1, exclusive=True, reverse=True),
+                   tf.sort(f, direction="DESCENDING")], axis=-1)
     y = tf_keras.layers.BatchNormalization()(tf_keras.layers.Dense(6)(h))
     m = tf_keras.Model([i, f], y)
     _rand_bn(m)

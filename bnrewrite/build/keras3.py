@@ -207,6 +207,16 @@ def _silu(features, beta=1.0, name=None):
     return o.silu(features) if beta == 1.0 else o.multiply(features, o.sigmoid(o.multiply(features, beta)))
 
 
+def _sort(values, axis=-1, direction="ASCENDING", name=None):
+    """tf.sort; descending as the negation of the ascending sort of the negation (exact)."""
+    import keras
+
+    o = keras.ops
+    if direction == "DESCENDING":
+        return o.negative(o.sort(o.negative(values), axis=axis))
+    return o.sort(values, axis=axis)
+
+
 def _cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
     """tf.math.cumsum: the same running sums in the same order (``reverse`` sums from the end,
     ``exclusive`` shifts them by one with a leading zero), so exact."""
@@ -284,7 +294,7 @@ def tf_op_as_keras(function: str):
         "expand_dims": lambda input, axis, name=None: o.expand_dims(input, axis),
         "squeeze": lambda input, axis=None, name=None: o.squeeze(input, axis=_axis(axis)),
         "cast": lambda x, dtype, name=None: o.cast(x, dtype),
-        "math.cumsum": _cumsum, "cumsum": _cumsum,
+        "math.cumsum": _cumsum, "cumsum": _cumsum, "sort": _sort,
         "one_hot": _one_hot, "ones_like": lambda input, dtype=None, name=None: o.ones_like(input, dtype=dtype),
         "zeros_like": lambda input, dtype=None, name=None: o.zeros_like(input, dtype=dtype),
         "clip_by_value": lambda t, clip_value_min, clip_value_max, name=None: o.clip(t, clip_value_min,
