@@ -149,8 +149,9 @@ SAFETY_CODES: dict[str, tuple[str, str]] = {
     "UNSAFE_HDF5_SOFT_LINK": (ERROR, "the HDF5 file has soft links, which Keras never writes; re-save the model"),
     "UNSAFE_HDF5_VIRTUAL_DATASET": (ERROR, "a virtual dataset maps other files; re-save the model"),
     "UNSAFE_HDF5": (ERROR, "the HDF5 file has a structure Keras never writes; re-save the model"),
-    "OVERSIZED_DATA": (ERROR, "the file declares more data than its size allows (a decompression or size bomb); "
-                              "raise BNREWRITE_MAX_WEIGHT_BYTES only for a file you trust"),
+    "OVERSIZED_DATA": (ERROR, "the file declares more data or larger tensors than bnrewrite allows (a "
+                              "decompression or size bomb?); the message names the limit to raise, only for a "
+                              "file you trust"),
     "UNKNOWN_CLASS": (WARNING, "a custom layer class: provide it with --custom-objects"),
     "UNSUPPORTED": (WARNING, "bnrewrite cannot rebuild this layer"),
 }
