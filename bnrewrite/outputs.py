@@ -106,16 +106,13 @@ def discard(tmp) -> None:
     """Remove one temporary output made by :func:`write_temp` (a failed or unverified output)."""
     tmp = Path(tmp)
     with _signals_deferred():
-        if _temps.get(os.fspath(tmp.parent)) == "dir":
-            shutil.rmtree(tmp.parent, ignore_errors=True)
-            unregister_temp(tmp.parent)
-        else:
+        if _temps.get(os.fspath(tmp.parent)) != "dir":  # its private folder goes with it (_release)
             tmp.unlink(missing_ok=True)
-        unregister_temp(tmp)
+        _release(tmp)
 
 
 def _release(tmp: Path) -> None:
-    """``tmp`` was placed: forget it and remove its (now empty) private folder."""
+    """Forget ``tmp`` (placed or discarded) and remove its private folder."""
     unregister_temp(tmp)
     if _temps.get(os.fspath(tmp.parent)) == "dir":
         shutil.rmtree(tmp.parent, ignore_errors=True)

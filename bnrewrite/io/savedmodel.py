@@ -82,31 +82,38 @@ def _metadata(folder: Path) -> list[tuple[str, dict]]:
                              "tf.Module / tf.function export (or Keras 3 model.export()); bnrewrite reads only "
                              "Keras SavedModels and never runs a saved graph")
         return nodes
-    st = check_regular(_inside(folder, path))
-    if st.st_size > config_limit():
-        raise InputError(f"{path}: {fmt_bytes(st.st_size)}, more than the config limit {fmt_bytes(config_limit())} "
-                         "(BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
-    from .safe_files import open_regular
-
-    with open_regular(path) as f:
-        data = f.read(config_limit() + 1)
     try:
         from tf_keras.protobuf import saved_metadata_pb2
     except ImportError:  # pragma: no cover - tensorflow's copy
         from tensorflow.python.keras.protobuf import saved_metadata_pb2
-    meta = saved_metadata_pb2.SavedMetadata()
+    meta = _read_proto(folder, path, saved_metadata_pb2.SavedMetadata(), config_limit(), "SavedMetadata")
+    return [(n.node_path, _node_metadata(path, n.node_path, n.metadata)) for n in meta.nodes]
+
+
+def _read_proto(folder: Path, path: Path, message, cap: int, what: str):
+    """``message`` parsed from the regular file ``path`` inside ``folder``, at most ``cap`` bytes."""
+    from .safe_files import open_regular
+
+    st = check_regular(_inside(folder, path))
+    if st.st_size > cap:
+        raise InputError(f"{path}: {fmt_bytes(st.st_size)}, more than the config limit {fmt_bytes(cap)} "
+                         "(BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
+    with open_regular(path) as f:
+        data = f.read(cap + 1)
     try:
-        meta.ParseFromString(data)
+        message.ParseFromString(data)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise InputError(f"{path}: not a valid SavedMetadata protobuf ({root_cause(e, 200)})") from None
-    nodes = []
-    for n in meta.nodes:
-        try:
-            d = json.loads(n.metadata) if n.metadata else {}
-        except (ValueError, RecursionError) as e:
-            raise InputError(f"{path}: node {n.node_path!r} has invalid JSON metadata ({root_cause(e, 200)})") from None
-        nodes.append((n.node_path, d if isinstance(d, dict) else {}))
-    return nodes
+        raise InputError(f"{path}: not a valid {what} protobuf ({root_cause(e, 200)})") from None
+    return message
+
+
+def _node_metadata(path: Path, node_path: str, text: str) -> dict:
+    """A metadata node's JSON (``{}`` when empty or not an object)."""
+    try:
+        d = json.loads(text) if text else {}
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: node {node_path!r} has invalid JSON metadata ({root_cause(e, 200)})") from None
+    return d if isinstance(d, dict) else {}
 
 
 #: largest saved_model.pb parsed for its Keras metadata (it also holds the traced functions' graphs)
@@ -123,20 +130,7 @@ def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb = folder / "saved_model.pb"
-    st = check_regular(_inside(folder, pb))
-    cap = max(config_limit(), SAVED_MODEL_CAP)
-    if st.st_size > cap:
-        raise InputError(f"{pb}: {fmt_bytes(st.st_size)}, more than {fmt_bytes(cap)} (BNREWRITE_MAX_CONFIG_BYTES)",
-                         code="OVERSIZED_DATA")
-    from .safe_files import open_regular
-
-    with open_regular(pb) as f:
-        data = f.read(cap + 1)
-    sm = saved_model_pb2.SavedModel()
-    try:
-        sm.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise InputError(f"{pb}: not a valid SavedModel protobuf ({root_cause(e, 200)})") from None
+    sm = _read_proto(folder, pb, saved_model_pb2.SavedModel(), max(config_limit(), SAVED_MODEL_CAP), "SavedModel")
     if not sm.meta_graphs:
         return []
     graph = sm.meta_graphs[0].object_graph_def
@@ -151,17 +145,9 @@ def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
             if c.node_id not in paths:
                 paths[c.node_id] = f"{paths[nid]}.{c.local_name}"
                 queue.append(c.node_id)
-    nodes = []
-    for nid, path in paths.items():
-        user = graph.nodes[nid].user_object if graph.nodes[nid].HasField("user_object") else None
-        if user is None or not user.identifier.startswith("_tf_keras") or not user.metadata:
-            continue
-        try:
-            d = json.loads(user.metadata)
-        except (ValueError, RecursionError) as e:
-            raise InputError(f"{pb}: node {path!r} has invalid JSON metadata ({root_cause(e, 200)})") from None
-        nodes.append((path, d if isinstance(d, dict) else {}))
-    return nodes
+    users = {nid: graph.nodes[nid].user_object for nid in paths if graph.nodes[nid].HasField("user_object")}
+    return [(paths[nid], _node_metadata(pb, paths[nid], u.metadata)) for nid, u in users.items()
+            if u.identifier.startswith("_tf_keras") and u.metadata]
 
 
 def read_config(folder, nodes=None) -> dict | None:
@@ -187,9 +173,11 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
             return value, i
 
 
-def _table_get(table: bytes, key: bytes | None) -> bytes | None:
-    """The value of ``key`` in a TensorFlow table file (the checkpoint index: LevelDB's format,
-    uncompressed blocks), or None."""
+def _table_entries(table: bytes):
+    """``(key, value)`` of a TensorFlow table file (the checkpoint index: LevelDB's format, uncompressed
+    blocks), in order; ValueError when it is malformed or lists a data block twice or out of order --
+    TensorFlow's reader walks every listing, so a block listed 40,000 times kept it busy for over 10
+    minutes (in C++, where no stop signal reaches Python)."""
     if len(table) < 48 or table[-8:] != bytes.fromhex("57fb808b247547db"):
         raise ValueError("not a TensorFlow table (bad footer)")
     _, i = _varint(table, len(table) - 48)  # metaindex handle, then the index block's
@@ -220,32 +208,19 @@ def _table_get(table: bytes, key: bytes | None) -> bytes | None:
     for _, handle in block(off, size):
         boff, j = _varint(handle, 0)
         bsize, _ = _varint(handle, j)
-        if boff < end:  # TensorFlow's reader walks every handle: blocks read twice make it quadratic
+        if boff < end:
             raise ValueError("index blocks overlap or are out of order")
         end = boff + bsize + 5
-        for k, v in block(boff, bsize):
-            if key is not None and k == key:
-                return v
-    return None
+        yield from block(boff, bsize)
 
 
-def _check_index(folder: Path, index: Path) -> None:
-    """The checkpoint index is a well-formed table whose data blocks are each listed once, in order,
-    before TensorFlow's reader sees it (2.6 MB listing one block 40,000 times kept it busy for over
-    10 minutes, where no stop signal reaches Python)."""
-    try:
-        _table_get(index.read_bytes(), None)
-    except ValueError as e:
-        raise InputError(f"{folder}: damaged variables/ checkpoint index ({e})") from None
-
-
-def _string_entry(folder: Path, index: Path, key: str) -> bytes:
+def _string_entry(folder: Path, table: bytes, key: str) -> bytes:
     """The scalar string tensor ``key`` of the checkpoint, read from its data shard within the bytes the
     index gives it (a string is stored as its varint length, a 4-byte checksum, then its bytes)."""
     from tensorflow.core.protobuf import tensor_bundle_pb2
     from tensorflow.core.framework import types_pb2
 
-    value = _table_get(index.read_bytes(), key.encode())
+    value = next((v for k, v in _table_entries(table) if k == key.encode()), None)
     if value is None:
         raise InputError(f"{folder}: the variables/ checkpoint has no {key}")
     entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
@@ -280,7 +255,12 @@ class _Checkpoint:
                 total += check_regular(_inside(folder, p)).st_size
         self.limit = weights_limit(total)
         self.prefix = str(folder / PREFIX)
-        _check_index(folder, index)
+        table = index.read_bytes()
+        try:  # before TensorFlow's reader sees the index (see _table_entries)
+            for _ in _table_entries(table):
+                pass
+        except ValueError as e:
+            raise InputError(f"{folder}: damaged variables/ checkpoint index ({e})") from None
         import tensorflow as tf
         from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -302,7 +282,7 @@ class _Checkpoint:
         try:
             # read by bnrewrite, not TensorFlow: TF zero-fills the length a string's header declares
             # before it finds the data file too short (3 GB declared in an 11 KB file: 3.6 GB; 20 GB: SIGSEGV)
-            graph.ParseFromString(_string_entry(folder, index, OBJECT_GRAPH))
+            graph.ParseFromString(_string_entry(folder, table, OBJECT_GRAPH))
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001
