@@ -84,6 +84,8 @@ def _stopped(signum: int | None) -> None:
     signum = int(signum or signal.SIGINT)
     if _VERBOSE:
         traceback.print_exc()
+    else:  # objects the stop cut short (a ZipFile mid-__init__) report their cleanup at gc: not news
+        sys.unraisablehook = lambda unraisable: None
     try:
         name = signal.Signals(signum).name
     except ValueError:
