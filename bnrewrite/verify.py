@@ -207,6 +207,11 @@ class Verification:
     outputs_vs_rewritten: list[OutputCheck] = field(default_factory=list)
     batch_independent: bool | None = None
     batch_independence_max_abs: float | None = None
+    #: when the written model mixes samples: whether the original, as its framework runs it, mixes
+    #: them too (by ``original_batch_max_abs``) -- then it is the model's design, not a BN left in
+    #: training mode, and no rewrite of BatchNormalization can remove it
+    original_batch_independent: bool | None = None
+    original_batch_max_abs: float | None = None
     #: how the references ran: "eager", or "graph" when the framework's eager call disagreed with
     #: its own graph mode (by ``eager_graph_max_abs``) and the written file matches graph mode
     reference_mode: str = "eager"
@@ -262,6 +267,14 @@ class Verification:
                     f"{o.max_rel:.3g} (atol {self.atol:g}, rtol {self.rtol:g})"
                 )
         if self.batch_independent is False:
+            if self.original_batch_independent is False:
+                return (
+                    "outputs depend on the other samples in the batch, and so do the original model's "
+                    f"({self.reference}: max abs difference {self.original_batch_max_abs:.3g} between a sample "
+                    "alone and in a batch): an op of the model itself mixes samples (e.g. Attention or a "
+                    "matmul on 2-D inputs, which attends across the batch; a reduction or tile over the batch "
+                    "axis), not a BatchNormalization; its output for one input depends on what it is batched with"
+                )
             return (
                 "outputs depend on the other samples in the batch (max abs difference "
                 f"{self.batch_independence_max_abs:.3g} between a sample alone and in a batch): batch "
@@ -515,18 +528,26 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
             got, run = got_graph, graph_run  # the checks below compare like with like
         else:
             check(got, ref_rewritten, ref_original)
-    worst, independent = 0.0, True
-    for i in range(len(xs[0])):
-        alone = run([x[i:i + 1] for x in xs])
-        for a, g in zip(alone, got):
-            c = compare("", a, np.asarray(g)[i:i + 1], atol, rtol)
-            worst = max(worst, c.max_abs)
-            independent &= c.ok
-    v.batch_independent = bool(independent)
-    v.batch_independence_max_abs = worst
+    v.batch_independent, v.batch_independence_max_abs = _alone_vs_batch(run, xs, got, atol, rtol)
+    if not v.batch_independent and ref_original is not None:
+        v.original_batch_independent, v.original_batch_max_abs = _alone_vs_batch(
+            lambda x: run_model(reference, x), xs, ref_original, atol, rtol)
     if verify_data is None and reference is not None and v.ok:  # a failure found already stands as it is
         _check_second_size(v, run, reference, specs, input_shapes or {}, sizes, index_inputs, names, unsafe)
     return v
+
+
+def _alone_vs_batch(run, xs: list, batched: list, atol: float, rtol: float) -> tuple[bool, float]:
+    """``(independent, max abs difference)``: each sample run alone through ``run`` against its row
+    of ``batched`` (the same inputs run as one batch)."""
+    worst, independent = 0.0, True
+    for i in range(len(xs[0])):
+        alone = run([x[i:i + 1] for x in xs])
+        for a, g in zip(alone, batched):
+            c = compare("", a, np.asarray(g)[i:i + 1], atol, rtol)
+            worst = max(worst, c.max_abs)
+            independent &= c.ok
+    return bool(independent), worst
 
 
 #: scales tried for seeded inputs when every output is the same for every sample

@@ -982,3 +982,102 @@ def test_one_hot_like_and_cumsum_ops_migrate(tmp_path):
     xs[0] = xs[0] % 6  # 5 is out of range for depth 5: an all-off row in both
     for g, w in zip(_keras3(tmp_path / "oh.keras", xs), _reference(tmp_path / "oh.h5", xs)):
         assert_close(g, w, "one_hot")
+
+
+def test_a_model_that_mixes_samples_itself_is_refused_naming_the_original(tmp_path):
+    """tf.keras's Attention on 2-D inputs attends across the batch (seen in a real Keras 2.11 file,
+    dl4j-test-resources' keras-attention.h5): the original's output for one sample depends on the
+    others. Verification fails (exit 3, nothing written) and says that the original model, as
+    tf_keras runs it, mixes samples too, so it is no BN left in training mode."""
+    import tf_keras
+
+    inp = tf_keras.Input((6,), name="x")
+    d = tf_keras.layers.Dense(8, activation="relu")(inp)
+    a = tf_keras.layers.Attention()([d, d])
+    h = tf_keras.layers.BatchNormalization()(tf_keras.layers.Concatenate()([d, a]))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2)(h))
+    _rand_bn(model)
+    src = tmp_path / "attention_2d.h5"
+    model.save(src)
+    # the reference: tf_keras itself gives sample 0 different outputs alone and in a batch
+    x = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    original = tf_keras.models.load_model(src, compile=False)
+    batched, alone = np.asarray(original(x, training=False)), np.asarray(original(x[:1], training=False))
+    assert np.abs(batched[:1] - alone).max() > 1e-3
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(bnrewrite.VerificationError, match=r"and so do the original model's \(tf_keras") as e:
+        bnrewrite.convert(src, out / "m.onnx")
+    assert "not a BatchNormalization" in str(e.value)
+    assert not list(out.iterdir())
+
+
+def test_sequential_built_from_build_input_shape(tmp_path):
+    """A Sequential whose first layer declares no input (Keras 2.2.4 kept ``input_shape`` given to a
+    later layer only as the model's ``build_input_shape``; ``model.build(shape)`` does the same) is
+    built from ``build_input_shape``, as both frameworks' ``Sequential.from_config`` do. Seen in a real
+    Keras 2.2.4 Conv1D+LSTM file. Compared with tf_keras's own reading of the file, to ONNX and .keras."""
+    import h5py
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.layers.Conv1D(4, 3, name="conv"), tf_keras.layers.BatchNormalization(),
+                                 tf_keras.layers.LSTM(5), tf_keras.layers.Dense(2)])
+    model.build((None, 12, 3))
+    _rand_bn(model)
+    src = tmp_path / "seq_build_shape.h5"
+    model.save(src)
+
+    def keras_224(c):  # the dialect of the real file: no InputLayer, the shape only at model level
+        layers = [lc for lc in c["config"]["layers"] if lc["class_name"] != "InputLayer"]
+        return {**c, "config": {**c["config"], "layers": layers, "build_input_shape": [None, 12, 3]}}
+
+    _rewrite_config(src, keras_224)
+    with h5py.File(src) as f:
+        cfg = json.loads(f.attrs["model_config"])["config"]
+    assert all("batch_input_shape" not in lc["config"] for lc in cfg["layers"])
+    xs = _inputs(src)
+    for out in ("m.onnx", "m.keras"):
+        bnrewrite.convert(src, tmp_path / out)
+    assert_close(_onnx(tmp_path / "m.onnx", xs)[0], _reference(src, xs)[0], "onnx vs tf_keras")
+    assert_close(_keras3(tmp_path / "m.keras", xs)[0], _reference(src, xs)[0], ".keras vs tf_keras")
+    # a hostile build_input_shape is bounded before any framework builds from it
+    bad = tmp_path / "huge_build_shape.h5"
+    shutil.copy(src, bad)
+    _rewrite_config(bad, lambda c: {**c, "config": {**c["config"], "build_input_shape": [None, 2 ** 31, 3]}})
+    with pytest.raises(bnrewrite.UnsupportedModelError, match=r"declares an input shape \[None, 2147483648"):
+        bnrewrite.convert(bad, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_rnn_initial_states_migrate_as_keyword(tmp_path):
+    """tf.keras records ``LSTM(...)(x, initial_state=[h, c])`` as a call on ``[x, h, c]`` (the Keras
+    seq2seq example; a real Keras 2.2.5 file), which Keras 3's RNN refuses ("expects 1 input(s)").
+    The migration passes the states back as ``initial_state`` -- LSTM, GRU and Bidirectional (forward
+    states first) -- and the .keras output equals tf_keras's own reading of the file."""
+    import h5py
+    import tf_keras
+
+    L = tf_keras.layers
+    enc, dec = L.Input((None, 5), name="enc"), L.Input((None, 6), name="dec")
+    _, h, c = L.LSTM(8, return_state=True, name="lstm")(enc)
+    x = L.LSTM(8, return_sequences=True, name="lstm_1")(dec, initial_state=[h, c])
+    _, hf, cf, hb, cb = L.Bidirectional(L.LSTM(4, return_state=True))(enc)
+    y = L.Bidirectional(L.LSTM(4, return_sequences=True))(dec, initial_state=[hf, cf, hb, cb])
+    _, gh = L.GRU(3, return_state=True)(enc)
+    z = L.GRU(3, return_sequences=True)(dec, initial_state=gh)
+    model = tf_keras.Model([enc, dec], L.Dense(2)(L.BatchNormalization()(L.Concatenate()([x, y, z]))))
+    _rand_bn(model)
+    src = tmp_path / "s2s.h5"
+    model.save(src)
+    with h5py.File(src) as f:  # the states are recorded as extra inputs, not as the keyword
+        calls = {lc["name"]: lc["inbound_nodes"] for lc in json.loads(f.attrs["model_config"])["config"]["layers"]}
+    assert [e[0] for e in calls["lstm_1"][0]] == ["dec", "lstm", "lstm"]
+    rep = bnrewrite.convert(src, tmp_path / "s2s.keras")
+    assert rep.verification["ok"]
+    xs = _inputs(src, sizes=7)
+    got, want = _keras3(tmp_path / "s2s.keras", xs)[0], _reference(src, xs)[0]
+    assert_close(got, want, ".keras vs tf_keras")
+    # the states matter here: the decoder started from zeros (what dropping them would do) moves
+    dec_alone = tf_keras.models.load_model(src, compile=False).get_layer("lstm_1")
+    _, h0, c0 = tf_keras.models.load_model(src, compile=False).get_layer("lstm")(xs[0])
+    assert np.abs(np.asarray(dec_alone(xs[1])) - np.asarray(dec_alone(xs[1], initial_state=[h0, c0]))).max() > 1e-3

@@ -56,6 +56,10 @@ RNN ``implementation``, ``DepthwiseConv groups  dropped (computation layout only
 ``*_constraint``, keys set to ``None``          SeparableConv2D ``kernel_constraint``): training only /
                                                 unset
 RNN ``time_major=True``                         refused
+RNN/``Bidirectional`` called on ``[x, *states]``  ``layer(x, initial_state=states)``: tf.keras records
+(tf.keras's record of ``initial_state=``)       ``initial_state`` as extra inputs, Keras 3 takes it only
+                                                as the keyword (Bidirectional: forward states first,
+                                                in both); ``constants`` (``num_constants``) refused
 ``TFOpLambda``/``SlicingOpLambda`` (``tf.*``)   the same Keras 3 op (``keras.ops.*``, tf.keras's call
                                                 arguments; :func:`.keras3.tf_op_as_keras`); ops
                                                 without one are refused
@@ -129,6 +133,7 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
     out = mg.copy()
     out.framework = "keras"
     notes: list[str] = []
+    _states_as_keyword(out)
     done: set[int] = set()
     for node in out.topo():
         layer = out.layer(node)
@@ -161,6 +166,30 @@ def migrate(mg: ModelGraph) -> tuple[ModelGraph, list[str]]:
         layer.class_name, layer.config, layer.weights = cls, config, weights
         layer.module = None if cls == INPUT_CLASS else _keras3_module(cls)
     return out, notes
+
+
+#: layers whose tf.keras call takes its initial states as extra inputs (``RNN.__call__``)
+RECURRENT = frozenset({"RNN", "SimpleRNN", "GRU", "LSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional"})
+
+
+def _states_as_keyword(mg: ModelGraph) -> None:
+    """tf.keras's ``RNN.__call__`` turns ``initial_state=[h, c]`` into the inputs ``[x, h, c]``, and
+    its file records that list (seq2seq encoder-decoder models); Keras 3's RNN takes one input and the
+    states only as ``initial_state``. Each such call is given its states back as the keyword."""
+    for node in mg.graph:
+        layer = mg.layer(node)
+        data = mg.graph.nodes[node]
+        args = data["args"]
+        if layer.class_name not in RECURRENT or len(args) != 1 or not isinstance(args[0], list) or len(args[0]) < 2:
+            continue
+        if layer.config.get("num_constants") or (layer.config.get("layer") or {}).get("config", {}).get(
+                "num_constants"):
+            raise refuse(layer.name, "its call passes constants (num_constants), which Keras 3's RNN does not take")
+        kwargs = {k: v for k, v in data["kwargs"].items() if v is not None}
+        if "initial_state" in kwargs or "constants" in kwargs:
+            raise refuse(layer.name, "its call gives states both as inputs and as initial_state")
+        data["args"] = [args[0][0]]
+        data["kwargs"] = {**kwargs, "initial_state": list(args[0][1:])}
 
 
 def _masking_differs(mg: ModelGraph, layer: Layer) -> str | None:

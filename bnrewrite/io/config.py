@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedModelError
 from ..graph import BN_CLASSES, INPUT_CLASS, Layer, ModelGraph, TensorRef
-from .layercheck import MAX_CONST_ELEMENTS, MODEL_CLASSES, check_array, check_layer, is_keras_module, is_keras_op
+from .layercheck import (MAX_CONST_ELEMENTS, MODEL_CLASSES, check_array, check_declared_shapes, check_layer,
+                         is_keras_module, is_keras_op)
 # Layers whose call takes ``training``; a nested call's training flag reaches them.
 TRAINING_AWARE = (
     *BN_CLASSES, "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -125,6 +126,8 @@ class _Builder:
         twice in one model is refused: only one of the two can be the layer the name refers to, and
         the other would reach the framework unchecked."""
         _check_model_class(model_config, where)
+        if isinstance(model_config.get("config"), dict):
+            check_declared_shapes(model_config["config"], where, model_config.get("build_config"))
         seen: set[str] = set()
         for lc in _layer_list(model_config):
             if not isinstance(lc, dict) or not isinstance(lc.get("class_name"), str):
@@ -223,11 +226,19 @@ class _Builder:
             shape = layer_cfgs[0].get("config", {}).get("batch_input_shape") or layer_cfgs[0].get(
                 "config", {}).get("batch_shape")
             first = None
+            cfg = mc.get("config")
+            built = cfg.get("build_input_shape") if isinstance(cfg, dict) else None
+            if shape is None and _one_shape(built):
+                # no input on the first layer: both frameworks' Sequential.from_config then build the
+                # model from build_input_shape (model.build(shape) before saving; Keras 2.2.4 kept it
+                # when input_shape was given to a later layer), with the default float dtype
+                shape, dtype = built, "float32"
+            else:
+                dtype = _dtype_name(layer_cfgs[0].get("config", {}).get("dtype")) or "float32"
             if shape is not None:
                 lname = layer_cfgs[0]["config"]["name"] + "_input"
                 first = {"class_name": INPUT_CLASS, "name": lname, "config": {
-                    "batch_input_shape": shape, "name": lname,
-                    "dtype": _dtype_name(layer_cfgs[0]["config"].get("dtype")) or "float32"}}
+                    "batch_input_shape": shape, "name": lname, "dtype": dtype}}
         if inputs is None:
             if first is None:
                 raise InputError(
@@ -593,6 +604,12 @@ def _legacy_offset(lc: dict | None) -> int:
         )
         return 1 if has_input else 0
     return 1
+
+
+def _one_shape(shape) -> bool:
+    """``shape`` is the shape of one input: a list of ints and Nones (not a list of shapes)."""
+    return isinstance(shape, (list, tuple)) and len(shape) > 0 and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape)
 
 
 def _check_model_class(model_config: dict, where: str) -> None:

@@ -59,13 +59,13 @@ def tensor_cap() -> int:
 
 
 def check_declared_shapes(config: dict, who: str, build_config=None) -> None:
-    """A layer config's declared input shapes (``batch_input_shape``, ``batch_shape``, ``build_config``)
-    within the per-sample tensor cap, counting 4 bytes an element and an open dimension as 1: a
+    """A layer or model config's declared input shapes (``batch_input_shape``, ``batch_shape``,
+    ``build_config``, a Sequential's ``build_input_shape``) within the per-sample tensor cap, counting 4 bytes an element and an open dimension as 1: a
     framework builds layers from them before any model exists to check -- a 16 KB file's Normalization
     broadcast its mean to a declared (1, 2**31) while Keras read it (9 GB)."""
     from .safe_files import fmt_bytes
 
-    shapes = [config.get("batch_input_shape"), config.get("batch_shape")]
+    shapes = [config.get("batch_input_shape"), config.get("batch_shape"), config.get("build_input_shape")]
     for build in (config.get("build_config"), build_config):  # Keras 3 keeps it beside the config
         if isinstance(build, dict):
             shapes.append(build.get("input_shape"))

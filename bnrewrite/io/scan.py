@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import BnrewriteError
 from .config import CALL_KWARGS, FREE_KWARGS
-from .layercheck import MODEL_CLASSES, check_layer
+from .layercheck import MODEL_CLASSES, check_declared_shapes, check_layer
 
 
 def scan_config(model_config, *, custom_classes=frozenset()) -> list[dict]:
@@ -20,6 +20,11 @@ def scan_config(model_config, *, custom_classes=frozenset()) -> list[dict]:
 
     def visit(mc, path):
         cfg = mc.get("config") if isinstance(mc, dict) else None
+        if isinstance(cfg, dict):
+            try:
+                check_declared_shapes(cfg, f"model {'/'.join(path) or 'at the top'}", mc.get("build_config"))
+            except BnrewriteError as e:
+                found.append({"code": e.code or "UNSUPPORTED", "layer": "/".join(path) or "(model)", "message": str(e)})
         layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers") if isinstance(cfg, dict) else None
         for lc in layers or []:
             if not isinstance(lc, dict):
