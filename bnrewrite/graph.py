@@ -210,6 +210,10 @@ class ModelGraph:
         self.original = None
         self.inputs: list[str] = []
         self.outputs: list[tuple[str, int]] = []
+        #: the keys when the model takes / returns a dict (``inputs``/``outputs`` are then in sorted key
+        #: order, as both frameworks flatten a dict), else None
+        self.input_keys: list[str] | None = None
+        self.output_keys: list[str] | None = None
         self.name = name
         #: what was read: path, format, keras_version, backend
         self.source: dict = dict(source or {})

@@ -316,11 +316,17 @@ def run_model(model, xs: list[np.ndarray], graph: bool = False) -> list[np.ndarr
     Keras 3.15's TimeDistributed goes wrong in a function retraced for another time length."""
     import tensorflow as tf
 
+    structure = getattr(model, "_inputs_struct", None)  # Keras 3; tf_keras keeps it as _nested_inputs
+    structure = getattr(model, "_nested_inputs", None) if structure is None else structure
+
+    def feed(arrays):  # a model of dict inputs takes a dict (keys in flatten order: sorted)
+        return tf.nest.pack_sequence_as(structure, list(arrays)) if isinstance(structure, dict) else list(arrays)
+
     if graph:
-        fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
+        fn = tf.function(lambda *a: model(feed(a), training=False), autograph=False)
         ys = fn(*[tf.constant(x) for x in xs])
     else:
-        ys = model(list(xs), training=False)
+        ys = model(feed(xs), training=False)
     return [np.asarray(y) for y in tf.nest.flatten(ys)]
 
 

@@ -105,7 +105,12 @@ class Builder:
     # ------------------------------------------------------------ shared
     def build_model(self, mg: ModelGraph, custom_objects: dict | None = None):
         tensors, _ = self.build_live(mg, custom_objects)
-        return self.model([tensors[(n, 0)] for n in mg.inputs], [tensors[o] for o in mg.outputs], mg.name)
+        inputs, outputs = [tensors[(n, 0)] for n in mg.inputs], [tensors[o] for o in mg.outputs]
+        if mg.input_keys is not None and len(mg.input_keys) == len(inputs):
+            inputs = dict(zip(mg.input_keys, inputs))
+        if mg.output_keys is not None and len(mg.output_keys) == len(outputs):
+            outputs = dict(zip(mg.output_keys, outputs))
+        return self.model(inputs, outputs, mg.name)
 
     def build_live(self, mg: ModelGraph, custom_objects: dict | None = None):
         """Live layers of ``mg`` with their weights set, and the symbolic tensor of every

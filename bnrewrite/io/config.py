@@ -83,6 +83,8 @@ def build_graph(
     builder.check_tree(model_config)
     builder.reserve(model_config)
     mg.outputs = builder.expand(model_config, path=(), inputs=None, training=None, trainable=True)
+    if isinstance(cfg, dict):
+        mg.input_keys, mg.output_keys = (_dict_keys(cfg.get(k)) for k in ("input_layers", "output_layers"))
     builder.mg.source.setdefault("notes", []).extend(builder.notes)
     return mg
 
@@ -377,6 +379,8 @@ class _Builder:
 
     def _parse_call(self, call, layer_cfgs, name):
         """-> (tensor refs by port, args, kwargs) of one serialized call."""
+        if self.legacy and isinstance(call, (list, dict)):  # tf.keras records a call on a dict as a dict
+            return self._parse_legacy_call(call, layer_cfgs, name)
         if isinstance(call, dict):  # Keras 3
             refs: list[tuple[str, int, int]] = []
 
@@ -389,8 +393,8 @@ class _Builder:
                     return _keras3_value(obj, conv, name)
                 if isinstance(obj, list):
                     return [conv(o) for o in obj]
-                if isinstance(obj, dict):
-                    return {k: conv(v) for k, v in obj.items()}
+                if isinstance(obj, dict):  # sorted: a nested model's dict inputs line up with its input_layers
+                    return {k: conv(obj[k]) for k in sorted(obj, key=str)}
                 return obj
 
             args = conv(call.get("args", []))
@@ -431,7 +435,7 @@ class _Builder:
             if isinstance(obj, list):
                 return [walk(o) for o in obj]
             if isinstance(obj, dict):
-                return {k: walk(v) for k, v in obj.items()}
+                return {k: walk(obj[k]) for k in sorted(obj, key=str)}
             return obj
 
         structure = walk(node_data)
@@ -585,11 +589,16 @@ def _ref_list(refs: Any) -> list[tuple[str, int, int]]:
     """input_layers/output_layers: one ``[name, ni, ti]``, a list of them, or a dict of them."""
     if refs is None:
         return []
-    if isinstance(refs, dict):
-        refs = list(refs.values())
+    if isinstance(refs, dict):  # in sorted key order, as keras.tree / tf.nest flatten a dict
+        refs = [refs[k] for k in _dict_keys(refs)]
     if refs and isinstance(refs[0], str):
         refs = [refs]
     return [(r[0], int(r[1]), int(r[2])) for r in refs]
+
+
+def _dict_keys(refs) -> list[str] | None:
+    """The keys of a dict of model inputs or outputs, sorted as both frameworks flatten them."""
+    return sorted(refs, key=str) if isinstance(refs, dict) else None
 
 
 def _legacy_offset(lc: dict | None) -> int:
