@@ -111,9 +111,35 @@ def has_ops(model) -> bool:
     only built-in layers whose output sizes can come from values rather than from the config."""
     from .io.layercheck import is_keras_op
 
+    return _any_layer(model, lambda op: type(op).__name__ in ("TFOpLambda", "SlicingOpLambda")
+                      or is_keras_op(type(op).__module__))
+
+
+#: built-in layers whose own tensors outgrow their inputs and outputs (attention scores: length^2 per
+#: head), which only a trace shows: a 14 KB file of Attention over 8192 steps took 5 GB unchecked
+INTERNAL_GROWTH = frozenset({"Attention", "AdditiveAttention", "MultiHeadAttention", "GroupedQueryAttention",
+                             "GroupQueryAttention"})
+
+
+def needs_trace(model) -> bool:
+    """Whether the sizes of the model's tensors can only be known by tracing it: raw ops (sizes from
+    values) or layers of :data:`INTERNAL_GROWTH`."""
+    return has_ops(model) or _any_layer(model, lambda op: type(op).__name__ in INTERNAL_GROWTH)
+
+
+def _any_layer(model, pred) -> bool:
     ops = getattr(model, "operations", None) or model.layers
-    return any(type(op).__name__ in ("TFOpLambda", "SlicingOpLambda") or is_keras_op(type(op).__module__)
-               or (hasattr(op, "layers") and op is not model and has_ops(op)) for op in ops)
+    return any(pred(op) or (hasattr(op, "layers") and op is not model and _any_layer(op, pred)) for op in ops)
+
+
+def _feed(model, arrays):
+    """The inputs as the model takes them: a dict for a model of dict inputs (keys in flatten order,
+    sorted), else a list."""
+    import tensorflow as tf
+
+    structure = getattr(model, "_inputs_struct", None)  # Keras 3; tf_keras keeps it as _nested_inputs
+    structure = getattr(model, "_nested_inputs", None) if structure is None else structure
+    return tf.nest.pack_sequence_as(structure, list(arrays)) if isinstance(structure, dict) else list(arrays)
 
 
 def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = False) -> int:
@@ -128,7 +154,7 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
 
     largest = 0.0
     advice = "; give smaller sizes with --input-shape, or raise BNREWRITE_MAX_TENSOR_BYTES for a model you trust"
-    fn = tf.function(lambda *a: model(list(a), training=False), autograph=False)
+    fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
     graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
     for op in graph.get_operations():
         for t in op.outputs:
@@ -316,17 +342,11 @@ def run_model(model, xs: list[np.ndarray], graph: bool = False) -> list[np.ndarr
     Keras 3.15's TimeDistributed goes wrong in a function retraced for another time length."""
     import tensorflow as tf
 
-    structure = getattr(model, "_inputs_struct", None)  # Keras 3; tf_keras keeps it as _nested_inputs
-    structure = getattr(model, "_nested_inputs", None) if structure is None else structure
-
-    def feed(arrays):  # a model of dict inputs takes a dict (keys in flatten order: sorted)
-        return tf.nest.pack_sequence_as(structure, list(arrays)) if isinstance(structure, dict) else list(arrays)
-
     if graph:
-        fn = tf.function(lambda *a: model(feed(a), training=False), autograph=False)
+        fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
         ys = fn(*[tf.constant(x) for x in xs])
     else:
-        ys = model(feed(xs), training=False)
+        ys = model(_feed(model, xs), training=False)
     return [np.asarray(y) for y in tf.nest.flatten(ys)]
 
 
@@ -473,7 +493,7 @@ def verify(run, runtime: str, rebuilt, reference, *, atol=1e-4, rtol=1e-4, batch
 
         sizes = choose_sizes(specs, input_shapes or {}, lambda xs: run_model(probe_model, xs), index_inputs,
                              check=check)
-        if "bytes" not in traced and has_ops(probe_model):  # static shapes, but sizes may come from values
+        if "bytes" not in traced and needs_trace(probe_model):  # static shapes, but sizes only a trace shows
             check(sizes)
         v.batch = batch = verification_batch(batch, traced.get("bytes") or check_tensor_bytes(probe_model))
         xs = make_inputs(specs, sizes, batch, seed, index_inputs)

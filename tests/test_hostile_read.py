@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -857,6 +858,32 @@ def test_verification_batch_follows_the_largest_tensor(tmp_path, monkeypatch):
     assert not (tmp_path / "o2.onnx").exists()
 
 
+@pytest.mark.parametrize("fw", ["tf_keras", "keras"])
+def test_attention_scores_count_in_verification_memory(tmp_path, monkeypatch, fw):
+    """Red-team round 5: Attention over L steps makes L x L scores per sample inside the layer, which
+    the layer outputs do not show (a 14 KB file, L = 8192: 5 GB at batch 32, exit 0). Models with such
+    layers are traced before verification: the batch follows the scores (here 64 x 64 floats = 16 KiB
+    per sample, BATCH_TENSOR_BYTES lowered to 3 of them: batch 3), and a score tensor over the
+    per-sample cap is refused naming the op."""
+    import importlib
+
+    import bnrewrite
+    from bnrewrite import verify
+
+    K = importlib.import_module(fw)
+    q = K.Input((64, 4))
+    m = K.Model(q, K.layers.BatchNormalization()(K.layers.Attention()([q, q])))
+    src = tmp_path / ("m.h5" if fw == "tf_keras" else "m.keras")
+    m.save(src)
+    monkeypatch.setattr(verify, "BATCH_TENSOR_BYTES", 3 * 64 * 64 * 4)
+    rep = bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert rep.verification["ok"] and rep.verification["batch"] == 3  # by the outputs (1 KiB): the default batch
+    monkeypatch.setenv("BNREWRITE_MAX_TENSOR_BYTES", str(8 * 1024))
+    with pytest.raises(InputError, match=r"makes a tensor of 16.0 KiB.*shape \(1, 64, 64\)"):
+        bnrewrite.convert(src, tmp_path / "o2.onnx")
+    assert not (tmp_path / "o2.onnx").exists()
+
+
 def test_recursion_limit_is_one_clear_line():
     from bnrewrite.errors import unexpected
 
@@ -1013,6 +1040,33 @@ def test_weights_of_odd_types_refused(tmp_path, kind):
         del g["gamma:0"]
         g.create_dataset("gamma:0", shape=(3,), dtype=dt.get(kind, kind))
     refused(tmp_path / "m.h5", "dataset 'model_weights/bn/bn/gamma:0' has type", "weights are real numbers")
+
+
+def test_float128_weights_refused_and_float64_beyond_float32_caught(tmp_path):
+    """Red-team round 5: a float128 moving_variance of 1e4000 passed the finite check and became inf in
+    the layer's float32 (exit 0). A long-double dataset is refused when read; a float64 value beyond
+    float32's range is refused where it is put into the layer, naming the weight."""
+    import h5py
+    import tf_keras
+
+    x = tf_keras.Input((3,))
+    tf_keras.Model(x, tf_keras.layers.BatchNormalization(name="bn")(x)).save(tmp_path / "m.h5")
+    shutil.copy(tmp_path / "m.h5", tmp_path / "f64.h5")
+    with h5py.File(tmp_path / "m.h5", "r+") as f:
+        g = f["model_weights/bn/bn"]
+        del g["moving_variance:0"]
+        g.create_dataset("moving_variance:0", data=np.full(3, 2.0, np.longdouble))
+    if np.dtype(np.longdouble).itemsize in (10, 12, 16):  # x86: 80-bit extended precision
+        refused(tmp_path / "m.h5", "has type float128", "are 16-, 32- or 64-bit floats")
+    with h5py.File(tmp_path / "f64.h5", "r+") as f:
+        g = f["model_weights/bn/bn"]
+        del g["moving_variance:0"]
+        g.create_dataset("moving_variance:0", data=np.array([1.0, 1e300, 1.0]))
+    import bnrewrite
+
+    with pytest.raises(InputError, match="weight moving_variance holds values beyond the range of the layer's float32"):
+        bnrewrite.convert(tmp_path / "f64.h5", tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_type_spec_naming_another_class_refused(tmp_path):

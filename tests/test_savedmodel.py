@@ -231,6 +231,33 @@ def test_tf23_metadata_inside_saved_model_pb(tmp_path):
     assert_close(got, want, "tf 2.3 layout")
 
 
+def test_tf23_metadata_bounded_like_a_config(tmp_path, monkeypatch):
+    """Red-team round 5: in the TF 2.0-2.4 layout every Keras object's JSON in saved_model.pb is parsed
+    (120 MB of it took 3.8 GB), and a path string per node of a deep object chain cost depth x nodes
+    (a 1.3 MB file: 7.7 GB). Paths are kept as parent links, and the metadata with its paths is bounded
+    by the config limit (BNREWRITE_MAX_CONFIG_BYTES), here lowered to show it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    folder = tmp_path / "tf23"
+    shutil.copytree(TD, folder)
+    meta = saved_metadata_pb2.SavedMetadata.FromString((folder / "keras_metadata.pb").read_bytes())
+    sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
+    nodes = sm.meta_graphs[0].object_graph_def.nodes
+    for n in meta.nodes:
+        nodes[n.node_id].user_object.identifier = n.identifier
+        nodes[n.node_id].user_object.metadata = n.metadata
+    (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
+    (folder / "keras_metadata.pb").unlink()
+    total = sum(len(n.metadata) for n in meta.nodes)
+    monkeypatch.setenv("BNREWRITE_MAX_CONFIG_BYTES", str(total // 2))
+    with pytest.raises(InputError, match="its Keras metadata and object paths total .* more than the config limit") as ei:
+        bnrewrite.load(folder)
+    assert ei.value.code == "OVERSIZED_DATA"
+    monkeypatch.setenv("BNREWRITE_MAX_CONFIG_BYTES", str(16 << 20))
+    assert bnrewrite.load(folder).layers()  # the same folder under the default limit
+
+
 def test_index_listing_a_block_twice_refused(tmp_path):
     """A checkpoint index whose top-level block lists one data block many times makes TensorFlow's reader
     walk it again for each listing (2.6 MB: over 10 minutes in C++, where no stop signal reaches Python).

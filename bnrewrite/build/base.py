@@ -209,7 +209,13 @@ class Builder:
                     f"layer {layer.name!r}: weight {k} has shape {np.shape(value)}, {self.label} expects "
                     f"{tuple(v.shape)}"
                 )
-            v.assign(np.asarray(value).astype(numpy_dtype(v.dtype)))
+            cast = np.asarray(value).astype(numpy_dtype(v.dtype))
+            if cast.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(np.asarray(value)).all():
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r}: weight {k} holds values beyond the range of the layer's "
+                    f"{cast.dtype} (stored as {np.asarray(value).dtype}): they would become inf",
+                    code="NONFINITE_STATS" if layer.is_bn() else None)
+            v.assign(cast)
 
 
 def static_shapes(tensors: dict) -> dict:

@@ -220,6 +220,11 @@ class _Reader:
             # complex, bool, strings, compound, opaque, enum: no Keras weight is stored as one, and a
             # framework would cast it silently (a string "1.0" read as a number)
             raise Refused(f"dataset '{where}' has type {dtype} ({dtype.kind!r}); weights are real numbers")
+        if dtype.kind == "f" and dtype.itemsize not in (2, 4, 8):
+            # float128 / long double: no framework stores one, and its range hides values that become
+            # inf in the layer's float32 (1e4000 passed the finite check)
+            raise Refused(f"dataset '{where}' has type {dtype} ({8 * dtype.itemsize}-bit float); Keras weights "
+                          "are 16-, 32- or 64-bit floats")
         shape = ds.shape
         if shape is None:
             raise Refused(f"dataset '{where}' has a null dataspace; weights are arrays")

@@ -136,18 +136,35 @@ def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
     graph = sm.meta_graphs[0].object_graph_def
     if not graph.nodes:  # a graph-only export: no objects at all
         return []
-    paths, queue = {0: "root"}, deque([0])
+    # parent links only: a path string per node costs depth x nodes (a 1.3 MB chain took 7.7 GB)
+    parent: dict[int, tuple[int, str] | None] = {0: None}
+    length = {0: len("root")}
+    queue = deque([0])
     while queue:
         nid = queue.popleft()
         if not 0 <= nid < len(graph.nodes):
             raise InputError(f"{pb}: object graph refers to node {nid} of {len(graph.nodes)}")
         for c in graph.nodes[nid].children:
-            if c.node_id not in paths:
-                paths[c.node_id] = f"{paths[nid]}.{c.local_name}"
+            if c.node_id not in parent:
+                parent[c.node_id] = (nid, c.local_name)
+                length[c.node_id] = length[nid] + 1 + len(c.local_name)
                 queue.append(c.node_id)
-    users = {nid: graph.nodes[nid].user_object for nid in paths if graph.nodes[nid].HasField("user_object")}
-    return [(paths[nid], _node_metadata(pb, paths[nid], u.metadata)) for nid, u in users.items()
-            if u.identifier.startswith("_tf_keras") and u.metadata]
+    keras = [(nid, graph.nodes[nid].user_object) for nid in parent if graph.nodes[nid].HasField("user_object")]
+    keras = [(nid, u) for nid, u in keras if u.identifier.startswith("_tf_keras") and u.metadata]
+    # each node's JSON is parsed and its path kept: together, the same bound as any model config
+    total = sum(len(u.metadata) + length[nid] for nid, u in keras)
+    if total > config_limit():
+        raise InputError(f"{pb}: its Keras metadata and object paths total {fmt_bytes(total)}, more than the "
+                         f"config limit {fmt_bytes(config_limit())} (BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
+
+    def path(nid: int) -> str:
+        names = []
+        while parent[nid] is not None:
+            nid, name = parent[nid]
+            names.append(name)
+        return ".".join(["root", *reversed(names)])
+
+    return [(p, _node_metadata(pb, p, u.metadata)) for p, u in ((path(nid), u) for nid, u in keras)]
 
 
 def read_config(folder, nodes=None) -> dict | None:
@@ -324,7 +341,8 @@ def read_savedmodel(folder: Path, *, unsafe: bool = False, custom_objects: dict 
         nodes = _metadata(folder)
         config = read_config(folder, nodes)
         if config is None:
-            raise InputError(f"{folder}: {METADATA} has no model config at its root (a Keras layer, not a model?)")
+            where = METADATA if (folder / METADATA).exists() else "the Keras metadata in saved_model.pb"
+            raise InputError(f"{folder}: {where} has no model config at its root (a Keras layer, not a model?)")
         ckpt = _Checkpoint(folder)
     except InputError as e:
         raise with_path(e, folder) from None
