@@ -29,6 +29,14 @@ the handler raises :class:`~bnrewrite.errors.Interrupted` (a
 ``KeyboardInterrupt``) in the main thread; the CLI removes the registered
 temporaries and exits 128 + signal number (130, 143, 129). A signal that is
 ignored when the handlers are installed (``nohup``) stays ignored.
+
+Python runs a signal handler only when the main thread is back in the interpreter; a
+long TensorFlow or onnxruntime kernel (a 1024-wide pooling window of a hostile file
+ran for 5 minutes past SIGTERM) keeps it away. A watchdog thread therefore reads
+the signal from the interpreter's wakeup fd (written by the C-level handler at
+once; those kernels release the GIL): if the main thread has not taken the signal
+within :data:`STOP_GRACE` seconds, the watchdog removes the temporaries itself,
+prints the same one line and ends the process with the same exit code.
 """
 
 from __future__ import annotations
@@ -134,8 +142,14 @@ _defer = 0
 _quiet = False  # exiting: signals are recorded, not raised
 
 
+#: seconds the main thread has to take a stop signal before the watchdog stops the process itself
+STOP_GRACE = 3.0
+_taken = 0  # stop signals the main thread's handler has run for
+
+
 def _handler(signum, frame):
-    global _received, _pending
+    global _received, _pending, _taken
+    _taken += 1
     if _received is None:
         _received = signum
     if _quiet:
@@ -187,11 +201,11 @@ def install_signal_handlers() -> Callable[[], None]:
     ignored (``SIG_IGN``, e.g. SIGHUP under ``nohup``) are left ignored. Does
     nothing outside the main thread (Python allows handlers only there).
     """
-    global _received, _pending, _quiet, _defer
+    global _received, _pending, _quiet, _defer, _taken
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     _received = _pending = None
-    _quiet, _defer = False, 0
+    _quiet, _defer, _taken = False, 0, 0
     previous = {}
     for s in STOP_SIGNALS:
         old = signal.getsignal(s)
@@ -199,15 +213,75 @@ def install_signal_handlers() -> Callable[[], None]:
             continue
         previous[s] = old
         signal.signal(s, _handler)
+    stop_watchdog = _start_watchdog()
 
     def restore() -> None:
         global _received, _pending
+        stop_watchdog()
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
         # a signal belongs to the run it stopped: a later run in this process starts clean
         _received = _pending = None
 
     return restore
+
+
+def _start_watchdog() -> Callable[[], None]:
+    """Start the thread that stops the process when a stop signal is not taken by the main thread
+    within :data:`STOP_GRACE` (module docstring); return the function that ends it."""
+    import socket
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread after all
+        reader.close()
+        writer.close()
+        return lambda: None
+    done = threading.Event()
+    seen = 0
+
+    def watch() -> None:
+        nonlocal seen
+        while not done.is_set():
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            stops = [b for b in data if b in STOP_SIGNALS]
+            if not stops:
+                continue
+            signum, seen = stops[0], seen + len(stops)
+            if done.wait(0) or _taken >= seen:
+                continue
+            waited = 0.0
+            while waited < STOP_GRACE and _taken < seen and not done.is_set():
+                done.wait(0.05)
+                waited += 0.05
+            if _taken >= seen or done.is_set() or _quiet:
+                continue  # the main thread took it: the usual cleanup runs there
+            remove_temps()
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = f"signal {signum}"
+            os.write(2, f"bnrewrite: interrupted ({name}); temporary files removed\n".encode())
+            os._exit(128 + signum)
+
+    thread = threading.Thread(target=watch, name="bnrewrite-stop-watchdog", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        signal.set_wakeup_fd(old_fd)
+        writer.close()
+        thread.join(timeout=1.0)
+        reader.close()
+
+    return stop
 
 
 @contextlib.contextmanager

@@ -627,6 +627,48 @@ def test_signal_handler_in_process(tmp_path):
     assert _listing(tmp_path) == []
 
 
+_LONG_KERNEL = """
+import sys, time
+from pathlib import Path
+from bnrewrite import outputs
+import tensorflow as tf
+
+d = outputs.make_temp_dir(dir=sys.argv[1])
+(Path(d) / "part.bin").write_bytes(b"x")
+with outputs.handle_signals():
+    x = tf.random.normal([1, 2048, 2048, 1])
+    print("in kernel", flush=True)
+    t0 = time.time()
+    tf.nn.max_pool2d(x, 768, 1, "VALID")  # minutes in one C++ kernel (a hostile file's pooling window)
+    print("kernel finished after", time.time() - t0, flush=True)
+"""
+
+
+def test_stop_signal_during_a_long_kernel(tmp_path):
+    """Red-team round 5: a file whose pooling window (or transposed-convolution stride) keeps one
+    TensorFlow kernel busy for minutes kept SIGTERM from Python's handler, which runs only between
+    bytecodes: the process exited 5 minutes later. The watchdog takes the signal from the wakeup fd
+    and, when the main thread has not taken it within STOP_GRACE, removes the temporaries and exits
+    143 with the usual one line."""
+    from bnrewrite import outputs
+
+    proc = subprocess.Popen([sys.executable, "-c", _LONG_KERNEL, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        assert proc.stdout.readline().strip() == "in kernel"
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert outputs.STOP_GRACE - 0.5 < took < outputs.STOP_GRACE + 20, took
+    assert _lines(err)[-1:] == ["bnrewrite: interrupted (SIGTERM); temporary files removed"], err[-2000:]
+    assert _listing(tmp_path) == []  # the registered folder is gone
+
+
 # --------------------------------------------------------------------------
 # calibration spill: cap and folder
 # --------------------------------------------------------------------------
