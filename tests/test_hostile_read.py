@@ -672,6 +672,27 @@ def test_op_on_constants_bounded(tmp_path, dims, ok):
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.parametrize("n, ok", [(2000, False), (8, True)])
+def test_op_on_constants_bounded_by_its_broadcast(tmp_path, n, ok):
+    """Red-team round 5: ``tf.math.add`` of constant lists shaped (1, N) and (N, 1) -- each argument a
+    few elements per row, under the bound -- makes their N x N broadcast while the framework rebuilds
+    the model (N = 28000: 4 GB). The broadcast of a call's array arguments is bounded too; small
+    constants still convert (``allow_no_reference``, as above)."""
+    import bnrewrite
+
+    src = _smuggled(tmp_path, {"class_name": "TFOpLambda", "name": "tf.math.add",
+                               "config": {"name": "tf.math.add", "trainable": True, "dtype": "float32",
+                                          "function": "math.add"},
+                               "inbound_nodes": [["_CONSTANT_VALUE", -1, [[1.0] * n], {"y": [[1.0]] * n}]]},
+                    "bcast.h5")
+    if ok:
+        assert bnrewrite.convert(src, tmp_path / "o.onnx", allow_no_reference=True).verification["ok"]
+        return
+    with pytest.raises(InputError, match="runs on constants only, with a size argument of 8,000,000 elements"):
+        bnrewrite.convert(src, tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_layers_out_of_order_refused(tmp_path):
     """A functional config listing a chain of 40 layers in reverse: Keras's rebuild would sweep the
     list once per layer (quadratic; 53 s for 1500 layers). Counted by the reader and refused; the same
