@@ -102,7 +102,17 @@ SIZE_FROM_VALUES = frozenset({
     "StatelessRandomUniformV2", "StatelessRandomNormalV2", "StatelessRandomUniformIntV2",
     "StatelessTruncatedNormalV2", "MatrixDiagV2", "MatrixDiagV3", "ScatterNd", "UnsortedSegmentSum",
     "UnsortedSegmentMax", "UnsortedSegmentMin", "UnsortedSegmentProd", "Bincount", "DenseBincount",
-    "SparseToDense", "TensorListReserve",
+    "SparseToDense", "TensorListReserve", "Conv2DBackpropInput", "Conv2DBackpropInputV2",
+    "Conv3DBackpropInputV2",
+})
+#: ops whose output is the broadcast (or outer product) of their inputs: with two inputs of open
+#: shape -- each bounded, e.g. reshaped by sizes from values -- the output is their product, which no
+#: input bounds (red-team round 5: (n, 1) x (1, n) from two value-shaped reshapes, 6 GB)
+BROADCASTING = frozenset({
+    "Add", "AddV2", "Sub", "Mul", "RealDiv", "Div", "DivNoNan", "FloorDiv", "FloorMod", "TruncateDiv",
+    "Maximum", "Minimum", "Pow", "SquaredDifference", "Atan2", "Xdivy", "Xlogy", "Select", "SelectV2",
+    "Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual", "LogicalAnd", "LogicalOr",
+    "MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
 })
 
 
@@ -149,7 +159,9 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
     gives a full static shape is counted. Returns the largest one's bytes per sample, or the sum of
     the outputs' if larger (verification holds every output three times). An op of
     :data:`SIZE_FROM_VALUES` whose output size is still open depends on the data's values, which
-    nothing bounds: refused unless ``unsafe`` (a file the user trusts)."""
+    nothing bounds, and so does a :data:`BROADCASTING` op of two open inputs whose output stays open
+    (each input holds what it was reshaped from; their broadcast, their product): refused unless
+    ``unsafe`` (a file the user trusts)."""
     import tensorflow as tf
 
     largest = 0.0
@@ -157,8 +169,9 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
     fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
     graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
     for op in graph.get_operations():
+        open_inputs = sum(1 for i in op.inputs if not i.shape.is_fully_defined()) if op.type in BROADCASTING else 0
         for t in op.outputs:
-            if op.type in SIZE_FROM_VALUES and not unsafe and not t.shape.is_fully_defined():
+            if (op.type in SIZE_FROM_VALUES or open_inputs >= 2) and not unsafe and not t.shape.is_fully_defined():
                 raise InputError(
                     f"the model makes a tensor whose size depends on the input values ({op.name}, a {op.type} "
                     f"of shape {tuple(t.shape)} at fixed input sizes {sizes}): bnrewrite cannot bound what "

@@ -693,6 +693,34 @@ def test_op_on_constants_bounded_by_its_broadcast(tmp_path, n, ok):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_broadcast_of_value_shaped_tensors_refused(tmp_path):
+    """Red-team round 5: two ``tf.reshape`` calls to a shape computed from the input's values leave
+    (n, 1) and (1, n) open in the fixed-size trace; each holds only the input's elements, but their
+    product is n x n (6 GB at n = 13000, exit 0). A broadcasting op of two open inputs whose output
+    stays open is refused like an op of SIZE_FROM_VALUES (unless --unsafe); so is a transposed
+    convolution whose output_shape comes from values. Negative case: the same model with a static
+    shape converts."""
+    import tensorflow as tf
+    import tf_keras as K
+
+    import bnrewrite
+
+    def build(from_values: bool):
+        x = K.Input((64,), name="x")
+        n = tf.math.add(tf.cast(tf.math.reduce_sum(tf.math.multiply(x, 0.0)), "int32"), 64) if from_values else 64
+        u = tf.reshape(x, tf.stack([-1, n, 1]))
+        v = tf.reshape(x, tf.stack([-1, 1, n]))
+        m = tf.math.reduce_mean(tf.math.multiply(u, v), axis=[1, 2])
+        return K.Model(x, K.layers.BatchNormalization(name="bn")(tf.math.add(x, tf.expand_dims(m, -1))))
+
+    build(True).save(tmp_path / "values.h5")
+    build(False).save(tmp_path / "static.h5")
+    with pytest.raises(InputError, match=r"size depends on the input values \(.*a Mul of shape \(None, None, None\)"):
+        bnrewrite.convert(tmp_path / "values.h5", tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+    assert bnrewrite.convert(tmp_path / "static.h5", tmp_path / "s.onnx").verification["ok"]
+
+
 def test_layers_out_of_order_refused(tmp_path):
     """A functional config listing a chain of 40 layers in reverse: Keras's rebuild would sweep the
     list once per layer (quadratic; 53 s for 1500 layers). Counted by the reader and refused; the same
