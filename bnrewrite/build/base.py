@@ -209,7 +209,8 @@ class Builder:
                     f"layer {layer.name!r}: weight {k} has shape {np.shape(value)}, {self.label} expects "
                     f"{tuple(v.shape)}"
                 )
-            cast = np.asarray(value).astype(numpy_dtype(v.dtype))
+            with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+                cast = np.asarray(value).astype(numpy_dtype(v.dtype))
             if cast.dtype.kind == "f" and not np.isfinite(cast).all() and np.isfinite(np.asarray(value)).all():
                 raise UnsupportedModelError(
                     f"layer {layer.name!r}: weight {k} holds values beyond the range of the layer's "
