@@ -201,12 +201,9 @@ def test_object_graph_string_bomb_refused(tmp_path):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB
 
 
-def test_tf23_metadata_inside_saved_model_pb(tmp_path):
-    """TensorFlow 2.0-2.4 wrote no keras_metadata.pb: each Keras object's metadata sat in saved_model.pb's
-    object graph (``user_object``: identifier ``_tf_keras_*``, JSON metadata), as in MLPerf Tiny's
-    keyword-spotting SavedModel (fixtures/real). The same folder in that layout (the metadata moved
-    into saved_model.pb, keras_metadata.pb removed) converts and matches tf_keras on the original; the
-    protobuf is only parsed, never loaded as a graph."""
+def _tf23_layout(tmp_path):
+    """The TD SavedModel in TensorFlow 2.0-2.4's layout: each Keras object's metadata moved into
+    saved_model.pb's object graph, keras_metadata.pb removed. Returns (folder, its metadata nodes)."""
     from tensorflow.core.protobuf import saved_model_pb2
     from tf_keras.protobuf import saved_metadata_pb2
 
@@ -220,6 +217,16 @@ def test_tf23_metadata_inside_saved_model_pb(tmp_path):
         nodes[n.node_id].user_object.metadata = n.metadata
     (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
     (folder / "keras_metadata.pb").unlink()
+    return folder, meta.nodes
+
+
+def test_tf23_metadata_inside_saved_model_pb(tmp_path):
+    """TensorFlow 2.0-2.4 wrote no keras_metadata.pb: each Keras object's metadata sat in saved_model.pb's
+    object graph (``user_object``: identifier ``_tf_keras_*``, JSON metadata), as in MLPerf Tiny's
+    keyword-spotting SavedModel (fixtures/real). The same folder in that layout (the metadata moved
+    into saved_model.pb, keras_metadata.pb removed) converts and matches tf_keras on the original; the
+    protobuf is only parsed, never loaded as a graph."""
+    folder, _ = _tf23_layout(tmp_path)
     inputs, want = _ref("savedmodel_td_bn_inference")
     rep = bnrewrite.convert(folder, tmp_path / "o.onnx")
     assert rep.verification["ok"], rep.verification
@@ -236,20 +243,8 @@ def test_tf23_metadata_bounded_like_a_config(tmp_path, monkeypatch):
     (120 MB of it took 3.8 GB), and a path string per node of a deep object chain cost depth x nodes
     (a 1.3 MB file: 7.7 GB). Paths are kept as parent links, and the metadata with its paths is bounded
     by the config limit (BNREWRITE_MAX_CONFIG_BYTES), here lowered to show it."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    folder = tmp_path / "tf23"
-    shutil.copytree(TD, folder)
-    meta = saved_metadata_pb2.SavedMetadata.FromString((folder / "keras_metadata.pb").read_bytes())
-    sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
-    nodes = sm.meta_graphs[0].object_graph_def.nodes
-    for n in meta.nodes:
-        nodes[n.node_id].user_object.identifier = n.identifier
-        nodes[n.node_id].user_object.metadata = n.metadata
-    (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
-    (folder / "keras_metadata.pb").unlink()
-    total = sum(len(n.metadata) for n in meta.nodes)
+    folder, nodes = _tf23_layout(tmp_path)
+    total = sum(len(n.metadata) for n in nodes)
     monkeypatch.setenv("BNREWRITE_MAX_CONFIG_BYTES", str(total // 2))
     with pytest.raises(InputError, match="its Keras metadata and object paths total .* more than the config limit") as ei:
         bnrewrite.load(folder)
