@@ -155,9 +155,12 @@ def _feed(model, arrays):
 def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = False) -> int:
     """:func:`check_tensor_bytes` at the sizes chosen for open dimensions, before the model runs at
     them: what an UpSampling by 600 of an open 32 x 32 input makes is known only once the sizes are.
-    The model is traced (``tf.function``, one sample, nothing allocated) and every tensor TensorFlow
-    gives a full static shape is counted. Returns the largest one's bytes per sample, or the sum of
-    the outputs' if larger (verification holds every output three times). An op of
+    The model is traced (``tf.function``, nothing allocated) at batch 1 and at batch 2, and every
+    tensor TensorFlow gives a full static shape is counted, per sample: a tensor that folds the batch
+    into another axis and broadcasts grows faster than the batch (red-team round 5: (B.N)^3, 64 MiB
+    at batch 1, 4 GiB at the batch verification then chose), which only the second trace shows.
+    Returns the largest one's bytes per sample, or the sum of the outputs' if larger (verification
+    holds every output three times). An op of
     :data:`SIZE_FROM_VALUES` whose output size is still open depends on the data's values, which
     nothing bounds, and so does a :data:`BROADCASTING` op of two open inputs whose output stays open
     (each input holds what it was reshaped from; their broadcast, their product): refused unless
@@ -167,21 +170,32 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
     largest = 0.0
     advice = "; give smaller sizes with --input-shape, or raise BNREWRITE_MAX_TENSOR_BYTES for a model you trust"
     fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
-    graph = fn.get_concrete_function(*[tf.TensorSpec([1, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
-    for op in graph.get_operations():
-        open_inputs = sum(1 for i in op.inputs if not i.shape.is_fully_defined()) if op.type in BROADCASTING else 0
-        for t in op.outputs:
-            if (op.type in SIZE_FROM_VALUES or open_inputs >= 2) and not unsafe and not t.shape.is_fully_defined():
-                raise InputError(
-                    f"the model makes a tensor whose size depends on the input values ({op.name}, a {op.type} "
-                    f"of shape {tuple(t.shape)} at fixed input sizes {sizes}): bnrewrite cannot bound what "
-                    "running it allocates (--unsafe for a model you trust)")
-            if t.dtype in (tf.resource, tf.variant, tf.string) or not t.shape.is_fully_defined():
-                continue
-            n = float(np.prod(t.shape.as_list(), dtype=np.float64)) * t.dtype.size
-            _bound(n, f"at input sizes {sizes} (chosen for the open dimensions) the model makes a tensor of",
-                   f" ({op.name}, shape {tuple(t.shape)})", advice)
-            largest = max(largest, n)
+    first = None
+    for batch in (1, 2):
+        try:
+            graph = fn.get_concrete_function(
+                *[tf.TensorSpec([batch, *s], dt) for (_, _, dt), s in zip(specs, sizes)]).graph
+        except Exception:  # noqa: BLE001 - a model that cannot take two samples fails verification itself
+            if batch == 1:
+                raise
+            break
+        first = first or graph
+        for op in graph.get_operations():
+            open_inputs = sum(1 for i in op.inputs if not i.shape.is_fully_defined()) if op.type in BROADCASTING else 0
+            for t in op.outputs:
+                if (op.type in SIZE_FROM_VALUES or open_inputs >= 2) and not unsafe and not t.shape.is_fully_defined():
+                    raise InputError(
+                        f"the model makes a tensor whose size depends on the input values ({op.name}, a {op.type} "
+                        f"of shape {tuple(t.shape)} at fixed input sizes {sizes}): bnrewrite cannot bound what "
+                        "running it allocates (--unsafe for a model you trust)")
+                if t.dtype in (tf.resource, tf.variant, tf.string) or not t.shape.is_fully_defined():
+                    continue
+                n = float(np.prod(t.shape.as_list(), dtype=np.float64)) * t.dtype.size / batch
+                _bound(n, f"at input sizes {sizes} (chosen for the open dimensions) the model makes a tensor of",
+                       f" ({op.name}, shape {tuple(t.shape)}{', per sample of a batch of 2' if batch == 2 else ''})",
+                       advice)
+                largest = max(largest, n)
+    graph = first
     outputs = sum(float(np.prod(t.shape.as_list()[1:] or [1], dtype=np.float64)) * t.dtype.size
                   for t in graph.outputs if t.shape.is_fully_defined() and t.dtype not in (tf.resource, tf.variant))
     _bound(outputs, f"at input sizes {sizes} the model's {len(graph.outputs)} outputs take", " together", advice)

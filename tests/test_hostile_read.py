@@ -721,6 +721,27 @@ def test_broadcast_of_value_shaped_tensors_refused(tmp_path):
     assert bnrewrite.convert(tmp_path / "static.h5", tmp_path / "s.onnx").verification["ok"]
 
 
+def test_tensors_growing_faster_than_the_batch_are_measured_at_batch_2():
+    """Red-team round 5: reshapes that fold the batch into other axes, broadcast three ways, make
+    (B.N)^3 elements -- 64 MiB traced at batch 1, 4 GiB at the batch verification then chose (9.4 GB,
+    then exit 3). The trace at batch 2 counts it per sample: (2N)^3 x 4 bytes / 2, which sets the
+    batch; a tensor that grows with the batch is counted as at batch 1."""
+    import tensorflow as tf
+    import tf_keras as K
+
+    from bnrewrite import verify
+
+    n = 16
+    x = K.Input((n,))
+    cube = tf.math.multiply(tf.math.multiply(tf.reshape(x, [-1, 1, 1]), tf.reshape(x, [1, -1, 1])),
+                            tf.reshape(x, [1, 1, -1]))
+    mixing = K.Model(x, tf.math.add(x, tf.math.reduce_mean(cube)))
+    specs = verify.input_specs(mixing)
+    assert verify.check_traced_bytes(mixing, specs, [[n]]) == (2 * n) ** 3 * 4 // 2
+    plain = K.Model(x, K.layers.Concatenate()([x, x, x]))
+    assert verify.check_traced_bytes(plain, verify.input_specs(plain), [[n]]) == 3 * n * 4
+
+
 def test_layers_out_of_order_refused(tmp_path):
     """A functional config listing a chain of 40 layers in reverse: Keras's rebuild would sweep the
     list once per layer (quadratic; 53 s for 1500 layers). Counted by the reader and refused; the same
