@@ -1185,3 +1185,17 @@ def test_declared_input_shape_bounded_before_the_framework_builds(tmp_path, fw):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     refused(src, "declares an input shape", "4.0 GiB per sample")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1024 * 1024  # KiB
+
+
+def test_tensorflow_op_layer_refused_with_the_way_out(tmp_path):
+    """tf.keras 2.0-2.3 recorded raw TensorFlow ops as ``TensorFlowOpLayer``: a NodeDef that may name any
+    op (``ReadFile`` as well as ``Reshape``; a real DL4J fixture holds one). Refused as unsafe content
+    with the way out (TensorFlow >= 2.4 records the same call as a TFOpLambda, which bnrewrite reads),
+    not as an unknown custom class."""
+    evil = {"class_name": "TensorFlowOpLayer", "name": "tf_op_layer_ReadFile",
+            "config": {"name": "tf_op_layer_ReadFile", "trainable": True, "dtype": "float32",
+                       "node_def": {"name": "ReadFile", "op": "ReadFile", "input": ["ReadFile/filename"], "attr": {}},
+                       "constants": {"0": "/etc/passwd"}},
+            "inbound_nodes": []}
+    msg = refused(_smuggled(tmp_path, evil, "tfop.h5"), "is TensorFlowOpLayer", "TensorFlow >= 2.4")
+    assert "custom-objects" not in msg

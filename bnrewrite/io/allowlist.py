@@ -70,6 +70,9 @@ REFUSED = {
     "IntegerLookup": "a vocabulary layer (may read a vocabulary file)",
     "Hashing": "string hashing (not a numeric tensor operation)",
     "KerasLayer": "a TensorFlow Hub layer (loads a model from a path or URL)",
+    "TensorFlowOpLayer": "a raw TensorFlow op tf.keras 2.0-2.3 recorded as a NodeDef, which may name any op, "
+                         "file reads included; re-saved with TensorFlow >= 2.4 the same op is a TFOpLambda "
+                         "tf.* call, which bnrewrite reads",
 }
 
 #: Nested objects a layer config may hold (initializers, regularizers, constraints, dtype
