@@ -373,7 +373,13 @@ def run_model(model, xs: list[np.ndarray], graph: bool = False) -> list[np.ndarr
         fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
         ys = fn(*[tf.constant(x) for x in xs])
     else:
-        ys = model(_feed(model, xs), training=False)
+        try:
+            ys = model(_feed(model, xs), training=False)
+        except Exception:  # noqa: BLE001 - retried in graph mode; that failure is the one reported
+            # tf_keras's eager ConvLSTM2D, called at batch 4 then at batch 1, keeps a state shape of the
+            # first call (a real TF 2.15 file: "Tensor's shape (4, ...) is not compatible with supplied
+            # shape (1, ...)"); a function traced for these shapes has no such memory
+            return run_model(model, xs, graph=True)
     return [np.asarray(y) for y in tf.nest.flatten(ys)]
 
 

@@ -1081,3 +1081,30 @@ def test_rnn_initial_states_migrate_as_keyword(tmp_path):
     dec_alone = tf_keras.models.load_model(src, compile=False).get_layer("lstm_1")
     _, h0, c0 = tf_keras.models.load_model(src, compile=False).get_layer("lstm")(xs[0])
     assert np.abs(np.asarray(dec_alone(xs[1])) - np.asarray(dec_alone(xs[1], initial_state=[h0, c0]))).max() > 1e-3
+
+
+def test_run_model_falls_back_to_graph_mode_when_the_eager_call_fails():
+    """tf_keras's eager ConvLSTM2D in a real TF 2.15 file, called at batch 4 and then at batch 1 (the
+    batch-independence check), failed with "Tensor's shape (4, ...) is not compatible with supplied
+    shape (1, ...)" -- an "unexpected ValueError" for the .h5 output, whose check runs tf_keras. A
+    failing eager call is run again in a function traced for those shapes; a failure there too is
+    the one reported."""
+    import tensorflow as tf
+
+    from bnrewrite.verify import run_model
+
+    class EagerOnlyFails:
+        def __call__(self, xs, training=False):
+            if tf.executing_eagerly():
+                raise ValueError("stale state shape")
+            return xs[0] * 2.0
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert_close(run_model(EagerOnlyFails(), [x])[0], x * 2.0, "graph fallback")
+
+    class AlwaysFails:
+        def __call__(self, xs, training=False):
+            raise ValueError("broken in both modes")
+
+    with pytest.raises(ValueError, match="broken in both modes"):
+        run_model(AlwaysFails(), [x])
