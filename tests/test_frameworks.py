@@ -1083,6 +1083,28 @@ def test_rnn_initial_states_migrate_as_keyword(tmp_path):
     assert np.abs(np.asarray(dec_alone(xs[1])) - np.asarray(dec_alone(xs[1], initial_state=[h0, c0]))).max() > 1e-3
 
 
+def test_convlstm_recurrent_dropout_to_h5(tmp_path):
+    """tf_keras's eager ConvLSTM2D with ``recurrent_dropout`` keeps the dropout mask of its first call:
+    called at batch 4, then at batch 1 (the batch-independence check of an .h5 output, which tf_keras
+    runs), it fails -- the original file does the same in tf_keras (two real TF 2.7 and 2.15 files).
+    The .h5 output converts and equals tf_keras's own predict of the original."""
+    import tf_keras
+
+    L = tf_keras.layers
+    model = tf_keras.Sequential([tf_keras.Input((5, 8, 8, 2)), L.ConvLSTM2D(4, 3, recurrent_dropout=0.2,
+                                 return_sequences=True), L.BatchNormalization(), L.Flatten(), L.Dense(3)])
+    bn, rng = model.layers[1], np.random.default_rng(0)  # (submodules trips on the ConvLSTM's mask cache)
+    bn.set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.5, 4), rng.normal(0, 0.5, 4), rng.uniform(0.5, 2, 4)])
+    src = tmp_path / "convlstm.h5"
+    model.save(src)
+    rep = bnrewrite.convert(src, tmp_path / "out.h5")
+    assert rep.verification["ok"] and rep.verification["batch_independent"]
+    x = np.random.default_rng(2).random((3, 5, 8, 8, 2)).astype("float32")
+    want = tf_keras.models.load_model(src, compile=False).predict(x, verbose=0)
+    got = tf_keras.models.load_model(tmp_path / "out.h5", compile=False).predict(x, verbose=0)
+    assert_close(got, want, ".h5 vs tf_keras predict")
+
+
 def test_run_model_falls_back_to_graph_mode_when_the_eager_call_fails():
     """tf_keras's eager ConvLSTM2D in a real TF 2.15 file, called at batch 4 and then at batch 1 (the
     batch-independence check), failed with "Tensor's shape (4, ...) is not compatible with supplied
