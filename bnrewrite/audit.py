@@ -136,8 +136,9 @@ CODES: dict[str, tuple[str, str]] = {
 SAFETY_CODES: dict[str, tuple[str, str]] = {
     "UNSAFE_LAMBDA_CODE": (ERROR, "a Lambda (or other object) carries Python bytecode, run on load; convert "
                                   "only with --unsafe for a file you trust, or replace it by a custom layer"),
-    "UNSAFE_LAYER": (ERROR, "a layer that loads models or files (TFSMLayer, vocabulary layers, ...); bnrewrite "
-                            "does not rebuild it"),
+    "UNSAFE_LAYER": (ERROR, "a layer that loads models or files or runs an op the file names (TFSMLayer, "
+                            "vocabulary layers, tf.keras 2.0-2.3 TensorFlowOpLayer, ...); bnrewrite does not "
+                            "rebuild it"),
     "UNSAFE_FILE_VOCABULARY": (ERROR, "the layer reads a vocabulary file from the machine; inline the vocabulary"),
     "UNSAFE_TF_OP": (ERROR, "a tf.keras op layer calls a TensorFlow function outside the allowlist of pure ops"),
     "UNSAFE_FUNCTION": (ERROR, "the config names a function (or a class where a function goes) that is not "
