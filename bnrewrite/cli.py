@@ -21,7 +21,7 @@ import warnings
 
 import click
 
-from .errors import EXIT_BAD_INPUT, BnrewriteError, unexpected
+from .errors import EXIT_BAD_INPUT, BnrewriteError, Interrupted, unexpected
 from .textsafe import clean, for_console
 
 _VERBOSE = False
@@ -86,12 +86,9 @@ def _stopped(signum: int | None) -> None:
         traceback.print_exc()
     else:  # objects the stop cut short (a ZipFile mid-__init__) report their cleanup at gc: not news
         sys.unraisablehook = lambda unraisable: None
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    click.echo(f"bnrewrite: interrupted ({name}); temporary files removed", err=True)
-    sys.exit(128 + signum)
+    stop = Interrupted(signum)
+    click.echo(stop.stop_line, err=True)
+    sys.exit(stop.exit_code)
 
 
 def _run(fn):

@@ -48,6 +48,11 @@ class Interrupted(KeyboardInterrupt):
             self.signal_name = f"signal {self.signum}"
         super().__init__(self.signal_name)
 
+    @property
+    def stop_line(self) -> str:
+        """The one line printed once the temporaries are removed (the CLI, or the stop watchdog)."""
+        return f"bnrewrite: interrupted ({self.signal_name}); temporary files removed"
+
 
 class BnrewriteError(Exception):
     """Base class: a failure the user can act on, reported as one line.

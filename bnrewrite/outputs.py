@@ -255,8 +255,6 @@ def _start_watchdog() -> Callable[[], None]:
             if not stops:
                 continue
             signum, seen = stops[0], seen + len(stops)
-            if done.wait(0) or _taken >= seen:
-                continue
             waited = 0.0
             while waited < STOP_GRACE and _taken < seen and not done.is_set():
                 done.wait(0.05)
@@ -264,12 +262,9 @@ def _start_watchdog() -> Callable[[], None]:
             if _taken >= seen or done.is_set() or _quiet:
                 continue  # the main thread took it: the usual cleanup runs there
             remove_temps()
-            try:
-                name = signal.Signals(signum).name
-            except ValueError:
-                name = f"signal {signum}"
-            os.write(2, f"bnrewrite: interrupted ({name}); temporary files removed\n".encode())
-            os._exit(128 + signum)
+            stop = Interrupted(signum)
+            os.write(2, (stop.stop_line + "\n").encode())
+            os._exit(stop.exit_code)
 
     thread = threading.Thread(target=watch, name="bnrewrite-stop-watchdog", daemon=True)
     thread.start()

@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .build.base import numpy_dtype
-from .errors import root_cause
-from .errors import InputError
+from .errors import InputError, root_cause
+from .io.layercheck import tensor_cap
 
 #: default atol = rtol by the lowest precision the model computes in (its layers' dtype policies):
 #: float16 has a 2^-10 and bfloat16 a 2^-7 rounding step, and runtimes round in different places
@@ -50,8 +50,6 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 _REDUCED = {"float16": "float16", "mixed_float16": "float16", "bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16"}
 #: sizes tried, in order, for open (None) non-batch dimensions
 OPEN_SIZES = (32, 64, 128, 224, 16, 8)
-#: the per-sample cap on one tensor (env BNREWRITE_MAX_TENSOR_BYTES), shared with the config checks
-from .io.layercheck import TENSOR_BYTES, tensor_cap as _tensor_cap  # noqa: E402,F401
 #: the verification batch (default 4, at least 2 for the batch-independence check) is cut so
 #: that the largest tensor of a batch stays within this
 BATCH_TENSOR_BYTES = 256 << 20
@@ -62,7 +60,7 @@ MEMORY_FACTOR = 8
 
 def check_tensor_bytes(model) -> int:
     """Refuse a model whose declared shapes make one tensor of one sample larger than
-    :data:`TENSOR_BYTES` -- an 8 KB config can declare a 100,000 x 100,000 input or an
+    :data:`~bnrewrite.io.layercheck.TENSOR_BYTES` -- an 8 KB config can declare a 100,000 x 100,000 input or an
     UpSampling by 4,000 -- before anything runs (export and verification would allocate
     it). Static dimensions only: open ones count as 1 (:func:`check_traced_bytes` counts them
     once their sizes are chosen). Returns the largest tensor's bytes per sample."""
@@ -84,10 +82,10 @@ def check_tensor_bytes(model) -> int:
 
 def _bound(n: float, what: str, detail: str, advice: str) -> None:
     """InputError ``<what> <n> per sample<detail>, more than the <cap> allowed<advice>`` when ``n``
-    bytes exceed the per-sample cap (:data:`TENSOR_BYTES`)."""
+    bytes exceed the per-sample cap (:data:`~bnrewrite.io.layercheck.TENSOR_BYTES`)."""
     from .io.safe_files import fmt_bytes
 
-    cap = _tensor_cap()
+    cap = tensor_cap()
     if n > cap:
         raise InputError(f"{what} {fmt_bytes(int(min(n, 1 << 62)))} per sample{detail}, more than the "
                          f"{fmt_bytes(cap)} allowed{advice}")
@@ -170,7 +168,7 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
     largest = 0.0
     advice = "; give smaller sizes with --input-shape, or raise BNREWRITE_MAX_TENSOR_BYTES for a model you trust"
     fn = tf.function(lambda *a: model(_feed(model, a), training=False), autograph=False)
-    first = None
+    graphs = []
     for batch in (1, 2):
         try:
             graph = fn.get_concrete_function(
@@ -179,7 +177,7 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
             if batch == 1:
                 raise
             break
-        first = first or graph
+        graphs.append(graph)
         for op in graph.get_operations():
             open_inputs = sum(1 for i in op.inputs if not i.shape.is_fully_defined()) if op.type in BROADCASTING else 0
             for t in op.outputs:
@@ -195,7 +193,7 @@ def check_traced_bytes(model, specs, sizes: list[list[int]], *, unsafe: bool = F
                        f" ({op.name}, shape {tuple(t.shape)}{', per sample of a batch of 2' if batch == 2 else ''})",
                        advice)
                 largest = max(largest, n)
-    graph = first
+    graph = graphs[0]  # the outputs per sample: at batch 1
     outputs = sum(float(np.prod(t.shape.as_list()[1:] or [1], dtype=np.float64)) * t.dtype.size
                   for t in graph.outputs if t.shape.is_fully_defined() and t.dtype not in (tf.resource, tf.variant))
     _bound(outputs, f"at input sizes {sizes} the model's {len(graph.outputs)} outputs take", " together", advice)

@@ -149,10 +149,10 @@ def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
                 parent[c.node_id] = (nid, c.local_name)
                 length[c.node_id] = length[nid] + 1 + len(c.local_name)
                 queue.append(c.node_id)
-    keras = [(nid, graph.nodes[nid].user_object) for nid in parent if graph.nodes[nid].HasField("user_object")]
-    keras = [(nid, u) for nid, u in keras if u.identifier.startswith("_tf_keras") and u.metadata]
+    users = [(nid, graph.nodes[nid].user_object) for nid in parent if graph.nodes[nid].HasField("user_object")]
+    users = [(nid, u) for nid, u in users if u.identifier.startswith("_tf_keras") and u.metadata]
     # each node's JSON is parsed and its path kept: together, the same bound as any model config
-    total = sum(len(u.metadata) + length[nid] for nid, u in keras)
+    total = sum(len(u.metadata) + length[nid] for nid, u in users)
     if total > config_limit():
         raise InputError(f"{pb}: its Keras metadata and object paths total {fmt_bytes(total)}, more than the "
                          f"config limit {fmt_bytes(config_limit())} (BNREWRITE_MAX_CONFIG_BYTES)", code="OVERSIZED_DATA")
@@ -164,7 +164,7 @@ def _metadata_in_saved_model(folder: Path) -> list[tuple[str, dict]]:
             names.append(name)
         return ".".join(["root", *reversed(names)])
 
-    return [(p, _node_metadata(pb, p, u.metadata)) for p, u in ((path(nid), u) for nid, u in keras)]
+    return [(p, _node_metadata(pb, p, u.metadata)) for p, u in ((path(nid), u) for nid, u in users)]
 
 
 def read_config(folder, nodes=None) -> dict | None:
@@ -231,13 +231,13 @@ def _table_entries(table: bytes):
         yield from block(boff, bsize)
 
 
-def _string_entry(folder: Path, table: bytes, key: str) -> bytes:
-    """The scalar string tensor ``key`` of the checkpoint, read from its data shard within the bytes the
-    index gives it (a string is stored as its varint length, a 4-byte checksum, then its bytes)."""
+def _string_entry(folder: Path, value: bytes | None, key: str) -> bytes:
+    """The scalar string tensor ``key`` of the checkpoint, whose index entry is ``value``, read from its
+    data shard within the bytes the entry gives it (a string is stored as its varint length, a 4-byte
+    checksum, then its bytes)."""
     from tensorflow.core.protobuf import tensor_bundle_pb2
     from tensorflow.core.framework import types_pb2
 
-    value = next((v for k, v in _table_entries(table) if k == key.encode()), None)
     if value is None:
         raise InputError(f"{folder}: the variables/ checkpoint has no {key}")
     entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
@@ -272,10 +272,8 @@ class _Checkpoint:
                 total += check_regular(_inside(folder, p)).st_size
         self.limit = weights_limit(total)
         self.prefix = str(folder / PREFIX)
-        table = index.read_bytes()
-        try:  # before TensorFlow's reader sees the index (see _table_entries)
-            for _ in _table_entries(table):
-                pass
+        try:  # walked before TensorFlow's reader sees the index (see _table_entries)
+            entries = dict(_table_entries(index.read_bytes()))
         except ValueError as e:
             raise InputError(f"{folder}: damaged variables/ checkpoint index ({e})") from None
         import tensorflow as tf
@@ -299,7 +297,7 @@ class _Checkpoint:
         try:
             # read by bnrewrite, not TensorFlow: TF zero-fills the length a string's header declares
             # before it finds the data file too short (3 GB declared in an 11 KB file: 3.6 GB; 20 GB: SIGSEGV)
-            graph.ParseFromString(_string_entry(folder, table, OBJECT_GRAPH))
+            graph.ParseFromString(_string_entry(folder, entries.get(OBJECT_GRAPH.encode()), OBJECT_GRAPH))
         except InputError:
             raise
         except Exception as e:  # noqa: BLE001
